@@ -1,0 +1,290 @@
+"""The `zoo` command: LightningCLI for fit / validate / test / predict, plus the zoo's own commands.
+
+`zoo` (the console script) and `python cli.py` are the same program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    RichModelSummary,
+    RichProgressBar,
+)
+from lightning.pytorch.callbacks.model_summary import ModelSummary
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from datamodules.base import ZooDataModule
+from zoo.errors import ConfigError, ZooError
+from zoo.tasks.base import ZooTask
+
+EXTRA_COMMANDS = {"models": "list registered backbones: zoo models [PATTERN]"}
+
+DESCRIPTION = """Train, evaluate and use the zoo's models from YAML configs.
+
+  zoo fit --config configs/experiments/digits_cnn.yaml
+  zoo fit --data configs/data/digits.yaml --model configs/model/cnn.yaml --trainer.max_epochs 5
+  zoo test --config configs/experiments/digits_cnn.yaml --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt
+
+Zoo commands beside fit / validate / test / predict:
+""" + "\n".join(f"  {name:8s} {help}" for name, help in EXTRA_COMMANDS.items())
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """The CLI's parser: errors are one short message with close matches, not the whole usage text."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        if not self.exit_on_error:  # jsonargparse's inner parsers raise, and their callers try alternatives
+            super().error(message, ex)
+        hint = _close_match_hint(message)
+        sys.stderr.write(f"zoo: error: {message.strip()}{hint}\nRun with --help to see the accepted keys.\n")
+        sys.exit(2)
+
+
+def _close_match_hint(message: str) -> str:
+    """'Did you mean ...' for jsonargparse's unknown-key messages, from the keys that place accepts."""
+    found = re.search(r"(?:Group '([\w.]+)' does not accept option|[Oo]ption) '([\w.]+)'", message)
+    if not found:
+        return ""
+    group, key = found.group(1) or "", found.group(2)
+    if "." in key:
+        group, key = key.rsplit(".", 1)
+    candidates: set[str] = set()
+    for cls_path in re.findall(r"class_path '([\w.]+)'", message):
+        candidates |= _init_params(cls_path)
+    known = {"trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping}
+    if group.split(".")[-1] in known:
+        candidates |= _params_of(known[group.split(".")[-1]])
+    close = difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.6)
+    return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _params_of(obj: Any) -> set[str]:
+    try:
+        return set(inspect.signature(obj).parameters) - {"self"}
+    except (TypeError, ValueError):
+        return set()
+
+
+def _init_params(class_path: str) -> set[str]:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return _params_of(getattr(__import__(module, fromlist=[name]), name))
+    except (ImportError, AttributeError):
+        return set()
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI with the zoo's defaults: data facts linked into the model, default callbacks,
+    a local CSV logger, metrics written as JSON, and clear errors for bad configs."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("trainer_defaults", {})
+        kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
+        kwargs["trainer_defaults"].setdefault(
+            "logger", {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}
+        )
+        super().__init__(
+            ZooTask,
+            ZooDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # tasks build their own named parameter groups
+            parser_class=ZooArgumentParser,
+            parser_kwargs={"description": DESCRIPTION, "formatter_class": _RawHelp},
+            save_config_kwargs={"overwrite": True},
+            save_config_callback=ZooSaveConfig,
+            seed_everything_default=42,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Facts about the data reach the model here, so a config never states them twice.
+        for source, target in (
+            ("num_classes", "num_classes"),
+            ("input_shape", "input_shape"),
+            ("num_targets", "num_targets"),
+            ("target_mean", "target_mean"),
+            ("target_std", "target_std"),
+        ):
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-epoch={epoch}-step={step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.patience": 10})
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="fit only: test the best checkpoint when training ends and write its metrics as JSON",
+        )
+
+    # --- instantiation ---------------------------------------------------------------------------
+    def instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        asked = (config.get("model") or {}).get("init_args", {}).get("num_classes")
+        try:
+            super().instantiate_classes()
+        except Exception as exc:
+            # jsonargparse wraps a constructor's error in its own; the zoo's message is the useful one.
+            err = _zoo_error_in(exc)
+            if err is None:
+                raise
+            self._parser(self.subcommand).error(str(err))
+        found = self.datamodule.num_classes if self.datamodule is not None else None
+        if asked is not None and found is not None and asked != found:
+            source = "the checkpoint's model" if config.get("ckpt_path") else "model.num_classes"
+            self._parser(self.subcommand).error(
+                f"{source} has {asked} classes but the data ({type(self.datamodule).__name__}) has {found}; "
+                "drop model.num_classes (it is linked from the data) or use data with matching classes"
+            )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if trainer_config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        user = trainer_config.get("callbacks") or []
+        user = user if isinstance(user, list) else [user]
+        # Rich progress and summary by default, unless turned off or replaced by the user's own.
+        if trainer_config.get("enable_progress_bar", True) is not False and not _has(user, ProgressBar):
+            callbacks.append(RichProgressBar())
+        if trainer_config.get("enable_model_summary", True) is not False and not _has(user, ModelSummary):
+            callbacks.append(RichModelSummary(max_depth=1))
+        if trainer_config.get("logger") not in (None, False) and not _has(user, LearningRateMonitor):
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        return self._instantiate_trainer(trainer_config, callbacks)
+
+    # --- after each command ----------------------------------------------------------------------
+    def after_fit(self) -> None:
+        if not self._get(self.config, "test_after_fit", True) or self.datamodule is None:
+            return
+        if self.trainer.interrupted:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        self._write_metrics("test")
+
+    def after_validate(self) -> None:
+        self._write_metrics("val")
+
+    def after_test(self) -> None:
+        self._write_metrics("test")
+
+    def _write_metrics(self, stage: str) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        out_dir = self._run_dir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{stage}_metrics.json"
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        summary = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"{summary}\nmetrics written to {path}")
+
+
+    def _run_dir(self) -> Path:
+        """The run's own folder: where its checkpoints folder is, else the logger's directory."""
+        ckpt = self.trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
+            return Path(ckpt.dirpath).parent
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+
+class ZooSaveConfig(SaveConfigCallback):
+    """Saves the resolved config beside the logs and hands it to the logger as the run's config."""
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        log_config = getattr(trainer.logger, "log_resolved_config", None)
+        if callable(log_config):
+            log_config(self.parser.dump(self.config, skip_none=False, format="yaml"))
+
+
+def _zoo_error_in(exc: BaseException) -> Optional[ZooError]:
+    """The first ZooError in an exception's chain of causes, if any."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ZooError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _has(callbacks: list[Any], kind: type) -> bool:
+    return any(isinstance(c, kind) for c in callbacks)
+
+
+class _RawHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """Keeps the description's examples on their own lines."""
+
+
+def list_models(pattern: str = "*") -> None:
+    """Print every registered backbone matching ``pattern``: name, family, parameters, input kind."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from zoo.registry import create_backbone, get_backbone_entry, list_backbones
+
+    names = list_backbones(pattern)
+    if not names:
+        raise ConfigError(f"no registered backbone matches {pattern!r}; run `zoo models` to see them all")
+    table = Table(title=f"zoo backbones matching {pattern!r}")
+    for col in ("name", "family", "params", "input", "description"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for name in names:
+        entry = get_backbone_entry(name)
+        model = create_backbone(name)
+        params = sum(p.numel() for p in model.parameters())
+        table.add_row(name, entry.family, f"{params:,}", entry.input_kind, entry.description)
+    Console().print(table)
+    print("Parameter counts are for each backbone's default input shape; the head is not included.")
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Entry point of the `zoo` console script and of `python cli.py`."""
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        if argv and argv[0] == "models":
+            if len(argv) > 2 or any(a.startswith("-") for a in argv[1:]):
+                sys.stderr.write("usage: zoo models [PATTERN]\n")
+                sys.exit(2)
+            list_models(argv[1] if len(argv) > 1 else "*")
+            return
+        ZooCLI(args=args)
+    except Exception as exc:
+        err = _zoo_error_in(exc)
+        if err is None:
+            raise
+        sys.stderr.write(f"zoo: error: {err}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Datamodules of the zoo: each reads its data, splits it reproducibly and says what the model needs."""
+
+from datamodules.base import ZooDataModule
+from datamodules.images import Digits, ImageFolder
+from datamodules.tabular import SklearnTabular
+from datamodules.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
+
+__all__ = [
+    "CIFAR10",
+    "CIFAR100",
+    "Digits",
+    "FashionMNIST",
+    "ImageFolder",
+    "MNIST",
+    "SklearnTabular",
+    "ZooDataModule",
+]

@@ -1,0 +1,179 @@
+"""Image datamodules: scikit-learn's digits (ships with the install) and your own images (ImageFolder).
+
+The torchvision classics (MNIST, Fashion-MNIST, CIFAR) are in :mod:`datamodules.torchvision_sets`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Literal, Optional
+
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from datamodules.base import ZooDataModule, fit_standardizer, split_indices
+from zoo.errors import ConfigError, DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Digits(ZooDataModule):
+    """scikit-learn's handwritten digits: 1,797 grey 8x8 images of 0-9, shipped with scikit-learn.
+
+    Pixels (0-16) are standardised with the training split's mean and std. Seeded, stratified
+    train / val / test splits.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_split: float = 0.1,
+        test_split: float = 0.2,
+        seed: int = 42,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, 8, 8)
+
+    def _num_classes(self) -> int:
+        return 10
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
+        y = torch.tensor(digits.target, dtype=torch.long)
+        train, val, test = split_indices(len(y), self.val_split, self.test_split, self.seed, stratify=digits.target)
+        mean, std = fit_standardizer(x[train], dim=(0, 2, 3))
+        x = (x - mean) / std
+        return tuple(TensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]
+
+
+class ImageFolder(ZooDataModule):
+    """Your own images, one folder per class (torchvision's ImageFolder layout).
+
+    ``data_dir/<class>/<image>``: seeded, stratified train / val / test splits are carved from it.
+    ``data_dir/train/<class>/<image>`` with optional ``val/`` and ``test/`` beside it: those folders
+    are the splits, and a split without its folder is carved from ``train/``. Class indices follow
+    the sorted folder names of the training folder. Images are resized to ``image_size`` squared and
+    normalised when read.
+
+    Args:
+        data_dir: the root folder described above.
+        image_size: side of the square every image is resized to.
+        channels: 3 reads RGB, 1 converts to greyscale.
+        mean: per-channel normalisation mean (pixel / 255); ImageNet's for RGB, 0.5 for greyscale.
+        std: per-channel normalisation std; ImageNet's for RGB, 0.5 for greyscale.
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes.
+        val_split: fraction carved for validation when there is no ``val/`` folder.
+        test_split: fraction carved for testing when there is no ``test/`` folder.
+        seed: seeds the carved splits.
+        num_classes: optional check of the number of class folders.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        image_size: int = 64,
+        channels: Literal[1, 3] = 3,
+        mean: Optional[list[float]] = None,
+        std: Optional[list[float]] = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_split: float = 0.1,
+        test_split: float = 0.2,
+        seed: int = 42,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes)
+        if channels not in (1, 3):
+            raise ConfigError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
+        if image_size < 1:
+            raise ConfigError(f"data.image_size={image_size} must be at least 1")
+        default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+        self.image_size = image_size
+        self.channels = channels
+        self.mean = list(mean) if mean is not None else list(default_mean)
+        self.std = list(std) if std is not None else list(default_std)
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != channels:
+                raise ConfigError(f"data.{name}={values} needs one value per channel ({channels})")
+
+    def _layout_error(self, problem: str) -> DataError:
+        return DataError(
+            f"ImageFolder: {problem}. Expected {self.data_dir}/<class>/<image> (one folder per class), "
+            f"or {self.data_dir}/train/<class>/<image> with optional val/ and test/ beside train/"
+        )
+
+    @cached_property
+    def split_dirs(self) -> dict[str, Optional[str]]:
+        """The folder of each split, or None where the split is carved from the training folder."""
+        if not os.path.isdir(self.data_dir):
+            raise self._layout_error(f"{os.path.abspath(self.data_dir)} does not exist or is not a folder")
+        train = os.path.join(self.data_dir, "train")
+        if not os.path.isdir(train):
+            return {"train": self.data_dir, "val": None, "test": None}
+        dirs = {s: os.path.join(self.data_dir, s) for s in ("val", "test")}
+        return {"train": train, **{s: (d if os.path.isdir(d) else None) for s, d in dirs.items()}}
+
+    @cached_property
+    def class_names(self) -> list[str]:  # type: ignore[override]
+        root = self.split_dirs["train"]
+        names = sorted(e.name for e in os.scandir(root) if e.is_dir())  # the order torchvision uses
+        if not names:
+            raise self._layout_error(f"no class folders in {os.path.abspath(root)}")
+        return names
+
+    def _num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def _transform(self):  # noqa: ANN202
+        from torchvision import transforms as T
+
+        steps = [T.Resize((self.image_size, self.image_size))]
+        if self.channels == 1:
+            steps.append(T.Grayscale(num_output_channels=1))
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def _folder(self, root: str) -> Dataset:
+        from torchvision import datasets
+
+        try:
+            ds = datasets.ImageFolder(root, transform=self._transform())
+        except (OSError, RuntimeError) as e:
+            raise self._layout_error(f"could not read {os.path.abspath(root)}: {e}") from e
+        if ds.classes != self.class_names:
+            # A val/ or test/ folder may lack some classes: map its indices onto train/'s.
+            unknown = sorted(set(ds.classes) - set(self.class_names))
+            if unknown:
+                raise DataError(f"ImageFolder: {os.path.abspath(root)} has classes {unknown} that train/ lacks")
+            to_idx = {c: i for i, c in enumerate(self.class_names)}
+            ds.samples = ds.imgs = [(path, to_idx[ds.classes[t]]) for path, t in ds.samples]
+            ds.targets = [t for _, t in ds.samples]
+            ds.classes, ds.class_to_idx = list(self.class_names), to_idx
+        return ds
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        dirs = self.split_dirs
+        full = self._folder(dirs["train"])  # type: ignore[arg-type]
+        val_frac = self.val_split if dirs["val"] is None else 0.0
+        test_frac = self.test_split if dirs["test"] is None else 0.0
+        train, val, test = split_indices(len(full), val_frac, test_frac, self.seed, stratify=full.targets)
+        return (
+            Subset(full, train.tolist()),
+            Subset(full, val.tolist()) if dirs["val"] is None else self._folder(dirs["val"]),
+            Subset(full, test.tolist()) if dirs["test"] is None else self._folder(dirs["test"]),
+        )

@@ -1,0 +1,46 @@
+"""Shared fixtures: every test runs offline, in its own working directory, with tiny CPU settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Nothing may reach a hub during tests; W&B never needs an account.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Appended to CLI calls: one small epoch, no progress bar or summary, so a CLI test takes seconds.
+TINY = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory (runs/ and data/ land here), with the repo's configs reachable."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    return tmp_path
+
+
+def run_zoo(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python cli.py ARGS` as a user would, in a subprocess; returns the finished process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip

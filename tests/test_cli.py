@@ -1,0 +1,186 @@
+"""The `zoo` command as a user meets it: training runs, metrics files, listing, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli import main
+from tests.conftest import ROOT, TINY, run_zoo
+
+DIGITS_CNN = ["--config", "configs/experiments/digits_cnn.yaml"]
+
+
+def zoo(*args: str) -> None:
+    main(list(args))
+
+
+def error_of(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """Run the CLI expecting a usage error: exit code 2, returns what it printed to stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        zoo(*args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_fit_writes_checkpoints_config_and_test_metrics(workdir: Path) -> None:
+    zoo("fit", *DIGITS_CNN, *TINY)
+    run = workdir / "runs" / "digits_cnn" / "version_0"
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    assert (run / "config.yaml").read_text().count("class_path: zoo.tasks.Classifier") == 1
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert set(metrics) == {"test/acc", "test/f1", "test/loss"}
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss_step", "val/loss", "val/acc", "val/f1"} <= set(header)
+
+
+def test_data_facts_are_linked_into_the_model(workdir: Path) -> None:
+    zoo("fit", *DIGITS_CNN, *TINY, "--test_after_fit=false")
+    ckpt = torch.load(workdir / "runs/digits_cnn/version_0/checkpoints/last.ckpt", weights_only=False)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["num_classes"] == 10
+    assert tuple(hparams["input_shape"]) == (1, 8, 8)
+    assert not (workdir / "runs/digits_cnn/version_0/test_metrics.json").exists()
+
+
+def test_test_and_validate_from_checkpoint_write_metrics_json(workdir: Path) -> None:
+    zoo("fit", *DIGITS_CNN, *TINY)
+    ckpt = workdir / "runs/digits_cnn/version_0/checkpoints/last.ckpt"
+    zoo("test", *DIGITS_CNN, "--ckpt_path", str(ckpt), *TINY)
+    zoo("validate", *DIGITS_CNN, "--ckpt_path", str(ckpt), *TINY)
+    test_metrics = json.loads((workdir / "runs/digits_cnn/version_1/test_metrics.json").read_text())
+    val_metrics = json.loads((workdir / "runs/digits_cnn/version_2/val_metrics.json").read_text())
+    assert "test/acc" in test_metrics and "val/acc" in val_metrics
+
+
+def test_config_groups_compose_with_overrides(workdir: Path) -> None:
+    zoo(
+        "fit", "--data", "configs/data/breast_cancer.yaml", "--model", "configs/model/mlp.yaml",
+        "--trainer", "configs/trainer/default.yaml", "--model.init_args.label_smoothing=0.1",
+        "--trainer.logger.init_args.name=bc", *TINY,
+    )  # fmt: skip
+    config = (workdir / "runs/bc/version_0/config.yaml").read_text()
+    assert "name: breast_cancer" in config and "label_smoothing: 0.1" in config
+    metrics = json.loads((workdir / "runs/bc/version_0/test_metrics.json").read_text())
+    assert "test/auroc" in metrics  # binary data -> binary metrics
+
+
+def test_regression_config_reports_regression_metrics(workdir: Path) -> None:
+    zoo("fit", "--config", "configs/experiments/diabetes_mlp.yaml", *TINY)
+    metrics = json.loads((workdir / "runs/diabetes_mlp/version_0/test_metrics.json").read_text())
+    assert set(metrics) == {"test/loss", "test/mae", "test/rmse", "test/r2"}
+
+
+def test_print_config_resolves_without_training(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        zoo("fit", *DIGITS_CNN, "--print_config")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "class_path: datamodules.Digits" in out and "backbone: cnn" in out
+    assert not (workdir / "runs").exists()
+
+
+def test_typo_in_config_key_names_key_and_close_match(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--model.init_args.lable_smoothing=0.1")
+    assert "lable_smoothing" in err and "Did you mean 'label_smoothing'" in err
+    assert not (workdir / "runs").exists()  # nothing trained
+
+
+def test_typo_in_yaml_file_names_key(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = workdir / "bad.yaml"
+    bad.write_text((ROOT / "configs/experiments/digits_cnn.yaml").read_text().replace("max_epochs", "max_epoch"))
+    err = error_of(capsys, "fit", "--config", str(bad))
+    assert "max_epoch" in err and "Did you mean 'max_epochs'" in err
+
+
+def test_wrong_type_names_key(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--data.batch_size=many")
+    assert "batch_size" in err and "int" in err
+
+
+def test_unknown_backbone_suggests_close_names(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--model.init_args.backbone=cnnn")
+    assert "unknown backbone 'cnnn'" in err and "Did you mean 'cnn'" in err
+
+
+def test_unknown_backbone_argument_names_it(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--model.init_args.backbone_kwargs.chanels=[8]")
+    assert "'chanels'" in err and "Did you mean 'channels'" in err
+
+
+def test_num_classes_disagreeing_with_data_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--data.init_args.num_classes=5")
+    assert "num_classes=5" in err and "10 classes" in err
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--model.init_args.num_classes=5")
+    assert "5 classes" in err and "has 10" in err
+
+
+def test_classifier_on_regression_data_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    err = error_of(capsys, "fit", "--data", "configs/data/diabetes.yaml", "--model", "configs/model/mlp.yaml")
+    assert "Regressor" in err
+
+
+def test_missing_dataset_files_offline_say_where_to_put_them(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    err = error_of(
+        capsys, "fit", "--data", "configs/data/mnist.yaml", "--data.download=false",
+        "--model", "configs/model/cnn.yaml", *TINY,
+    )  # fmt: skip
+    assert str(workdir / "data" / "MNIST" / "raw") in err
+    assert "train-images-idx3-ubyte" in err and "--data.download true" in err
+
+
+def test_models_lists_backbones_with_family_params_and_input(capsys: pytest.CaptureFixture) -> None:
+    zoo("models")
+    out = capsys.readouterr().out
+    from zoo.registry import create_backbone, list_backbones
+
+    for name in list_backbones():
+        params = sum(p.numel() for p in create_backbone(name).parameters())
+        assert name in out and f"{params:,}" in out
+    assert "image" in out and "vector" in out
+
+
+def test_models_pattern_filters_and_unmatched_pattern_fails(capsys: pytest.CaptureFixture) -> None:
+    zoo("models", "ml*")
+    out = capsys.readouterr().out
+    assert "mlp" in out and "cnn" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        zoo("models", "nothing*")
+    assert exit_info.value.code == 2
+    assert "no registered backbone matches" in capsys.readouterr().err
+
+
+def test_console_script_is_the_same_program_as_cli_py(tmp_path: Path) -> None:
+    script = shutil.which("zoo")
+    assert script is not None, "the `zoo` console script is not installed (pip install -e .)"
+    import subprocess
+
+    by_script = subprocess.run([script, "models", "c*"], capture_output=True, text=True, cwd=tmp_path)
+    by_file = run_zoo("models", "c*", cwd=tmp_path)
+    assert by_script.returncode == by_file.returncode == 0
+    assert by_script.stdout == by_file.stdout and "cnn" in by_script.stdout
+
+
+def test_help_lists_commands(tmp_path: Path) -> None:
+    result = run_zoo("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("fit", "validate", "test", "predict", "models"):
+        assert command in result.stdout
+
+
+def test_predict_returns_class_probabilities(workdir: Path) -> None:
+    from cli import ZooCLI
+
+    zoo("fit", *DIGITS_CNN, *TINY)
+    ckpt = workdir / "runs/digits_cnn/version_0/checkpoints/last.ckpt"
+    cli = ZooCLI(args=[*DIGITS_CNN, *TINY], run=False)
+    batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt))
+    probs = torch.cat(batches)
+    assert probs.shape[1] == 10
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(probs)))

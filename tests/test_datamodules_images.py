@@ -1,0 +1,273 @@
+"""Image datamodules read tiny files written in the exact on-disk formats of the real datasets."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder
+from zoo.errors import DataError
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_images(images: np.ndarray) -> bytes:
+    return struct.pack(">iiii", 2051, *images.shape) + images.astype(np.uint8).tobytes()
+
+
+def _idx_labels(labels: np.ndarray) -> bytes:
+    return struct.pack(">ii", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
+
+
+def write_mnist(root: Path, folder: str, gz: bool = False, n_train: int = 30, n_test: int = 10):
+    """Idx-ubyte files as published; image i's first pixel encodes its label so order can be checked."""
+    rng = np.random.default_rng(0)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    out = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 3
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        images[:, 0, 0] = labels * 50
+        images[:, 0, 1] = 0
+        blobs = {f"{prefix}-images-idx3-ubyte": _idx_images(images), f"{prefix}-labels-idx1-ubyte": _idx_labels(labels)}
+        for name, blob in blobs.items():
+            if gz:
+                (raw / (name + ".gz")).write_bytes(gzip.compress(blob))
+            else:
+                (raw / name).write_bytes(blob)
+        out[prefix] = (images, labels)
+    return out
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(
+    "cls, folder, mean, std", [(MNIST, "MNIST", 0.1307, 0.3081), (FashionMNIST, "FashionMNIST", 0.2860, 0.3530)]
+)
+def test_mnist_family_reads_idx_files(tmp_path, cls, folder, mean, std, gz):
+    written = write_mnist(tmp_path, folder, gz=gz)
+    dm = cls(data_dir=str(tmp_path), download=False, val_split=0.2, batch_size=4)
+    dm.setup()
+    assert dm.input_shape == (1, 28, 28) and dm.num_classes == 10
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (24, 6, 10)
+    # held in memory as uint8, normalised only on read
+    assert dm.train_set.images.dtype == torch.uint8 and dm.train_set.images.shape[1:] == (1, 28, 28)
+    x, y = dm.test_set[4]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert x[0, 0, 1].item() == pytest.approx(-mean / std, abs=1e-5)
+    test_images, test_labels = written["t10k"]
+    expected = (torch.tensor(test_images[4], dtype=torch.float32) / 255 - mean) / std
+    assert torch.allclose(x[0], expected, atol=1e-5)
+    assert dm.test_set.labels.tolist() == test_labels.tolist()
+    # train + val together are exactly the official training labels, split stratified
+    seen = sorted(dm.train_set.labels.tolist() + dm.val_set.labels.tolist())
+    assert seen == sorted(written["train"][1].tolist())
+    assert sorted(dm.val_set.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    batch_x, batch_y = next(iter(dm.train_dataloader()))
+    assert batch_x.shape == (4, 1, 28, 28) and batch_y.dtype == torch.long
+    # each image still carries its own label in pixel (0, 0)
+    first = (batch_x[:, 0, 0, 0] * std + mean) * 255
+    assert torch.allclose(first, batch_y.float() * 50, atol=1e-3)
+
+
+def test_mnist_split_is_seeded(tmp_path):
+    write_mnist(tmp_path, "MNIST")
+
+    def val_pixels(seed: int) -> torch.Tensor:
+        dm = MNIST(data_dir=str(tmp_path), download=False, val_split=0.2, seed=seed)
+        dm.setup()
+        return dm.val_set.images
+
+    assert torch.equal(val_pixels(1), val_pixels(1))
+    assert not torch.equal(val_pixels(1), val_pixels(2))
+
+
+def test_mnist_class_names():
+    assert MNIST().class_names == [str(i) for i in range(10)]
+    names = FashionMNIST().class_names
+    assert len(names) == 10 and names[0] == "T-shirt/top" and names[-1] == "Ankle boot"
+
+
+def test_mnist_missing_files_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError) as err:
+        MNIST(data_dir=str(tmp_path), download=False).setup()
+    message = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert all(f in message for f in MNIST_FILES)
+    assert "--data.download true" in message
+
+
+def test_mnist_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    def no_network(self):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(FashionMNIST, "_fetch", no_network)
+    with pytest.raises(DataError, match="Downloading failed .*network unreachable") as err:
+        FashionMNIST(data_dir=str(tmp_path), download=True).setup()
+    assert str(tmp_path / "FashionMNIST" / "raw") in str(err.value)
+
+
+def test_mnist_malformed_file_is_a_clear_error(tmp_path):
+    write_mnist(tmp_path, "MNIST")
+    (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"not an idx file at all")
+    with pytest.raises(DataError, match="could not read the files"):
+        MNIST(data_dir=str(tmp_path), download=False).setup()
+
+
+def _cifar_batch(rng, n: int, n_classes: int, labels_key: str, bytes_keys: bool) -> tuple[dict, np.ndarray, np.ndarray]:
+    labels = np.arange(n) % n_classes
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    data[:, 0] = 0  # red channel, pixel (0, 0)
+    data[:, 1024] = 255  # green channel, pixel (0, 0)
+    files = [f"{i}.png" for i in range(n)]
+    batch = {"batch_label": "tiny", "data": data, labels_key: labels.tolist(), "filenames": files}
+    if labels_key == "fine_labels":
+        batch["coarse_labels"] = (labels // 5).tolist()
+    if bytes_keys:  # what the published Python 2 pickles look like when read as bytes
+        batch = {k.encode(): v for k, v in batch.items()}
+    return batch, data, labels
+
+
+def _dump(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+@pytest.mark.parametrize("bytes_keys", [False, True])
+def test_cifar10_reads_python_batches(tmp_path, bytes_keys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    train_labels = []
+    for i in range(1, 6):
+        batch, _, labels = _cifar_batch(rng, 10, 5, "labels", bytes_keys)
+        _dump(batch, folder / f"data_batch_{i}")
+        train_labels += labels.tolist()
+    batch, test_data, test_labels = _cifar_batch(rng, 10, 5, "labels", bytes_keys)
+    _dump(batch, folder / "test_batch")
+    names = [f"class{i}" for i in range(10)]
+    meta = {b"label_names": [n.encode() for n in names]} if bytes_keys else {"label_names": names}
+    _dump(meta, folder / "batches.meta")
+
+    dm = CIFAR10(data_dir=str(tmp_path), download=False, val_split=0.2)
+    assert dm.num_classes == 10 and dm.input_shape == (3, 32, 32)
+    dm.setup()
+    assert dm.class_names == names
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (40, 10, 10)
+    assert dm.train_set.images.dtype == torch.uint8
+    assert dm.test_set.labels.tolist() == test_labels.tolist()
+    assert sorted(dm.train_set.labels.tolist() + dm.val_set.labels.tolist()) == sorted(train_labels)
+    x, y = dm.test_set[3]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y.item() == test_labels[3]
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    assert x[0, 0, 0].item() == pytest.approx(-mean[0] / std[0], abs=1e-5)
+    assert x[1, 0, 0].item() == pytest.approx((1 - mean[1]) / std[1], abs=1e-5)
+    # rows are stored as R, G, B planes of 32x32
+    raw = torch.tensor(test_data[3].reshape(3, 32, 32), dtype=torch.float32) / 255
+    assert torch.allclose(x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1), raw, atol=1e-5)
+
+
+def test_cifar100_reads_fine_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    batch, _, train_labels = _cifar_batch(rng, 40, 20, "fine_labels", bytes_keys=False)
+    _dump(batch, folder / "train")
+    batch, _, test_labels = _cifar_batch(rng, 20, 20, "fine_labels", bytes_keys=False)
+    _dump(batch, folder / "test")
+    fine = [f"fine{i}" for i in range(100)]
+    _dump({"fine_label_names": fine, "coarse_label_names": [f"coarse{i}" for i in range(20)]}, folder / "meta")
+
+    dm = CIFAR100(data_dir=str(tmp_path), download=False, val_split=0.5, seed=3)
+    dm.setup()
+    assert dm.num_classes == 100 and dm.class_names == fine
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (20, 20, 20)
+    assert dm.test_set.labels.tolist() == test_labels.tolist()  # fine labels, not coarse
+    assert sorted(dm.val_set.labels.tolist()) == list(range(20))  # stratified: one of each
+    x, _ = dm.train_set[0]
+    assert x[0, 0, 0].item() == pytest.approx(-0.5071 / 0.2673, abs=1e-5)
+    again = CIFAR100(data_dir=str(tmp_path), download=False, val_split=0.5, seed=3)
+    again.setup()
+    assert torch.equal(again.val_set.images, dm.val_set.images)
+
+
+def test_cifar_missing_files_and_unsafe_pickle(tmp_path):
+    with pytest.raises(DataError) as err:
+        CIFAR10(data_dir=str(tmp_path), download=False).setup()
+    assert str(tmp_path / "cifar-10-batches-py") in str(err.value) and "data_batch_5" in str(err.value)
+    assert "cifar-10-python.tar.gz" in str(err.value)
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test", "meta"):
+        _dump({"fine_label_names": ["a"]}, folder / name)
+    _dump({"data": Path("x"), "fine_labels": []}, folder / "train")  # a non-numpy global must not load
+    with pytest.raises(DataError, match="refusing to load"):
+        CIFAR100(data_dir=str(tmp_path), download=False).setup()
+
+
+def _png(path: Path, value: int, size: tuple[int, int] = (10, 7)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, value, value)).save(path)
+
+
+CLASSES = ["cat", "dog", "eel"]
+
+
+def test_image_folder_single_folder(tmp_path):
+    for c, name in enumerate(CLASSES):
+        for i in range(10):
+            _png(tmp_path / name / f"{i}.png", value=0 if c == 0 else 255)
+    dm = ImageFolder(data_dir=str(tmp_path), image_size=16, val_split=0.2, test_split=0.2, batch_size=5)
+    # known before setup: the CLI links it into the model first
+    assert dm.num_classes == 3 and dm.class_names == CLASSES and dm.input_shape == (3, 16, 16)
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (18, 6, 6)
+    assert sorted(dm.val_set[i][1] for i in range(6)) == [0, 0, 1, 1, 2, 2]
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (5, 3, 16, 16) and x.dtype == torch.float32
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    for img, label in zip(x, y):
+        pixel = 0.0 if label == 0 else 1.0  # cats are black, the rest white
+        assert torch.allclose(img, ((pixel - mean) / std).expand(3, 16, 16), atol=1e-5)
+    again = ImageFolder(data_dir=str(tmp_path), image_size=16, val_split=0.2, test_split=0.2)
+    again.setup()
+    assert again.test_set.indices == dm.test_set.indices
+
+
+def test_image_folder_split_layout_greyscale(tmp_path):
+    for c, name in enumerate(CLASSES):
+        for i in range(6):
+            _png(tmp_path / "train" / name / f"{i}.png", value=40 * c)
+        _png(tmp_path / "val" / name / "v.png", value=40 * c)
+    _png(tmp_path / "test" / "dog" / "t0.png", value=40)  # test/ lacks cat and eel
+    _png(tmp_path / "test" / "eel" / "t1.png", value=80)
+    dm = ImageFolder(data_dir=str(tmp_path), image_size=8, channels=1, val_split=0.5, test_split=0.5)
+    assert dm.num_classes == 3 and dm.input_shape == (1, 8, 8)
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (18, 3, 2)  # nothing carved
+    assert [dm.test_set[i][1] for i in range(2)] == [1, 2]  # indices follow train/'s classes
+    x, y = dm.val_set[2]
+    assert x.shape == (1, 8, 8) and y == 2
+    assert torch.allclose(x, torch.full((1, 8, 8), (80 / 255 - 0.5) / 0.5), atol=1e-5)
+
+
+def test_image_folder_errors(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError) as err:
+        ImageFolder(data_dir=str(missing)).num_classes
+    assert str(missing) in str(err.value) and "<class>/<image>" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class folders"):
+        ImageFolder(data_dir=str(tmp_path / "empty")).setup()
+    (tmp_path / "noimages" / "cat").mkdir(parents=True)
+    with pytest.raises(DataError, match="could not read"):
+        ImageFolder(data_dir=str(tmp_path / "noimages")).setup()

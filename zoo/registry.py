@@ -1,0 +1,109 @@
+"""The backbone registry: every model family registers its variants here by name.
+
+A variant is a small factory function decorated with :func:`register_backbone`; the CLI, `zoo models`
+and the tests all find backbones through :func:`create_backbone` and :func:`list_backbones`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from zoo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """What the registry knows about one backbone before building it."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    family: str
+    input_kind: str  # "image", "vector", "sequence", "text"
+    description: str
+
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """The keyword arguments the factory accepts, by name."""
+        return dict(inspect.signature(self.factory).parameters)
+
+
+_REGISTRY: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(
+    name: str | None = None, *, family: str, input_kind: str
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a backbone factory under ``name`` (the function's name by default).
+
+    Raises:
+        ValueError: if the name is taken: two families must never shadow each other silently.
+    """
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or factory.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"backbone {key!r} is already registered by {_REGISTRY[key].factory.__module__}")
+        doc = inspect.getdoc(factory) or ""
+        _REGISTRY[key] = BackboneEntry(key, factory, family, input_kind, doc.splitlines()[0] if doc else "")
+        return factory
+
+    return decorator
+
+
+def _ensure_builtins_registered() -> None:
+    import zoo.backbones  # noqa: F401  (registers the built-in families on import)
+
+
+def get_backbone_entry(name: str) -> BackboneEntry:
+    """Look a backbone up by name; an unknown name raises with the closest registered names."""
+    _ensure_builtins_registered()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"unknown backbone {name!r}.{hint} Run `zoo models` to list the {len(_REGISTRY)} registered backbones."
+        )
+    return _REGISTRY[name]
+
+
+def check_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Fail early, naming the key, when ``kwargs`` holds an argument the backbone does not take."""
+    params = get_backbone_entry(name).parameters()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in kwargs:
+        if key not in params:
+            close = difflib.get_close_matches(key, list(params), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(
+                f"backbone {name!r} does not take the argument {key!r} (model.backbone_kwargs).{hint} "
+                f"It takes: {', '.join(p for p in params if p != 'input_shape')}."
+            )
+
+
+def create_backbone(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a registered backbone.
+
+    Args:
+        name: a registered name such as ``"cnn"`` (see :func:`list_backbones`).
+        pretrained: load pretrained weights; only backbones whose factory takes ``pretrained`` have them.
+        **kwargs: the factory's arguments, e.g. ``input_shape`` and family-specific sizes.
+    """
+    entry = get_backbone_entry(name)
+    check_backbone_kwargs(name, kwargs)
+    if pretrained:
+        if "pretrained" not in entry.parameters():
+            raise ConfigError(f"backbone {name!r} has no pretrained weights; set model.pretrained to false.")
+        kwargs["pretrained"] = True
+    return entry.factory(**kwargs)
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Registered backbone names matching a shell-style pattern (``"res*"``), sorted."""
+    _ensure_builtins_registered()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))

@@ -1,0 +1,7 @@
+"""LightningModules that bind a backbone to a head, a loss and metrics."""
+
+from zoo.tasks.base import ZooTask
+from zoo.tasks.classification import Classifier
+from zoo.tasks.regression import Regressor
+
+__all__ = ["Classifier", "Regressor", "ZooTask"]

@@ -1,0 +1,150 @@
+"""The task: a backbone and a head, the loss, metrics per stage, and the optimizer's parameter groups.
+
+Tasks know about learning; the network comes from the registry and the data facts (input shape,
+number of classes) come from the datamodule through the CLI's ``link_arguments``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MetricCollection
+
+from zoo.errors import ConfigError
+from zoo.registry import create_backbone
+
+STAGES = ("train", "val", "test")
+
+
+class ZooTask(LightningModule):
+    """Base of the zoo's tasks: builds ``self.backbone`` from the registry and ``self.head`` from the subclass.
+
+    Args:
+        backbone: a registered backbone name (``zoo models`` lists them).
+        backbone_kwargs: the backbone's own arguments, checked against its signature.
+        pretrained: load the backbone's pretrained weights.
+        input_shape: one sample's shape without the batch dimension; linked from the datamodule.
+        head_dropout: dropout between the backbone's features and the head's linear layer.
+        optimizer: any ``torch.optim`` class by ``class_path`` with its ``init_args``.
+        lr_scheduler: an optional ``torch.optim.lr_scheduler`` class by ``class_path``.
+    """
+
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def __init__(
+        self,
+        backbone: str = "mlp",
+        backbone_kwargs: Optional[dict[str, Any]] = None,
+        pretrained: bool = False,
+        input_shape: Optional[tuple[int, ...]] = None,
+        head_dropout: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__()
+        if input_shape is None:
+            raise ConfigError(
+                "model.input_shape is not set: it comes from the datamodule when run through `zoo`; "
+                "pass input_shape=(C, H, W) or (features,) when building a task in Python"
+            )
+        self.backbone_name = backbone
+        self.input_shape = tuple(input_shape)
+        self.backbone = create_backbone(
+            backbone, pretrained=pretrained, input_shape=self.input_shape, **(backbone_kwargs or {})
+        )
+        self.head_dropout = head_dropout
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        # Two samples so that batch norm layers can run in the model summary's forward pass.
+        self.example_input_array = torch.zeros(2, *self.input_shape)
+
+    def _prune_hparams(self) -> None:
+        # The CLI links every data fact to every task (num_classes, target_mean, ...); keep only the
+        # ones this task takes, so `load_from_checkpoint` and `--ckpt_path` rebuild it cleanly.
+        accepted = inspect.signature(type(self).__init__).parameters
+        for key in [k for k in self.hparams if k not in accepted and not k.startswith("_")]:
+            del self.hparams[key]
+
+    # --- the network ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+    # --- one shared step per stage -------------------------------------------------------------
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: MetricCollection, output: torch.Tensor, target: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def make_metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def _init_metrics(self) -> None:
+        # ModuleDict keys cannot be "train" (an nn.Module method), so each stage gets an attribute.
+        for stage in STAGES:
+            setattr(self, f"{stage}_metrics", self.make_metrics().clone(prefix=f"{stage}/"))
+
+    def shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y = batch
+        output = self(x)
+        loss = self.loss(output, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        metrics = getattr(self, f"{stage}_metrics")
+        self.update_metrics(metrics, output.detach(), y)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "test")
+
+    # --- optimisation --------------------------------------------------------------------------
+    def named_layer_groups(self) -> dict[str, nn.Module]:
+        """Every trainable part by name, stem to top: the backbone's layer groups, then the head."""
+        groups = {f"backbone.{name}": module for name, module in self.backbone.layer_groups().items()}
+        groups["head"] = self.head
+        return groups
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One optimizer group per layer group and decay kind, each named for the LR monitor.
+
+        Weight decay applies to weight matrices and kernels only (``p.dim() >= 2``), never to biases or
+        norm parameters; their groups carry ``weight_decay=0``.
+        """
+        seen: set[int] = set()
+        groups = []
+        for name, module in self.named_layer_groups().items():
+            params = [p for p in module.parameters() if id(p) not in seen]
+            seen.update(id(p) for p in params)
+            decay = [p for p in params if p.dim() >= 2]
+            no_decay = [p for p in params if p.dim() < 2]
+            if decay:
+                groups.append({"name": name, "params": decay})
+            if no_decay:
+                groups.append({"name": f"{name}.no_decay", "params": no_decay, "weight_decay": 0.0})
+        missing = [n for n, p in self.named_parameters() if id(p) not in seen]
+        if missing:
+            raise RuntimeError(f"parameters outside every layer group (a backbone bug): {missing[:5]}")
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.param_groups())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
