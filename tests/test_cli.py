@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,9 +158,9 @@ def test_models_pattern_filters_and_unmatched_pattern_fails(capsys: pytest.Captu
 
 
 def test_console_script_is_the_same_program_as_cli_py(tmp_path: Path) -> None:
-    script = shutil.which("zoo")
-    assert script is not None, "the `zoo` console script is not installed (pip install -e .)"
-    import subprocess
+    # The console script sits beside this interpreter, whether or not the venv is activated.
+    script = Path(sys.executable).parent / "zoo"
+    assert script.exists(), "the `zoo` console script is not installed (pip install -e .)"
 
     by_script = subprocess.run([script, "models", "c*"], capture_output=True, text=True, cwd=tmp_path)
     by_file = run_zoo("models", "c*", cwd=tmp_path)
