@@ -26,18 +26,6 @@ class Digits(ZooDataModule):
     train / val / test splits.
     """
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_split: float = 0.1,
-        test_split: float = 0.2,
-        seed: int = 42,
-        num_classes: Optional[int] = None,
-    ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes)
-
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (1, 8, 8)
