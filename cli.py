@@ -118,6 +118,7 @@ class ZooCLI(LightningCLI):
         for source, target in (
             ("num_classes", "num_classes"),
             ("input_shape", "input_shape"),
+            ("vocab_size", "vocab_size"),
             ("num_targets", "num_targets"),
             ("target_mean", "target_mean"),
             ("target_std", "target_std"),

@@ -116,6 +116,11 @@ class ZooDataModule(LightningDataModule):
         return [str(i) for i in range(self.num_classes or 0)]
 
     @property
+    def vocab_size(self) -> Optional[int]:
+        """Size of the token vocabulary (text data only)."""
+        return None
+
+    @property
     def num_targets(self) -> Optional[int]:
         """Number of regression targets (None for classification)."""
         return None

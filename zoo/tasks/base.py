@@ -7,7 +7,8 @@ number of classes) come from the datamodule through the CLI's ``link_arguments``
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -29,6 +30,8 @@ class ZooTask(LightningModule):
         backbone_kwargs: the backbone's own arguments, checked against its signature.
         pretrained: load the backbone's pretrained weights.
         input_shape: one sample's shape without the batch dimension; linked from the datamodule.
+        vocab_size: size of the token vocabulary for text data; linked from the datamodule and passed
+            to the backbone (which then embeds token ids).
         head_dropout: dropout between the backbone's features and the head's linear layer.
         optimizer: any ``torch.optim`` class by ``class_path`` with its ``init_args``.
         lr_scheduler: an optional ``torch.optim.lr_scheduler`` class by ``class_path``.
@@ -43,6 +46,7 @@ class ZooTask(LightningModule):
         backbone_kwargs: Optional[dict[str, Any]] = None,
         pretrained: bool = False,
         input_shape: Optional[tuple[int, ...]] = None,
+        vocab_size: Optional[int] = None,
         head_dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
@@ -55,14 +59,15 @@ class ZooTask(LightningModule):
             )
         self.backbone_name = backbone
         self.input_shape = tuple(input_shape)
-        self.backbone = create_backbone(
-            backbone, pretrained=pretrained, input_shape=self.input_shape, **(backbone_kwargs or {})
-        )
+        data_facts: dict[str, Any] = {"input_shape": self.input_shape}
+        if vocab_size is not None:
+            data_facts["vocab_size"] = vocab_size
+        self.backbone = create_backbone(backbone, pretrained=pretrained, **data_facts, **(backbone_kwargs or {}))
         self.head_dropout = head_dropout
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        # Two samples so that batch norm layers can run in the model summary's forward pass.
-        self.example_input_array = torch.zeros(2, *self.input_shape)
+        # Lets the model summary show each layer's input and output sizes.
+        self.example_input_array = self.backbone.example_input(self.input_shape)
 
     def _prune_hparams(self) -> None:
         # The CLI links every data fact to every task (num_classes, target_mean, ...); keep only the
@@ -72,8 +77,15 @@ class ZooTask(LightningModule):
             del self.hparams[key]
 
     # --- the network ---------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x))
+    def forward(self, x: Union[torch.Tensor, Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: Union[torch.Tensor, Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        """``(B, num_features)``. Sequence and text batches are dicts (``x`` and ``mask``, or a
+        tokenizer's ``input_ids`` and ``attention_mask``) passed to the backbone as keyword arguments."""
+        if isinstance(x, Mapping):
+            return self.backbone.forward_features(**x)
+        return self.backbone.forward_features(x)
 
     # --- one shared step per stage -------------------------------------------------------------
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

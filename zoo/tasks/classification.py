@@ -35,13 +35,16 @@ class Classifier(ZooTask):
         pretrained: bool = False,
         num_classes: Optional[int] = None,
         input_shape: Optional[tuple[int, ...]] = None,
+        vocab_size: Optional[int] = None,
         head_dropout: float = 0.0,
         label_smoothing: float = 0.0,
         class_weights: Optional[list[float]] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
-        super().__init__(backbone, backbone_kwargs, pretrained, input_shape, head_dropout, optimizer, lr_scheduler)
+        super().__init__(
+            backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler
+        )
         self.save_hyperparameters()
         self._prune_hparams()
         if num_classes is None or num_classes < 2:

@@ -37,6 +37,7 @@ class Regressor(ZooTask):
         pretrained: bool = False,
         num_targets: Optional[int] = None,
         input_shape: Optional[tuple[int, ...]] = None,
+        vocab_size: Optional[int] = None,
         head_dropout: float = 0.0,
         loss: Literal["mse", "mae", "huber"] = "mse",
         target_mean: Optional[list[float]] = None,
@@ -44,7 +45,9 @@ class Regressor(ZooTask):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
-        super().__init__(backbone, backbone_kwargs, pretrained, input_shape, head_dropout, optimizer, lr_scheduler)
+        super().__init__(
+            backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler
+        )
         self.save_hyperparameters()
         self._prune_hparams()
         if num_targets is None or num_targets < 1:
