@@ -102,8 +102,13 @@ class ZooTask(LightningModule):
         for stage in STAGES:
             setattr(self, f"{stage}_metrics", self.make_metrics().clone(prefix=f"{stage}/"))
 
+    def target_of(self, x: Any, y: torch.Tensor) -> torch.Tensor:
+        """What the output is compared with: the label, or the input itself for an autoencoder."""
+        return y
+
     def shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
+        y = self.target_of(x, y)
         output = self(x)
         loss = self.loss(output, y)
         on_step = stage == "train"
