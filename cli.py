@@ -257,13 +257,16 @@ def list_models(pattern: str = "*") -> None:
     if not names:
         raise ConfigError(f"no registered backbone matches {pattern!r}; run `zoo models` to see them all")
     table = Table(title=f"zoo backbones matching {pattern!r}")
-    for col in ("name", "family", "params", "input", "description"):
-        table.add_column(col, justify="right" if col == "params" else "left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("family", no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("input", no_wrap=True)
+    table.add_column("description")
     for name in names:
         entry = get_backbone_entry(name)
-        model = create_backbone(name)
-        params = sum(p.numel() for p in model.parameters())
-        table.add_row(name, entry.family, f"{params:,}", entry.input_kind, entry.description)
+        params = sum(p.numel() for p in create_backbone(name).parameters())
+        summary = re.split(r"[;:]", entry.description)[0].rstrip(".")  # the first clause is enough here
+        table.add_row(name, entry.family, f"{params:,}", entry.input_kind, summary)
     Console().print(table)
     print("Parameter counts are for each backbone's default input shape; the head is not included.")
 

@@ -2,7 +2,9 @@
 
 from datamodules.base import ZooDataModule
 from datamodules.images import Digits, ImageFolder
+from datamodules.sequences import TimeSeries
 from datamodules.tabular import SklearnTabular
+from datamodules.text import TextClassification
 from datamodules.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
 
 __all__ = [
@@ -13,5 +15,7 @@ __all__ = [
     "ImageFolder",
     "MNIST",
     "SklearnTabular",
+    "TextClassification",
+    "TimeSeries",
     "ZooDataModule",
 ]

@@ -25,7 +25,7 @@ def _example_input(name: str) -> torch.Tensor:
     """A tiny batch of the backbone's input kind, shaped by its default ``input_shape``."""
     entry = get_backbone_entry(name)
     shape = tuple(entry.parameters()["input_shape"].default)
-    if entry.input_kind in ("image", "vector"):
+    if entry.input_kind in ("image", "vector", "sequence"):
         return torch.randn(TINY_BATCH, *shape)
     pytest.fail(f"no example input for input_kind {entry.input_kind!r}: extend _example_input")
 

@@ -1,8 +1,19 @@
 """Built-in backbone families; importing this package registers them."""
 
-from zoo.backbones import cnn, mlp  # noqa: F401  (registration side effect)
+from zoo.backbones import cnn, conv1d, mlp, rnn, transformer  # noqa: F401  (registration side effect)
 from zoo.backbones.base import Backbone
 from zoo.backbones.cnn import CNNBackbone
+from zoo.backbones.conv1d import FCN1DBackbone, ResNet1DBackbone
 from zoo.backbones.mlp import MLPBackbone
+from zoo.backbones.rnn import RNNBackbone
+from zoo.backbones.transformer import TransformerBackbone
 
-__all__ = ["Backbone", "CNNBackbone", "MLPBackbone"]
+__all__ = [
+    "Backbone",
+    "CNNBackbone",
+    "FCN1DBackbone",
+    "MLPBackbone",
+    "RNNBackbone",
+    "ResNet1DBackbone",
+    "TransformerBackbone",
+]

@@ -17,7 +17,7 @@ Pool = Literal["max", "avg", "none"]
 
 @register_backbone("cnn", family="cnn", input_kind="image")
 class CNNBackbone(Backbone):
-    """A stack of convolution stages, flattened into dense layers.
+    """Classic CNN: ``[Conv -> BN -> act] -> pool`` stages, then Flatten -> Dense.
 
     Args:
         input_shape: ``(channels, height, width)`` of one image.

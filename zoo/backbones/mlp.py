@@ -18,7 +18,7 @@ Norm = Literal["none", "batch", "layer"]
 
 @register_backbone("mlp", family="mlp", input_kind="vector")
 class MLPBackbone(Backbone):
-    """Flatten, then ``Linear -> norm -> activation -> dropout`` for each hidden size.
+    """Multi-layer perceptron over flattened inputs: ``Linear -> norm -> activation -> dropout`` per layer.
 
     Args:
         input_shape: shape of one sample without the batch dimension; it is flattened.

@@ -1,0 +1,320 @@
+"""Sequence datamodules: UEA / UCR time-series classification from ``.ts`` files, and the padded batches
+that sequence and text data share.
+
+Batches are ``({"x": x, "mask": mask}, y)``: ``x`` is ``(B, T, C)`` floats (or ``(B, T)`` token ids for
+text), ``mask`` is ``(B, T)``, True at real steps, with padding only at the end of each sequence, and ``T``
+is the longest sequence in that batch (padded when the batch is collated, not ahead of time).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import warnings
+from functools import cached_property, partial
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.base import ZooDataModule, split_indices
+from zoo.errors import ConfigError, DataError
+
+
+# --- what sequence and text datamodules share --------------------------------------------------------
+class VariableLengthDataset(Dataset):
+    """Samples of different lengths: ``(sequence, label)`` with ``sequence`` ``(T_i, C)`` or ``(T_i,)``."""
+
+    def __init__(self, sequences: list[torch.Tensor], labels: torch.Tensor) -> None:
+        if len(sequences) != len(labels):
+            raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
+        self.sequences = sequences
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sequences[i], self.labels[i]
+
+
+def pad_collate(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_value: float = 0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Pads a batch at the end to its longest sequence: ``({"x": (B, T, ...), "mask": (B, T)}, y)``."""
+    sequences, labels = zip(*batch)
+    lengths = torch.tensor([len(s) for s in sequences])
+    x = pad_sequence(list(sequences), batch_first=True, padding_value=pad_value)
+    mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+    return {"x": x, "mask": mask}, torch.stack(labels)
+
+
+class PaddedSequenceDataModule(ZooDataModule):
+    """A datamodule whose loaders pad each batch to its longest sequence (see :func:`pad_collate`)."""
+
+    @property
+    def pad_value(self) -> float:
+        """What padded steps of ``x`` hold (the mask is what marks them)."""
+        return 0
+
+    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("datamodule.setup() must run before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=partial(pad_collate, pad_value=self.pad_value),  # a partial pickles into workers
+        )
+
+
+def sorted_labels(labels: Sequence[str]) -> list[str]:
+    """The unique labels, sorted numerically when every one is a finite number, else as strings."""
+    unique = set(labels)
+    try:
+        numbers = {s: float(s) for s in unique}
+    except ValueError:
+        return sorted(unique)
+    if not all(math.isfinite(v) for v in numbers.values()):
+        return sorted(unique)
+    return sorted(unique, key=lambda s: (numbers[s], s))
+
+
+# --- the .ts format ----------------------------------------------------------------------------------
+def _floats(text: str, path: str, lineno: int) -> np.ndarray:
+    tokens = text.split(",")
+    try:
+        return np.array(tokens, dtype=np.float64)
+    except ValueError:
+        pass
+    values = []
+    for token in tokens:  # the slow path: '?' marks a missing value
+        token = token.strip()
+        try:
+            values.append(math.nan if token == "?" else float(token))
+        except ValueError:
+            raise DataError(f"{path}, line {lineno}: {token!r} is not a number (nor '?' for missing)") from None
+    return np.array(values, dtype=np.float64)
+
+
+def read_ts(path: str) -> tuple[list[np.ndarray], list[str]]:
+    """Reads a UEA / UCR ``.ts`` classification file.
+
+    The header (``@problemName``, ``@dimensions``, ``@classLabel true ...``, ...) ends at ``@data``; then
+    one case per line: dimensions separated by ``:``, values by ``,``, the class label last. ``?`` (or
+    ``NaN``) is a missing value and becomes NaN. Cases may differ in length, but every dimension of one
+    case has the same length, and every case has the same number of dimensions.
+
+    Returns:
+        The series, each ``(T_i, C)`` float64, and their class labels as written (aeon lowercases them).
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{os.path.abspath(path)}: no such .ts file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [(n, line.strip()) for n, line in enumerate(f, start=1)]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}); is this a .ts file?") from None
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]  # no blanks nor comments
+    header: dict[str, str] = {}
+    for start, (lineno, line) in enumerate(lines):
+        if not line.startswith("@"):
+            raise DataError(f"{path}, line {lineno}: expected a header line '@...' or '@data' before the cases")
+        key, _, value = line[1:].partition(" ")
+        if key.lower() == "data":
+            break
+        header[key.lower()] = value.strip()
+    else:
+        raise DataError(f"{path}: no '@data' line; is this a .ts file?")
+    expected, expected_from = _check_header(header, path)  # the number of dimensions, and who says so
+    series: list[np.ndarray] = []
+    labels: list[str] = []
+    for lineno, line in lines[start + 1 :]:
+        *dims, label = line.split(":")
+        if not dims or not label.strip():
+            raise DataError(f"{path}, line {lineno}: a case needs its class label after the last ':'")
+        if expected is None:
+            expected, expected_from = len(dims), f"the first case (line {lineno})"
+        elif len(dims) != expected:
+            raise DataError(
+                f"{path}, line {lineno}: the case has {len(dims)} dimensions but {expected_from} has {expected}"
+            )
+        values = [_floats(d, path, lineno) for d in dims]
+        if len({len(v) for v in values}) > 1:
+            raise DataError(
+                f"{path}, line {lineno}: the dimensions of one case have different lengths "
+                f"{[len(v) for v in values]}; every dimension of a case must have the same length"
+            )
+        series.append(np.stack(values, axis=1))  # (T, C)
+        labels.append(label.strip())
+    if not series:
+        raise DataError(f"{path}: no cases after '@data'")
+    return series, labels
+
+
+def _check_header(header: dict[str, str], path: str) -> tuple[Optional[int], str]:
+    """Rejects what this reader does not support; returns the declared number of dimensions, if any."""
+    if header.get("timestamps", "false").lower() == "true":
+        raise DataError(f"{path}: '@timeStamps true' (values with time stamps) is not supported")
+    if header.get("targetlabel", "false").lower() == "true":
+        raise DataError(f"{path}: '@targetLabel true' is a regression problem; TimeSeries reads classification files")
+    if header.get("classlabel", "true").split(" ")[0].lower() != "true":
+        raise DataError(f"{path}: '@classLabel false': the cases have no class labels to learn")
+    if "dimensions" in header:
+        try:
+            return int(header["dimensions"]), f"the header (@dimensions {header['dimensions']})"
+        except ValueError:
+            raise DataError(f"{path}: '@dimensions {header['dimensions']}' is not a whole number") from None
+    if header.get("univariate", "").lower() == "true":
+        return 1, "the header (@univariate true)"
+    return None, ""
+
+
+def aeon_ts_files(name: str) -> tuple[str, str]:
+    """The ``_TRAIN.ts`` and ``_TEST.ts`` files of a dataset that aeon ships (found without importing aeon)."""
+    how = "Or pass the files by path: data.train_file=<path>/<NAME>_TRAIN.ts data.test_file=<path>/<NAME>_TEST.ts"
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            f"data.name={name!r} finds the .ts files aeon ships, but aeon is not installed: pip install aeon. {how}"
+        )
+    root = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
+    files = tuple(os.path.join(root, name, f"{name}_{split}.ts") for split in ("TRAIN", "TEST"))
+    if not all(os.path.isfile(f) for f in files):
+        names = os.listdir(root) if os.path.isdir(root) else []
+        shipped = sorted(d for d in names if os.path.isfile(os.path.join(root, d, f"{d}_TRAIN.ts")))
+        raise DataError(f"aeon ships no .ts files for data.name={name!r} (it ships {shipped}). {how}")
+    return files  # type: ignore[return-value]
+
+
+# --- the datamodule ----------------------------------------------------------------------------------
+class TimeSeries(PaddedSequenceDataModule):
+    """Time-series classification from UEA / UCR ``.ts`` files (a ``_TRAIN`` and a ``_TEST`` file).
+
+    The test file is the test split; a seeded, stratified validation split is carved from the training
+    file. Series may differ in length: each batch is padded to its longest series, and ``input_shape`` is
+    ``(longest series in both files, channels)``. Class indices follow the sorted labels of the training
+    file (numerically sorted when all are numbers). Missing values (``?``) become 0 after normalisation:
+    the mean of their channel under ``per_channel`` and ``per_series``; they are left out of the statistics.
+
+    Args:
+        name: a dataset that aeon ships (``JapaneseVowels``, ``BasicMotions``, ...), found in aeon's
+            package; ``train_file`` / ``test_file`` override its files.
+        train_file: path of the ``.ts`` training file.
+        test_file: path of the ``.ts`` test file.
+        normalize: ``per_channel`` z-normalises each channel with the mean and std of every real step of the
+            training split (after the validation split is carved out); ``per_series`` z-normalises each
+            series' channels by their own mean and std; ``none`` keeps the values. Population std; a std
+            below 1e-8 (a constant channel) is taken as 1.
+        data_dir: unused (the files are given by path); kept so every datamodule takes it.
+        batch_size: series per batch.
+        num_workers: DataLoader worker processes.
+        val_split: fraction of the training file held out for validation.
+        seed: seeds the validation split.
+        num_classes: optional check of the number of classes in the training file.
+    """
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        train_file: Optional[str] = None,
+        test_file: Optional[str] = None,
+        normalize: Literal["per_channel", "per_series", "none"] = "per_channel",
+        data_dir: str = "data",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_split: float = 0.1,
+        seed: int = 42,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        super().__init__(data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes)
+        if normalize not in ("per_channel", "per_series", "none"):
+            raise ConfigError(f"data.normalize={normalize!r} must be 'per_channel', 'per_series' or 'none'")
+        if name is None and (train_file is None or test_file is None):
+            raise ConfigError(
+                "TimeSeries needs data.train_file and data.test_file (.ts files), "
+                "or data.name of a dataset aeon ships (e.g. JapaneseVowels)"
+            )
+        self.name = name
+        self.train_file = train_file
+        self.test_file = test_file
+        self.normalize = normalize
+
+    @cached_property
+    def files(self) -> tuple[str, str]:
+        """The training and test ``.ts`` files."""
+        if self.train_file is not None and self.test_file is not None:
+            return self.train_file, self.test_file
+        shipped = aeon_ts_files(self.name)  # type: ignore[arg-type]
+        return self.train_file or shipped[0], self.test_file or shipped[1]
+
+    @cached_property
+    def _raw(self) -> tuple[list[np.ndarray], list[str], list[np.ndarray], list[str]]:
+        train_file, test_file = self.files
+        train_x, train_y = read_ts(train_file)
+        test_x, test_y = read_ts(test_file)
+        if train_x[0].shape[1] != test_x[0].shape[1]:
+            raise DataError(
+                f"{train_file} has {train_x[0].shape[1]} dimensions but {test_file} has {test_x[0].shape[1]}"
+            )
+        unknown = sorted_labels(list(set(test_y) - set(train_y)))
+        if unknown:
+            raise DataError(f"{test_file} has class labels {unknown} that the training file {train_file} lacks")
+        return train_x, train_y, test_x, test_y
+
+    @cached_property
+    def class_names(self) -> list[str]:  # type: ignore[override]
+        return sorted_labels(self._raw[1])
+
+    def _num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        train_x, _, test_x, _ = self._raw
+        return (max(len(s) for s in train_x + test_x), train_x[0].shape[1])
+
+    def _targets(self, labels: list[str]) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.class_names)}
+        return torch.tensor([index[label] for label in labels], dtype=torch.long)
+
+    @cached_property
+    def _splits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y = self._targets(self._raw[1]).numpy()
+        return split_indices(len(y), self.val_split, 0.0, self.seed, stratify=y)
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        train_x, train_y, test_x, test_y = self._raw
+        train, val, _ = self._splits
+        if self.normalize == "per_channel":  # every real step of the training split, per channel
+            mean, std = _moments(np.concatenate([train_x[i] for i in train]), axis=0)
+        else:
+            mean, std = np.zeros(1), np.ones(1)
+
+        def prepare(s: np.ndarray) -> torch.Tensor:
+            m, sd = _moments(s, axis=0) if self.normalize == "per_series" else (mean, std)
+            return torch.from_numpy(np.nan_to_num((s - m) / sd, nan=0.0)).float()  # (T, C)
+
+        def dataset(series: list[np.ndarray], labels: list[str]) -> VariableLengthDataset:
+            return VariableLengthDataset([prepare(s) for s in series], self._targets(labels))
+
+        return (
+            dataset([train_x[i] for i in train], [train_y[i] for i in train]),
+            dataset([train_x[i] for i in val], [train_y[i] for i in val]),
+            dataset(test_x, test_y),
+        )
+
+
+def _moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std over ``axis``, ignoring NaN; an all-NaN or constant channel gets 0 and 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns about all-NaN channels
+        mean, std = np.nanmean(x, axis=axis), np.nanstd(x, axis=axis)
+    mean = np.where(np.isnan(mean), 0.0, mean)
+    std = np.where(np.isnan(std) | (std < 1e-8), 1.0, std)
+    return mean, std

@@ -1,0 +1,303 @@
+"""Text classification from CSV, TSV or JSON-lines files, with a word vocabulary or a HuggingFace tokenizer.
+
+Batches are ``({"x": token_ids (B, T), "mask": (B, T)}, y)``, padded at the end to the longest text of
+the batch (see :mod:`datamodules.sequences`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections import Counter
+from functools import cached_property
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import split_indices
+from datamodules.sequences import PaddedSequenceDataModule, VariableLengthDataset, sorted_labels
+from zoo.errors import ConfigError, DataError
+
+PAD, UNK = "<pad>", "<unk>"  # indices 0 and 1 of the word vocabulary
+WORD = re.compile(r"\w+|[^\w\s]")  # words, and each punctuation mark on its own
+FORMATS = {".csv": "CSV", ".tsv": "TSV", ".jsonl": "JSON lines", ".json": "JSON lines"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "bert-base-uncased", "org/model"
+
+
+# --- reading the files -------------------------------------------------------------------------------
+def _rows(path: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    """The file's column names and its ``(line number, record)`` pairs."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise DataError(f"{path}: unknown file type {ext!r}; text data is read from {sorted(FORMATS)} files")
+    if not os.path.isfile(path):
+        raise DataError(f"{os.path.abspath(path)}: no such file")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: spreadsheets often start with a BOM
+            if ext in (".csv", ".tsv"):
+                reader = csv.DictReader(f, delimiter="," if ext == ".csv" else "\t")
+                try:
+                    rows = [(reader.line_num, row) for row in reader]
+                except csv.Error as err:
+                    raise DataError(f"{path}, line {reader.line_num}: not valid {FORMATS[ext]}: {err}") from err
+                return list(reader.fieldnames or []), rows
+            rows = []
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}, line {lineno}: not JSON ({err}); expected one object a line") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}, line {lineno}: expected one JSON object a line")
+                rows.append((lineno, record))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from None
+    return list(dict.fromkeys(k for _, r in rows for k in r)), rows  # every key, in order of appearance
+
+
+def read_texts(path: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    """The texts and their labels (as strings: ``1`` in JSON and ``"1"`` in a CSV are the same class)."""
+    columns, rows = _rows(path)
+    missing = [c for c in (text_column, label_column) if c not in columns]
+    if missing:
+        raise DataError(
+            f"{path} has no column {' or '.join(repr(c) for c in missing)}; its columns are {columns}. "
+            f"Set data.text_column and data.label_column"
+        )
+    texts, labels = [], []
+    for lineno, row in rows:
+        text, label = row.get(text_column), row.get(label_column)
+        if text is None or label is None or str(label).strip() == "":
+            empty = label_column if text is not None else text_column
+            raise DataError(f"{path}, line {lineno}: no value in column {empty!r}")
+        texts.append(str(text))
+        labels.append(str(label).strip())
+    if not texts:
+        raise DataError(f"{path}: no rows")
+    return texts, labels
+
+
+# --- the datamodule ----------------------------------------------------------------------------------
+class TextClassification(PaddedSequenceDataModule):
+    """Text classification from CSV / TSV / JSON-lines files (the extension says which).
+
+    Validation and test data come from ``val_file`` / ``test_file`` where given, else from seeded,
+    stratified splits of ``train_file``. Class indices follow the sorted labels of the training file
+    (numerically sorted when all are numbers). Texts become token ids, truncated to ``max_length``:
+
+    - ``tokenizer=None``: a word vocabulary built from the training split only, most frequent words
+      first; index 0 is ``<pad>``, 1 is ``<unk>`` (words outside the vocabulary, and the one token of an
+      empty text, so that every text has a real step).
+    - ``tokenizer=<directory or hub name>``: that HuggingFace tokenizer, with its special tokens; batches
+      are padded with its ``pad_token_id`` (0 if it has none), the mask marking the real tokens.
+
+    Args:
+        train_file: the training data (``.csv``, ``.tsv``, ``.jsonl`` or ``.json`` with one object a line).
+        val_file: optional validation data in the same layout.
+        test_file: optional test data in the same layout.
+        text_column: the column (or JSON key) holding the text.
+        label_column: the column holding the class label (a string or an integer).
+        tokenizer: a local directory or a hub name for ``transformers.AutoTokenizer``; None builds a
+            word vocabulary. Offline, a hub name works only if it is in the HuggingFace cache.
+        max_length: texts are truncated to this many tokens (special tokens included).
+        lowercase: lowercase texts before the word split (word vocabulary only).
+        min_freq: words seen fewer times in the training split are ``<unk>`` (word vocabulary only).
+        max_vocab: the word vocabulary's size at most, ``<pad>`` and ``<unk>`` included.
+        data_dir: unused (the files are given by path); kept so every datamodule takes it.
+        batch_size: texts per batch.
+        num_workers: DataLoader worker processes.
+        val_split: fraction of the training file held out for validation when there is no ``val_file``.
+        test_split: fraction held out for testing when there is no ``test_file``.
+        seed: seeds the carved splits.
+        num_classes: optional check of the number of classes in the training file.
+    """
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: Optional[str] = None,
+        test_file: Optional[str] = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        tokenizer: Optional[str] = None,
+        max_length: int = 128,
+        lowercase: bool = True,
+        min_freq: int = 1,
+        max_vocab: int = 20000,
+        data_dir: str = "data",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_split: float = 0.1,
+        test_split: float = 0.2,
+        seed: int = 42,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes)
+        for name, value, least in (
+            ("max_length", max_length, 1), ("min_freq", min_freq, 1), ("max_vocab", max_vocab, 3)
+        ):
+            if value < least:
+                raise ConfigError(f"data.{name}={value} must be at least {least}")
+        self.train_file = train_file
+        self.val_file = val_file
+        self.test_file = test_file
+        self.text_column = text_column
+        self.label_column = label_column
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.lowercase = lowercase
+        self.min_freq = min_freq
+        self.max_vocab = max_vocab
+
+    # --- data, labels and splits ------------------------------------------------------------------
+    def _read(self, path: str) -> tuple[list[str], list[str]]:
+        return read_texts(path, self.text_column, self.label_column)
+
+    @cached_property
+    def _train_data(self) -> tuple[list[str], list[str]]:
+        return self._read(self.train_file)
+
+    @cached_property
+    def class_names(self) -> list[str]:  # type: ignore[override]
+        return sorted_labels(self._train_data[1])
+
+    def _num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _targets(self, labels: list[str], path: str) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.class_names)}
+        unknown = sorted_labels([label for label in set(labels) if label not in index])
+        if unknown:
+            raise DataError(f"{path} has labels {unknown} that the training file {self.train_file} lacks")
+        return torch.tensor([index[label] for label in labels], dtype=torch.long)
+
+    @cached_property
+    def _splits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y = self._targets(self._train_data[1], self.train_file).numpy()
+        val = self.val_split if self.val_file is None else 0.0
+        test = self.test_split if self.test_file is None else 0.0
+        return split_indices(len(y), val, test, self.seed, stratify=y)
+
+    @cached_property
+    def _split_data(self) -> dict[str, tuple[list[str], list[str], str]]:
+        """Each split's texts, labels and the file they come from."""
+        texts, labels = self._train_data
+        out = {}
+        for split, idx, path in zip(("train", "val", "test"), self._splits, (None, self.val_file, self.test_file)):
+            if path is None:
+                out[split] = ([texts[i] for i in idx], [labels[i] for i in idx], self.train_file)
+            else:
+                out[split] = (*self._read(path), path)
+        return out
+
+    # --- tokens -----------------------------------------------------------------------------------
+    def _words(self, text: str) -> list[str]:
+        return WORD.findall(text.lower() if self.lowercase else text)
+
+    @cached_property
+    def vocab(self) -> Optional[dict[str, int]]:
+        """The word vocabulary built from the training split (None with a HuggingFace tokenizer)."""
+        if self.tokenizer is not None:
+            return None
+        counts = Counter(w for text in self._split_data["train"][0] for w in self._words(text))
+        kept = sorted((w for w, n in counts.items() if n >= self.min_freq), key=lambda w: (-counts[w], w))
+        return {w: i for i, w in enumerate([PAD, UNK, *kept[: self.max_vocab - 2]])}
+
+    @cached_property
+    def hf_tokenizer(self) -> Any:
+        """The HuggingFace tokenizer (None with the word vocabulary)."""
+        return None if self.tokenizer is None else load_tokenizer(self.tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        if self.hf_tokenizer is not None:
+            return len(self.hf_tokenizer)  # added tokens included, so every id has an embedding row
+        return len(self.vocab)  # type: ignore[arg-type]
+
+    @property
+    def pad_value(self) -> int:
+        pad = self.hf_tokenizer.pad_token_id if self.hf_tokenizer is not None else 0
+        return 0 if pad is None else pad
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.max_length,)
+
+    def encode(self, texts: list[str]) -> list[torch.Tensor]:
+        """Token ids of each text, truncated to ``max_length``, as ``(T_i,)`` long tensors."""
+        if self.hf_tokenizer is not None:
+            ids = self.hf_tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        else:
+            vocab: dict[str, int] = self.vocab  # type: ignore[assignment]
+            unk = vocab[UNK]
+            ids = [[vocab.get(w, unk) for w in self._words(t)][: self.max_length] or [unk] for t in texts]
+        return [torch.tensor(i, dtype=torch.long) for i in ids]
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        datasets = []
+        for split in ("train", "val", "test"):
+            texts, labels, path = self._split_data[split]
+            datasets.append(VariableLengthDataset(self.encode(texts), self._targets(labels, path)))
+        return tuple(datasets)  # type: ignore[return-value]
+
+
+def load_tokenizer(name: str) -> Any:
+    """``transformers.AutoTokenizer`` from a local directory, or a hub name (from the cache when offline).
+
+    Fails within seconds with a :class:`DataError` where the directory or the hub cannot be read.
+    """
+    from transformers import AutoTokenizer
+
+    how = (
+        "pass data.tokenizer=<directory> holding the tokenizer's files "
+        "(tokenizer.json or vocab.txt, tokenizer_config.json; what tokenizer.save_pretrained(directory) writes)"
+    )
+    if os.path.isdir(name):
+        try:
+            return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError, ImportError) as err:
+            raise DataError(
+                f"data.tokenizer={name!r}: could not load a tokenizer from this directory: {_said(err)}; {how}"
+            ) from err
+    if not _HUB_ID.match(name):
+        raise DataError(f"data.tokenizer={name!r}: no such directory, and not a hub name; {how}")
+    try:  # the local HuggingFace cache first: no network needed
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():  # without a network, transformers would retry for a minute
+        raise DataError(
+            f"data.tokenizer={name!r} is not a local directory nor in the HuggingFace cache, and the hub "
+            f"{'is switched off (HF_HUB_OFFLINE)' if offline else 'cannot be reached'}; {how}"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, ImportError) as err:
+        raise DataError(f"data.tokenizer={name!r}: could not load it from the hub: {_said(err)}; {how}") from err
+
+
+def _said(err: Exception) -> str:
+    return " ".join(str(err).split()).rstrip(".")  # transformers' messages span lines
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HuggingFace hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection says nothing; let transformers try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        with socket.create_connection((url.hostname or "", port), timeout):
+            return True
+    except OSError:
+        return False
