@@ -1,12 +1,14 @@
 """Built-in backbone families; importing this package registers them."""
 
-from zoo.backbones import cnn, conv1d, mlp, rnn, transformer  # noqa: F401  (registration side effect)
+from zoo.backbones import cnn, conv1d, mlp, resnet, rnn, transformer, vit  # noqa: F401  (registration side effect)
 from zoo.backbones.base import Backbone
 from zoo.backbones.cnn import CNNBackbone
 from zoo.backbones.conv1d import FCN1DBackbone, ResNet1DBackbone
 from zoo.backbones.mlp import MLPBackbone
+from zoo.backbones.resnet import ResNetBackbone
 from zoo.backbones.rnn import RNNBackbone
 from zoo.backbones.transformer import TransformerBackbone
+from zoo.backbones.vit import ViTBackbone
 
 __all__ = [
     "Backbone",
@@ -15,5 +17,7 @@ __all__ = [
     "MLPBackbone",
     "RNNBackbone",
     "ResNet1DBackbone",
+    "ResNetBackbone",
     "TransformerBackbone",
+    "ViTBackbone",
 ]
