@@ -8,7 +8,7 @@ and ``input_shape``.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -156,6 +156,10 @@ class ZooDataModule(LightningDataModule):
                 raise DataError(f"{type(self).__name__}: the training split is empty; check data_dir and the splits")
             self.train_set, self.val_set, self.test_set = train, val, test
 
+    def collate_fn(self) -> Optional[Callable[[list[Any]], Any]]:
+        """How samples become a batch; None is PyTorch's default stacking."""
+        return None
+
     def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("datamodule.setup() must run before asking for a dataloader")
@@ -165,6 +169,7 @@ class ZooDataModule(LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,12 +13,12 @@ import math
 import os
 import warnings
 from functools import cached_property, partial
-from typing import Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.base import ZooDataModule, split_indices
 from zoo.errors import ConfigError, DataError
@@ -60,17 +60,8 @@ class PaddedSequenceDataModule(ZooDataModule):
         """What padded steps of ``x`` hold (the mask is what marks them)."""
         return 0
 
-    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("datamodule.setup() must run before asking for a dataloader")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=partial(pad_collate, pad_value=self.pad_value),  # a partial pickles into workers
-        )
+    def collate_fn(self) -> Callable[[list[Any]], Any]:
+        return partial(pad_collate, pad_value=self.pad_value)  # a partial pickles into workers
 
 
 def sorted_labels(labels: Sequence[str]) -> list[str]:
