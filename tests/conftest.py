@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Set before torch loads (and inherited by the `zoo` subprocesses): on a shared 2-core machine,
+# OpenMP threads that spin while waiting made training steps 10-25x slower under load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
