@@ -87,7 +87,10 @@ def test_imagenet_stem_divides_resolution_by_four():
     assert _shapes_into_stages(model, torch.randn(2, 3, 64, 64))["layer1"] == (2, 64, 16, 16)
 
 
-@pytest.mark.parametrize("shape, expected", [((1, 8, 8), "small"), ((3, 63, 200), "small"), ((3, 64, 64), "imagenet"), ((3, 224, 224), "imagenet")])  # fmt: skip
+@pytest.mark.parametrize(
+    "shape, expected",
+    [((1, 8, 8), "small"), ((3, 63, 200), "small"), ((3, 64, 64), "imagenet"), ((3, 224, 224), "imagenet")],
+)
 def test_auto_stem_follows_image_size(shape, expected):
     assert create_backbone("resnet18", input_shape=shape).stem_kind == expected
 

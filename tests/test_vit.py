@@ -45,7 +45,7 @@ def _timm_to_zoo(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_vit_computes_the_same_features_as_timm_with_the_same_weights():
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
@@ -58,7 +58,6 @@ def test_vit_computes_the_same_features_as_timm_with_the_same_weights():
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(ours.forward_features(x), reference(x), atol=1e-5, rtol=1e-5)
-    assert timm.__version__  # the check above ran against a real timm
 
 
 # --- tokens and pooling -------------------------------------------------------------------------------

@@ -97,8 +97,8 @@ class ResNetBackbone(Backbone):
         drop_rate: dropout on the pooled features.
 
     Raises:
-        ConfigError: for a non-image ``input_shape``, mismatched ``layers`` / ``widths``, or an image the stem and
-            stages would shrink below 1x1.
+        ConfigError: for a non-image ``input_shape``, mismatched ``layers`` / ``widths``, or an image smaller than
+            the total stride of the stem and stages (it would shrink below 1x1).
     """
 
     def __init__(
@@ -172,12 +172,12 @@ def _check_size(height: int, width: int, stem: str, num_stages: int) -> None:
     stride = small_stride if stem == "small" else 4 * small_stride  # the ImageNet stem divides by 4 more
     if min(height, width) >= stride:
         return
-    fixes = ["a larger image size (e.g. data.image_size)", "fewer stages (backbone_kwargs.layers and widths)"]
+    fix = "a larger image size (e.g. data.image_size)"
     if stem == "imagenet" and min(height, width) >= small_stride:
-        fixes.insert(0, f"backbone_kwargs.stem: small (it needs {small_stride}x{small_stride})")
+        fix = f"backbone_kwargs.stem: small (it needs {small_stride}x{small_stride}) or {fix}"
     raise ConfigError(
         f"resnet: a {height}x{width} input is too small for the {stem} stem and {num_stages} stages: together they "
-        f"downsample by {stride}, so images need at least {stride}x{stride}. Use {' or '.join(fixes)}"
+        f"downsample by {stride}, so images need at least {stride}x{stride}. Use {fix}"
     )
 
 

@@ -214,7 +214,7 @@ def vit_tiny(
     drop_path: float = 0.0,
     pool: Pool = "cls",
 ) -> ViTBackbone:
-    """ViT-Ti/16: 12 blocks of width 192 with 3 heads, 16x16 patches.
+    """ViT-Ti/16 (width 192, 12 blocks, 3 heads, 16x16 patches).
 
     The same shape as timm's ``vit_tiny_patch16_224`` (and DeiT-Tiny); see :class:`ViTBackbone` for the arguments.
     """
@@ -229,7 +229,7 @@ def vit_micro(
     input_shape: tuple[int, int, int] = (1, 8, 8),
     patch_size: int = 4,
     embed_dim: int = 64,
-    depth: int = 4,
+    depth: int = 6,
     num_heads: int = 4,
     mlp_ratio: float = 2.0,
     dropout: float = 0.0,
@@ -237,7 +237,7 @@ def vit_micro(
     drop_path: float = 0.0,
     pool: Pool = "cls",
 ) -> ViTBackbone:
-    """A small ViT for small images (8x8 to 32x32): 4 blocks of width 64, 4x4 patches.
+    """Small ViT for 8x8 to 32x32 images (width 64, 6 blocks, 4x4 patches).
 
     4x4 patches make 4 tokens of an 8x8 digit, 49 of a 28x28 and 64 of a 32x32 image (plus the class
     token), so it trains from scratch on a CPU; see :class:`ViTBackbone` for the arguments.
