@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks.model_summary import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from datamodules.base import ZooDataModule
+from zoo.callbacks.finetuning import FineTuning
 from zoo.errors import ConfigError, ZooError
 from zoo.tasks.base import ZooTask
 
@@ -65,7 +66,7 @@ def _close_match_hint(message: str) -> str:
     candidates: set[str] = set()
     for cls_path in re.findall(r"class_path '([\w.]+)'", message):
         candidates |= _init_params(cls_path)
-    known = {"trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping}
+    known = {"trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping, "finetuning": FineTuning}
     if group.split(".")[-1] in known:
         candidates |= _params_of(known[group.split(".")[-1]])
     close = difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.6)
@@ -135,6 +136,7 @@ class ZooCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(FineTuning, "finetuning")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.patience": 10})
         parser.add_argument(
@@ -171,6 +173,8 @@ class ZooCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         user = trainer_config.get("callbacks") or []
         user = user if isinstance(user, list) else [user]
+        if _has(user, FineTuning):  # the user's own schedule in trainer.callbacks replaces the finetuning group
+            callbacks = [c for c in callbacks if not isinstance(c, FineTuning)]
         # Rich progress and summary by default, unless turned off or replaced by the user's own.
         if trainer_config.get("enable_progress_bar", True) is not False and not _has(user, ProgressBar):
             callbacks.append(RichProgressBar())
@@ -271,6 +275,88 @@ def list_models(pattern: str = "*") -> None:
     print("Parameter counts are for each backbone's default input shape; the head is not included.")
 
 
+def show_groups(argv: list[str]) -> None:
+    """`zoo groups`: a backbone's layer groups, their sizes and LR multipliers, and what a fine-tuning
+    schedule trains at each epoch. From a backbone name, or from a complete config (model + finetuning)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from zoo.callbacks.finetuning import STRATEGIES, describe_schedule
+
+    parser = argparse.ArgumentParser(
+        prog="zoo groups",
+        description=show_groups.__doc__,
+        epilog="examples:\n  zoo groups resnet18 --strategy progressive --unfreeze_every 2 --epochs 10\n"
+        "  zoo groups --config configs/experiments/digits_cnn.yaml --finetuning.strategy=progressive",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("backbone", nargs="?", help="a backbone name (`zoo models`), e.g. resnet18 or timm/resnet18")
+    parser.add_argument(
+        "--config", help="a zoo config: its model and finetuning are used; --finetuning.* and other overrides follow it"
+    )
+    parser.add_argument("--input_shape", type=int, nargs="+", help="one sample's shape, e.g. 3 32 32")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="full")
+    parser.add_argument("--unfreeze_epoch", type=int, default=1)
+    parser.add_argument("--unfreeze_every", type=int, default=1)
+    parser.add_argument("--milestones", type=json.loads, help='JSON, e.g. \'{"0": 0, "2": 1, "4": -1}\'')
+    parser.add_argument("--backbone_lr_ratio", type=float, default=1.0)
+    parser.add_argument("--layer_lr_decay", type=float, default=1.0)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs to show (default: max_epochs or 6)")
+    overrides, rest = _split_overrides(argv)
+    opts = parser.parse_args(rest)
+    if (opts.backbone is None) == (opts.config is None):
+        parser.error("give a backbone name or --config, not both")
+    if overrides and not opts.config:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)} (config overrides need --config)")
+    epochs = opts.epochs
+    if opts.config:
+        cli = ZooCLI(args=["--config", opts.config, *overrides, "--trainer.logger=false"], run=False)
+        groups = cli.model.named_layer_groups()
+        callback = next((c for c in cli.trainer.callbacks if isinstance(c, FineTuning)), FineTuning())
+        epochs = epochs or cli.trainer.max_epochs or 6
+        title = f"{opts.config}: backbone {cli.model.backbone_name}"
+    else:
+        from torch import nn
+
+        from zoo.registry import create_backbone
+
+        kwargs = {"input_shape": tuple(opts.input_shape)} if opts.input_shape else {}
+        backbone = create_backbone(opts.backbone, pretrained=False, **kwargs)
+        groups = {f"backbone.{name}": module for name, module in backbone.layer_groups().items()}
+        groups["head"] = nn.Identity()  # the task builds the head; shown for its LR and schedule
+        milestones = {int(k): int(v) for k, v in (opts.milestones or {}).items()}
+        callback = FineTuning(
+            opts.strategy, opts.unfreeze_epoch, opts.unfreeze_every, milestones, opts.backbone_lr_ratio,
+            opts.layer_lr_decay,
+        )  # fmt: skip
+        epochs = epochs or 6
+        title = f"{opts.backbone}: strategy {opts.strategy}"
+    table = Table(title=title, caption="+ trains, . frozen; LR x multiplies the optimizer's LR (head = 1)")
+    for column in ("group", "params", "LR x"):
+        table.add_column(column, justify="left" if column == "group" else "right", no_wrap=True)
+    for epoch in range(epochs):
+        table.add_column(str(epoch), justify="center")
+    for name, params, multiplier, trains in describe_schedule(callback, groups, epochs):
+        size = "new" if name == "head" and opts.backbone else f"{params:,}"
+        table.add_row(name, size, f"{multiplier:.3g}", *("+" if t else "." for t in trains))
+    Console().print(table)
+    print(f"strategy {callback.strategy}; epochs 0-{epochs - 1} (columns)")
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Dotted config overrides (``--finetuning.strategy=x`` or ``--trainer.max_epochs 5``) and the rest."""
+    overrides, rest = [], []
+    tokens = iter(argv)
+    for token in tokens:
+        if token.startswith("--") and "." in token.split("=", 1)[0]:
+            overrides.append(token)
+            if "=" not in token:
+                overrides.append(next(tokens, ""))
+        else:
+            rest.append(token)
+    return overrides, rest
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of the `zoo` console script and of `python cli.py`."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -280,6 +366,9 @@ def main(args: Optional[list[str]] = None) -> None:
                 sys.stderr.write("usage: zoo models [PATTERN]\n")
                 sys.exit(2)
             list_models(argv[1] if len(argv) > 1 else "*")
+            return
+        if argv and argv[0] == "groups":
+            show_groups(argv[1:])
             return
         ZooCLI(args=args)
     except Exception as exc:

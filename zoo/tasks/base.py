@@ -161,7 +161,9 @@ class ZooTask(LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler}
+        # Cyclic schedules are defined over optimizer steps; the others over epochs.
+        per_step = isinstance(scheduler, (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR))
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "step" if per_step else "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
