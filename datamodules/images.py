@@ -9,6 +9,7 @@ import os
 from functools import cached_property
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
@@ -23,26 +24,76 @@ class Digits(ZooDataModule):
     """scikit-learn's handwritten digits: 1,797 grey 8x8 images of 0-9, shipped with scikit-learn.
 
     Pixels (0-16) are standardised with the training split's mean and std. Seeded, stratified
-    train / val / test splits.
+    train / val / test splits. ``classes`` and ``samples_per_class`` make transfer-learning setups from
+    the same data: pretrain on digits 0-4, then fine-tune on 5-9 with a few labelled images each.
+
+    Args:
+        classes: keep only these digits, relabelled ``0..len(classes)-1`` in the given order (default: all).
+        samples_per_class: keep only this many training images of each class (seeded); validation and
+            test splits keep their size, so few-shot runs are measured on the same images.
+        (the rest as in :class:`~datamodules.base.ZooDataModule`)
     """
+
+    def __init__(
+        self,
+        classes: Optional[list[int]] = None,
+        samples_per_class: Optional[int] = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_split: float = 0.1,
+        test_split: float = 0.2,
+        seed: int = 42,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        super().__init__("data", batch_size, num_workers, val_split, test_split, seed, num_classes)
+        if classes is not None:
+            bad = [c for c in classes if c not in range(10)]
+            if bad or len(set(classes)) != len(classes) or len(classes) < 2:
+                raise ConfigError(f"data.classes={classes} must be at least 2 distinct digits from 0 to 9")
+        if samples_per_class is not None and samples_per_class < 1:
+            raise ConfigError(f"data.samples_per_class={samples_per_class} must be at least 1")
+        self.classes = list(classes) if classes is not None else list(range(10))
+        self.samples_per_class = samples_per_class
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (1, 8, 8)
 
     def _num_classes(self) -> int:
-        return 10
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:  # type: ignore[override]
+        return [str(c) for c in self.classes]
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
-        y = torch.tensor(digits.target, dtype=torch.long)
-        train, val, test = split_indices(len(y), self.val_split, self.test_split, self.seed, stratify=digits.target)
+        keep = np.isin(digits.target, self.classes)
+        relabel = {digit: i for i, digit in enumerate(self.classes)}
+        x = torch.tensor(digits.images[keep], dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
+        labels = np.array([relabel[t] for t in digits.target[keep]])
+        y = torch.tensor(labels, dtype=torch.long)
+        train, val, test = split_indices(len(y), self.val_split, self.test_split, self.seed, stratify=labels)
+        if self.samples_per_class is not None:
+            train = self._few_per_class(train, labels)
         mean, std = fit_standardizer(x[train], dim=(0, 2, 3))
         x = (x - mean) / std
         return tuple(TensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]
+
+    def _few_per_class(self, train: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        picked = []
+        for label in range(len(self.classes)):
+            pool = train[labels[train] == label]
+            if len(pool) < self.samples_per_class:  # type: ignore[operator]
+                raise DataError(
+                    f"data.samples_per_class={self.samples_per_class} but digit {self.classes[label]} has only "
+                    f"{len(pool)} training images"
+                )
+            picked.append(rng.choice(pool, size=self.samples_per_class, replace=False))
+        return np.sort(np.concatenate(picked))
 
 
 class ImageFolder(ZooDataModule):

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 
 from datamodules import Digits, SklearnTabular
 from datamodules.base import split_indices
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
 
 
 def _targets(dataset) -> torch.Tensor:
@@ -93,6 +93,43 @@ def test_digits_wrong_num_classes_names_both_numbers():
     with pytest.raises(DataError, match=r"data.num_classes=5 but Digits has 10 classes"):
         dm.setup()
     assert dm.train_set is None
+
+
+def test_digits_class_subset_is_relabelled_in_the_given_order():
+    raw = load_digits()
+    dm = Digits(classes=[7, 5, 9])
+    dm.setup()
+    assert dm.num_classes == 3 and dm.class_names == ["7", "5", "9"]
+    total = sum(len(s) for s in (dm.train_set, dm.val_set, dm.test_set))
+    assert total == sum((raw.target == d).sum() for d in (7, 5, 9))
+    # 7, 5 and 9 have 179, 182 and 180 images: the per-label counts prove the relabelling
+    labels = torch.cat([_targets(s) for s in (dm.train_set, dm.val_set, dm.test_set)])
+    assert torch.bincount(labels).tolist() == [(raw.target == d).sum() for d in (7, 5, 9)] == [179, 182, 180]
+
+
+def test_digits_few_shot_keeps_n_per_class_and_the_same_test_set():
+    full, few = Digits(classes=[5, 6, 7, 8, 9]), Digits(classes=[5, 6, 7, 8, 9], samples_per_class=10)
+    full.setup()
+    few.setup()
+    assert torch.bincount(_targets(few.train_set)).tolist() == [10] * 5
+    assert torch.equal(_targets(few.test_set), _targets(full.test_set))
+    other = Digits(classes=[5, 6, 7, 8, 9], samples_per_class=10, seed=1)
+    other.setup()
+    assert not torch.equal(_inputs(other.train_set), _inputs(few.train_set))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"classes": [3, 11]}, ConfigError, r"data.classes=\[3, 11\] must be at least 2 distinct digits"),
+        ({"classes": [4, 4]}, ConfigError, "distinct"),
+        ({"samples_per_class": 0}, ConfigError, "samples_per_class=0 must be at least 1"),
+        ({"samples_per_class": 500}, DataError, "samples_per_class=500 but digit 0 has only"),
+    ],
+)
+def test_digits_bad_subset_settings_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Digits(**kwargs).setup()
 
 
 # --- SklearnTabular ----------------------------------------------------------------------------------
