@@ -4,7 +4,7 @@ from datamodules.base import ZooDataModule
 from datamodules.images import Digits, ImageFolder
 from datamodules.sequences import TimeSeries
 from datamodules.tabular import SklearnTabular
-from datamodules.text import TextClassification
+from datamodules.text import TextClassification, VaderWords
 from datamodules.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "SklearnTabular",
     "TextClassification",
     "TimeSeries",
+    "VaderWords",
     "ZooDataModule",
 ]

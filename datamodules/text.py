@@ -301,3 +301,90 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+# --- a real dataset that ships with a package ---------------------------------------------------------
+class VaderWords(TextClassification):
+    """The sentiment of single English words, from VADER's lexicon (Hutto & Gilbert, 2014).
+
+    The ``vaderSentiment`` package ships the lexicon: about 7,500 words, slang and emoticons, each rated
+    by ten people from -4 (most negative) to +4. Alphabetic words with a mean rating of at least
+    ``threshold`` are ``positive``, at most ``-threshold`` ``negative`` (5,586 words at 1.0). The splits
+    keep words sharing their first five letters together (``hopeful`` / ``hopefully``), so a test word's
+    sentiment cannot be read off a training sibling's spelling: the model must know what the word means,
+    which is where a pretrained language model beats one trained from scratch. The splits are written as
+    CSV files (``word,sentiment``) to ``data_dir`` and read back through :class:`TextClassification`.
+
+    Args:
+        threshold: how far from neutral (0) a word's mean rating must be to be kept.
+        train_size: keep only this many training words (seeded), for few-label experiments.
+        (the rest as in :class:`TextClassification`)
+    """
+
+    STEM = 5
+
+    def __init__(
+        self,
+        threshold: float = 1.0,
+        train_size: Optional[int] = None,
+        tokenizer: Optional[str] = None,
+        max_length: int = 16,
+        data_dir: str = "data/vader_words",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_split: float = 0.1,
+        test_split: float = 0.2,
+        seed: int = 42,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        if not 0.0 < threshold <= 3.0:
+            raise ConfigError(f"data.threshold={threshold} must be in (0, 3]: ratings go from -4 to 4")
+        if train_size is not None and train_size < 2:
+            raise ConfigError(f"data.train_size={train_size} must be at least 2")
+        files = {s: os.path.join(data_dir, f"{s}.csv") for s in ("train", "val", "test")}
+        super().__init__(
+            files["train"], files["val"], files["test"], "word", "sentiment", tokenizer, max_length,
+            data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, val_split=val_split,
+            test_split=test_split, seed=seed, num_classes=num_classes,
+        )  # fmt: skip
+        self.threshold = threshold
+        self.train_size = train_size
+        self._write_splits(files)
+
+    @staticmethod
+    def lexicon() -> list[tuple[str, float]]:
+        """``(word, mean rating)`` of every entry of the installed vaderSentiment lexicon."""
+        try:
+            import vaderSentiment
+        except ImportError as err:
+            raise DataError(
+                "VaderWords reads the lexicon of the vaderSentiment package: pip install vaderSentiment "
+                "(it comes with the zoo's dev extra)"
+            ) from err
+        path = os.path.join(os.path.dirname(vaderSentiment.__file__), "vader_lexicon.txt")
+        with open(path, encoding="utf-8") as f:
+            return [(w, float(r)) for w, r, *_ in (line.split("\t") for line in f if line.strip())]
+
+    def _write_splits(self, files: dict[str, str]) -> None:
+        words = [(w, r) for w, r in self.lexicon() if w.isalpha() and w.isascii() and abs(r) >= self.threshold]
+        stems = sorted({w[: self.STEM] for w, _ in words})
+        rng = np.random.default_rng(self.seed)
+        order = [stems[i] for i in rng.permutation(len(stems))]
+        n_test, n_val = round(self.test_split * len(order)), round(self.val_split * len(order))
+        split_of = {stem: "test" for stem in order[:n_test]}
+        split_of.update({stem: "val" for stem in order[n_test : n_test + n_val]})
+        rows: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+        for word, rating in words:
+            rows[split_of.get(word[: self.STEM], "train")].append((word, "positive" if rating > 0 else "negative"))
+        if self.train_size is not None and self.train_size < len(rows["train"]):
+            keep = sorted(rng.choice(len(rows["train"]), size=self.train_size, replace=False))
+            rows["train"] = [rows["train"][i] for i in keep]
+        os.makedirs(self.data_dir, exist_ok=True)
+        for split, path in files.items():
+            text = "word,sentiment\n" + "".join(f"{w},{s}\n" for w, s in rows[split])
+            if os.path.isfile(path) and open(path, encoding="utf-8").read() == text:
+                continue
+            tmp = f"{path}.{os.getpid()}.tmp"  # written beside, then renamed: never a half-written file
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)

@@ -2,9 +2,13 @@
 
     python scripts/results.py                      # every config in configs/experiments with a target
     python scripts/results.py digits_cnn digits_vit --write   # these, then rewrite the README table
+    python scripts/results.py digits_5to9_scratch digits_5to9_progressive --seeds 0 1 2 --section transfer --write
 
 Each experiment config states its claim in a comment line, ``# target: test/acc >= 0.97``; the
 slow end-to-end tests assert the same lines, so the README, the tests and the configs cannot drift.
+A ``# requires: NAME`` line names an experiment that must run first in the same folder (a pretraining
+whose checkpoint the config loads). ``--seeds`` runs each experiment once per seed (``seed_everything``
+and the data split's seed) and reports the mean and spread; ``--section`` picks the README table.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "configs" / "experiments"
 README = ROOT / "README.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 TARGET = re.compile(r"^# target: (\S+) >= ([0-9.]+)\s*$", re.M)
+REQUIRES = re.compile(r"^# requires: (\S+)\s*$", re.M)
 
 
 def target_of(name: str) -> tuple[str, float] | None:
@@ -32,26 +37,53 @@ def target_of(name: str) -> tuple[str, float] | None:
     return (found.group(1), float(found.group(2))) if found else None
 
 
+def requires_of(name: str) -> list[str]:
+    """The experiments named by ``# requires:`` lines: they must run first, in the same folder."""
+    return REQUIRES.findall((EXPERIMENTS / f"{name}.yaml").read_text())
+
+
 def summary_of(name: str) -> str:
     """The config's first comment line: what the experiment is."""
     first = (EXPERIMENTS / f"{name}.yaml").read_text().splitlines()[0]
     return first.lstrip("# ").split(";")[0].strip()
 
 
-def run(name: str, workdir: Path) -> dict:
-    """`zoo fit` the experiment in ``workdir``; returns its test metrics and wall time."""
+def run(name: str, workdir: Path, seed: int | None = None, done: set[str] | None = None) -> dict:
+    """`zoo fit` the experiment in ``workdir`` (after what it requires, once per ``done`` set); returns
+    its test metrics and wall time."""
+    done = set() if done is None else done
+    for required in requires_of(name):
+        if required not in done:
+            run(required, workdir, done=done)
+    seeded = [] if seed is None else [f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(EXPERIMENTS / f"{name}.yaml"),
-         "--trainer.enable_progress_bar=false"],
+         "--trainer.enable_progress_bar=false", *seeded],
         cwd=workdir, capture_output=True, text=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    runs = sorted((workdir / "runs" / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    metrics = json.loads((runs[-1] / "test_metrics.json").read_text())
-    return {"metrics": metrics, "seconds": seconds}
+    done.add(name)
+    return {"metrics": latest_test_metrics(name, workdir), "seconds": seconds}
+
+
+def latest_test_metrics(name: str, workdir: Path) -> dict:
+    """The newest ``test_metrics.json`` of an experiment's runs (its logger is named after it)."""
+    found = sorted((workdir / "runs" / name).glob("*/test_metrics.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise RuntimeError(f"{name}: no runs/{name}/*/test_metrics.json; is its logger named {name!r}?")
+    return json.loads(found[-1].read_text())
+
+
+def run_seeds(name: str, workdir: Path, seeds: list[int], done: set[str]) -> dict:
+    """One run per seed: the mean of each metric, the spread of each, the mean time."""
+    runs = [run(name, workdir, seed, done) for seed in seeds]
+    keys = runs[0]["metrics"]
+    mean = {k: statistics.fmean(r["metrics"][k] for r in runs) for k in keys}
+    spread = {k: statistics.pstdev(r["metrics"][k] for r in runs) for k in keys}
+    return {"metrics": mean, "spread": spread, "seconds": statistics.fmean(r["seconds"] for r in runs), "n": len(runs)}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -62,8 +94,11 @@ def table(results: dict[str, dict]) -> str:
         others = ", ".join(
             f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(metrics.items()) if k not in (metric, "test/loss")
         )
+        measured = f"**{metrics[metric]:.3f}**"
+        if "spread" in result:
+            measured += f" ± {result['spread'][metric]:.3f} (mean of {result['n']} seeds)"
         rows.append(
-            f"| `{name}` | {summary_of(name)} | {metric} >= {threshold} | **{metrics[metric]:.3f}** | {others} "
+            f"| `{name}` | {summary_of(name)} | {metric} >= {threshold} | {measured} | {others} "
             f"| {result['seconds']:.0f} s |"
         )
     return "\n".join(rows)
@@ -72,26 +107,30 @@ def table(results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="experiment names (default: all with a target)")
-    parser.add_argument("--write", action="store_true", help="rewrite the README's results table")
+    parser.add_argument("--write", action="store_true", help="rewrite the README's table")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run each experiment once per seed; report the mean")
+    parser.add_argument("--section", default="results", help="README table between <!-- SECTION:start/end -->")
     args = parser.parse_args()
     names = args.names or sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if target_of(p.stem))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         os.symlink(ROOT / "configs", workdir / "configs")
+        done: set[str] = set()
         for name in names:
-            results[name] = run(name, workdir)
+            results[name] = run_seeds(name, workdir, args.seeds, done) if args.seeds else run(name, workdir, done=done)
             metric, _ = target_of(name)  # type: ignore[misc]
             print(f"{name}: {metric}={results[name]['metrics'][metric]:.4f} in {results[name]['seconds']:.0f} s")
     text = table(results)
     print(text)
     if args.write:
         readme = README.read_text()
-        if START not in readme or END not in readme:
-            raise SystemExit(f"README.md has no {START} ... {END} section")
-        head, rest = readme.split(START, 1)
-        _, tail = rest.split(END, 1)
-        README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        start, end = f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->"
+        if start not in readme or end not in readme:
+            raise SystemExit(f"README.md has no {start} ... {end} section")
+        head, rest = readme.split(start, 1)
+        _, tail = rest.split(end, 1)
+        README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
         print("README.md results table rewritten")
 
 

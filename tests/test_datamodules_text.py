@@ -212,3 +212,32 @@ def test_bad_arguments_are_config_errors(tmp_path):
         TextClassification(train_file="x.csv", max_length=0)
     with pytest.raises(ConfigError, match=r"data.max_vocab=2 must be at least 3"):
         TextClassification(train_file="x.csv", max_vocab=2)
+
+
+# --- VaderWords: a real word-sentiment set from the vaderSentiment package ---------------------------
+def test_vader_words_split_by_stem_with_the_lexicon_labels(tmp_path: Path):
+    from datamodules import VaderWords
+
+    dm = VaderWords(data_dir=str(tmp_path / "vader"))
+    dm.setup()
+    lexicon = dict(VaderWords.lexicon())
+    words = {s: read_texts(str(tmp_path / "vader" / f"{s}.csv"), "word", "sentiment") for s in ("train", "val", "test")}
+    assert [len(words[s][0]) for s in ("train", "val", "test")] == [len(dm.train_set), len(dm.val_set), len(dm.test_set)]
+    assert sum(len(w[0]) for w in words.values()) == 5586  # alphabetic words rated at least 1 from neutral
+    for texts, labels in words.values():
+        assert all((lexicon[w] > 0) == (label == "positive") and abs(lexicon[w]) >= 1 for w, label in zip(texts, labels))
+    stems = {s: {w[:5] for w in words[s][0]} for s in words}
+    assert not (stems["train"] & stems["test"] or stems["train"] & stems["val"] or stems["val"] & stems["test"])
+    assert len(words["test"][0]) == pytest.approx(0.2 * 5586, rel=0.15)
+    assert dm.class_names == ["negative", "positive"]
+
+
+def test_vader_words_train_size_and_bad_settings(tmp_path: Path):
+    from datamodules import VaderWords
+
+    dm = VaderWords(data_dir=str(tmp_path), train_size=200, threshold=2.0)
+    dm.setup()
+    assert len(dm.train_set) == 200
+    assert not list(tmp_path.glob("*.tmp"))  # written beside and renamed
+    with pytest.raises(ConfigError, match=r"data.threshold=5.0 must be in \(0, 3\]"):
+        VaderWords(data_dir=str(tmp_path), threshold=5.0)
