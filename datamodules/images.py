@@ -107,7 +107,8 @@ class ImageFolder(ZooDataModule):
 
     Args:
         data_dir: the root folder described above.
-        image_size: side of the square every image is resized to.
+        image_size: side of the square every image is resized to; None: a pretrained backbone's input size
+            (the CLI passes it), else 64.
         channels: 3 reads RGB, 1 converts to greyscale.
         mean: per-channel normalisation mean (pixel / 255); ImageNet's for RGB, 0.5 for greyscale.
         std: per-channel normalisation std; ImageNet's for RGB, 0.5 for greyscale.
@@ -122,7 +123,7 @@ class ImageFolder(ZooDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        image_size: int = 64,
+        image_size: Optional[int] = None,
         channels: Literal[1, 3] = 3,
         mean: Optional[list[float]] = None,
         std: Optional[list[float]] = None,
@@ -136,6 +137,7 @@ class ImageFolder(ZooDataModule):
         super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes)
         if channels not in (1, 3):
             raise ConfigError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
+        image_size = 64 if image_size is None else image_size
         if image_size < 1:
             raise ConfigError(f"data.image_size={image_size} must be at least 1")
         default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))

@@ -18,32 +18,48 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import ZooDataModule, split_indices
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
 
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
 class UInt8Images(Dataset):
-    """Images kept in memory as uint8 and normalised per channel only when a sample is read.
+    """Images kept in memory as uint8, converted, resized and normalised per channel only when a sample is read.
 
     Args:
         images: ``(N, C, H, W)`` uint8 pixels.
         labels: ``(N,)`` class indices.
         mean: per-channel mean, in units of pixel / 255.
         std: per-channel std, in the same units.
+        channels: channels of the samples: grey images are repeated to 3 channels, colour ones averaged to 1.
+        size: ``(H, W)`` of the samples (bilinear, antialiased), or None to keep the stored size.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels: Optional[int] = None,
+        size: Optional[tuple[int, int]] = None,
+    ) -> None:
         self.images = images
         self.labels = labels.long()
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.channels = channels or images.shape[1]
+        self.size = size if size is not None and tuple(size) != tuple(images.shape[2:]) else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[i].float() / 255.0  # (C, H, W) in [0, 1]
+        if x.shape[0] != self.channels:
+            x = x.expand(self.channels, -1, -1) if x.shape[0] == 1 else x.mean(0, keepdim=True)
+        if self.size is not None:
+            x = torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear", antialias=True)[0]
         return (x - self.mean) / self.std, self.labels[i]
 
 
@@ -72,6 +88,10 @@ class _Classic(ZooDataModule):
         self,
         data_dir: str = "data",
         download: bool = True,
+        image_size: Optional[int] = None,
+        channels: Optional[int] = None,
+        mean: Optional[list[float]] = None,
+        std: Optional[list[float]] = None,
         batch_size: int = 64,
         num_workers: int = 0,
         val_split: float = 0.1,
@@ -80,6 +100,19 @@ class _Classic(ZooDataModule):
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes)
         self.download = download
+        if image_size is not None and image_size < 1:
+            raise ConfigError(f"data.image_size={image_size} must be at least 1")
+        if channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
+        self.image_size = image_size
+        self.channels = channels or self.shape[0]
+        # A pretrained backbone's own statistics (the CLI passes them) replace the dataset's.
+        converted = self.channels != self.shape[0]
+        self.mean = list(mean) if mean is not None else _fit_channels(type(self).mean, self.channels, converted)
+        self.std = list(std) if std is not None else _fit_channels(type(self).std, self.channels, converted)
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != self.channels:
+                raise ConfigError(f"data.{name}={values} needs one value per channel ({self.channels})")
 
     @property
     def directory(self) -> str:
@@ -88,7 +121,8 @@ class _Classic(ZooDataModule):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.shape
+        side = self.image_size
+        return (self.channels, side or self.shape[1], side or self.shape[2])
 
     def _num_classes(self) -> int:
         return self.n_classes
@@ -138,11 +172,20 @@ class _Classic(ZooDataModule):
             if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.n_classes:
                 raise DataError(f"{where}: labels fall outside 0..{self.n_classes - 1}")
         train, val, _ = split_indices(len(y), self.val_split, 0.0, self.seed, stratify=y.numpy())
+        shape = self.input_shape
+        read = {"mean": self.mean, "std": self.std, "channels": shape[0], "size": (shape[1], shape[2])}
         return (
-            UInt8Images(x[train], y[train], self.mean, self.std),
-            UInt8Images(x[val], y[val], self.mean, self.std),
-            UInt8Images(test_x, test_y, self.mean, self.std),
+            UInt8Images(x[train], y[train], **read),
+            UInt8Images(x[val], y[val], **read),
+            UInt8Images(test_x, test_y, **read),
         )
+
+
+def _fit_channels(values: Sequence[float], channels: int, converted: bool) -> list[float]:
+    """A dataset's per-channel statistics for ``channels`` channels (repeated or averaged when converted)."""
+    if not converted:
+        return list(values)
+    return [sum(values) / len(values)] * channels if channels == 1 else [values[0]] * channels
 
 
 class MNIST(_Classic):
@@ -155,6 +198,10 @@ class MNIST(_Classic):
     Args:
         data_dir: the folder holding ``MNIST/raw/`` (the same ``root`` torchvision takes).
         download: download missing files (20 s network timeout); off, missing files are an error.
+        image_size: resize to this square side when read (a pretrained backbone's input size); None keeps it.
+        channels: 1 or 3; grey images are repeated to 3 channels for RGB backbones. None keeps the data's.
+        mean: per-channel normalisation mean (pixel / 255); None uses the dataset's own statistics.
+        std: per-channel normalisation std; None uses the dataset's own.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         val_split: fraction of the official training set held out for validation.
@@ -268,6 +315,10 @@ class CIFAR10(_Classic):
     Args:
         data_dir: the folder holding ``cifar-10-batches-py/`` (the same ``root`` torchvision takes).
         download: download and unpack the official archive (20 s network timeout) when files are missing.
+        image_size: resize to this square side when read (a pretrained backbone's input size); None keeps it.
+        channels: 1 or 3; grey images are repeated to 3 channels for RGB backbones. None keeps the data's.
+        mean: per-channel normalisation mean (pixel / 255); None uses the dataset's own statistics.
+        std: per-channel normalisation std; None uses the dataset's own.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         val_split: fraction of the official training set held out for validation.

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from datamodules import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -75,6 +75,22 @@ def test_mnist_family_reads_idx_files(tmp_path, cls, folder, mean, std, gz):
     # each image still carries its own label in pixel (0, 0)
     first = (batch_x[:, 0, 0, 0] * std + mean) * 255
     assert torch.allclose(first, batch_y.float() * 50, atol=1e-3)
+
+
+def test_mnist_as_rgb_at_a_backbone_input_size(tmp_path):
+    """What a pretrained RGB backbone gets: grey repeated to 3 channels, resized, normalised with its statistics."""
+    written = write_mnist(tmp_path, "MNIST")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    dm = MNIST(data_dir=str(tmp_path), download=False, image_size=32, channels=3, mean=mean, std=std)
+    dm.setup()
+    assert dm.input_shape == (3, 32, 32)
+    x, _ = dm.test_set[4]
+    grey = torch.tensor(written["t10k"][0][4], dtype=torch.float32)[None, None] / 255
+    resized = torch.nn.functional.interpolate(grey, size=(32, 32), mode="bilinear", antialias=True)[0, 0]
+    for c in range(3):
+        assert torch.allclose(x[c], (resized - mean[c]) / std[c], atol=1e-5)
+    with pytest.raises(ConfigError, match=r"data.mean=\[0.5\] needs one value per channel \(3\)"):
+        MNIST(data_dir=str(tmp_path), channels=3, mean=[0.5])
 
 
 def test_mnist_split_is_seeded(tmp_path):
