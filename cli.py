@@ -147,6 +147,13 @@ class ZooCLI(LightningCLI):
         )
 
     # --- instantiation ---------------------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        try:
+            follow_backbone_preprocessing(config)
+        except ZooError as err:
+            self._parser(self.subcommand).error(str(err))
+
     def instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
         asked = (config.get("model") or {}).get("init_args", {}).get("num_classes")
@@ -230,6 +237,42 @@ class ZooSaveConfig(SaveConfigCallback):
             log_config(self.parser.dump(self.config, skip_none=False, format="yaml"))
 
 
+# What a pretrained backbone's preprocessing sets in the datamodule, where the user left it unset (None).
+_FOLLOWED = {"mean": "mean", "std": "std", "tokenizer": "tokenizer"}
+
+
+def follow_backbone_preprocessing(config: Any) -> dict[str, Any]:
+    """Fill the datamodule's unset ``mean`` / ``std`` / ``image_size`` / ``channels`` / ``tokenizer`` from
+    the model's pretrained backbone, so a config never repeats them. Returns what was set."""
+    model, data = config.get("model"), config.get("data")
+    model_args = model.get("init_args") if model is not None else None
+    backbone = model_args.get("backbone") if model_args is not None else None
+    if data is None or not isinstance(backbone, str) or "/" not in backbone:
+        return {}
+    from zoo.backbones.pretrained import preprocessing_of
+    from zoo.registry import split_source
+
+    if split_source(backbone)[0] is None:
+        return {}
+    kwargs = dict(model_args.get("backbone_kwargs") or {})
+    wanted = preprocessing_of(backbone, **kwargs)
+    values = {key: wanted[source] for source, key in _FOLLOWED.items() if wanted.get(source) is not None}
+    if wanted.get("input_size"):
+        channels, height, width = wanted["input_size"]
+        values["channels"] = channels
+        values["image_size"] = height if height == width else None
+    init_args = data.get("init_args")
+    applied = {}
+    for key, value in values.items():
+        if value is not None and init_args is not None and key in init_args and init_args[key] is None:
+            init_args[key] = list(value) if isinstance(value, tuple) else value
+            applied[key] = init_args[key]
+    if applied:
+        shown = ", ".join(f"{k}={v}" for k, v in applied.items())
+        print(f"data: {shown} from {backbone}'s preprocessing", file=sys.stderr)
+    return applied
+
+
 def _zoo_error_in(exc: BaseException) -> Optional[ZooError]:
     """The first ZooError in an exception's chain of causes, if any."""
     seen: set[int] = set()
@@ -255,7 +298,7 @@ def list_models(pattern: str = "*") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from zoo.registry import create_backbone, get_backbone_entry, list_backbones
+    from zoo.registry import get_backbone_entry, list_backbones
 
     names = list_backbones(pattern)
     if not names:
@@ -268,7 +311,7 @@ def list_models(pattern: str = "*") -> None:
     table.add_column("description")
     for name in names:
         entry = get_backbone_entry(name)
-        params = sum(p.numel() for p in create_backbone(name).parameters())
+        params = entry.num_params()
         summary = re.split(r"[;:]", entry.description)[0].rstrip(".")  # the first clause is enough here
         table.add_row(name, entry.family, f"{params:,}", entry.input_kind, summary)
     Console().print(table)

@@ -185,3 +185,43 @@ def test_predict_returns_class_probabilities(workdir: Path) -> None:
     probs = torch.cat(batches)
     assert probs.shape[1] == 10
     torch.testing.assert_close(probs.sum(1), torch.ones(len(probs)))
+
+
+# --- preprocessing follows a pretrained backbone -------------------------------------------------------
+def test_image_data_takes_the_timm_backbones_size_channels_and_statistics(workdir: Path) -> None:
+    from cli import ZooCLI
+    from tests.test_datamodules_images import write_mnist
+
+    write_mnist(workdir / "data", "MNIST")
+    cli = ZooCLI(
+        args=["--data=MNIST", "--data.download=false", "--model=Classifier", "--model.backbone=timm/test_resnet",
+              "--model.pretrained=false", "--trainer.logger=false"],
+        run=False,
+    )  # fmt: skip
+    dm = cli.datamodule
+    assert (dm.image_size, dm.channels, dm.mean, dm.std) == (160, 3, [0.5] * 3, [0.5] * 3)  # timm's test_resnet cfg
+    assert cli.model.input_shape == (3, 160, 160)
+    dm.setup()
+    assert dm.train_set[0][0].shape == (3, 160, 160)
+    # what the user sets wins
+    cli = ZooCLI(
+        args=["--data=MNIST", "--data.download=false", "--data.image_size=64", "--model=Classifier",
+              "--model.backbone=timm/test_resnet", "--model.pretrained=false", "--trainer.logger=false"],
+        run=False,
+    )  # fmt: skip
+    assert cli.datamodule.image_size == 64 and cli.datamodule.mean == [0.5] * 3
+
+
+def test_text_data_takes_the_hf_backbones_tokenizer(workdir: Path) -> None:
+    from cli import ZooCLI
+    from tests.test_datamodules_text import ROWS, minilm_dir, write
+
+    train = write(workdir / "train.csv", ROWS)
+    cli = ZooCLI(
+        args=["--data=TextClassification", f"--data.train_file={train}", "--model=Classifier",
+              "--model.backbone=hf/sentence-transformers/all-MiniLM-L6-v2", "--model.pretrained=false",
+              "--trainer.logger=false"],
+        run=False,
+    )  # fmt: skip
+    assert Path(cli.datamodule.tokenizer) == Path(minilm_dir())
+    assert cli.datamodule.vocab_size == 30522 and cli.model.backbone.num_features == 384

@@ -2,6 +2,8 @@
 
 A variant is a small factory function decorated with :func:`register_backbone`; the CLI, `zoo models`
 and the tests all find backbones through :func:`create_backbone` and :func:`list_backbones`.
+A name with a source prefix (``timm/``, ``torchvision/``, ``hf/``, ``zoo/``) is served by an adapter in
+:mod:`zoo.backbones.pretrained` instead: other libraries' models, and backbones of our own checkpoints.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
@@ -26,13 +28,27 @@ class BackboneEntry:
     family: str
     input_kind: str  # "image", "vector", "sequence", "text"
     description: str
+    count_params: Optional[Callable[[], int]] = None  # adapters count without loading weights
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The keyword arguments the factory accepts, by name."""
         return dict(inspect.signature(self.factory).parameters)
 
+    def num_params(self) -> int:
+        """Parameters at the default arguments, head excluded; adapters count without building on the CPU."""
+        if self.count_params is not None:
+            return self.count_params()
+        return sum(p.numel() for p in self.factory().parameters())
+
 
 _REGISTRY: dict[str, BackboneEntry] = {}
+PRETRAINED_SOURCES = ("timm", "torchvision", "hf", "zoo")  # name prefixes served by zoo.backbones.pretrained
+
+
+def split_source(name: str) -> tuple[Optional[str], str]:
+    """``("timm", "resnet50")`` for ``"timm/resnet50"``; ``(None, name)`` for a registered name."""
+    prefix, sep, rest = name.partition("/")
+    return (prefix, rest) if sep and prefix in PRETRAINED_SOURCES else (None, name)
 
 
 def register_backbone(
@@ -60,8 +76,15 @@ def _ensure_builtins_registered() -> None:
 
 
 def get_backbone_entry(name: str) -> BackboneEntry:
-    """Look a backbone up by name; an unknown name raises with the closest registered names."""
+    """Look a backbone up by name; an unknown name raises with the closest registered names.
+
+    A prefixed name (``timm/convnext_tiny``) gets its adapter's entry, checked against the library's names.
+    """
     _ensure_builtins_registered()
+    if split_source(name)[0] is not None:
+        from zoo.backbones.pretrained import adapter_entry
+
+        return adapter_entry(name)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -74,8 +97,11 @@ def get_backbone_entry(name: str) -> BackboneEntry:
 def check_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     """Fail early, naming the key, when ``kwargs`` holds an argument the backbone does not take."""
     params = get_backbone_entry(name).parameters()
+    if "pretrained" in kwargs:
+        raise ConfigError(f"backbone {name!r}: set model.pretrained, not model.backbone_kwargs.pretrained")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
+    params.pop("pretrained", None)  # given by model.pretrained
     for key in kwargs:
         if key not in params:
             close = difflib.get_close_matches(key, list(params), n=3, cutoff=0.5)
@@ -86,24 +112,39 @@ def check_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> None:
             )
 
 
-def create_backbone(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Build a registered backbone.
+def create_backbone(name: str, *, pretrained: Union[bool, str, None] = False, **kwargs: Any) -> nn.Module:
+    """Build a registered backbone, or a pretrained one by source prefix.
 
     Args:
-        name: a registered name such as ``"cnn"`` (see :func:`list_backbones`).
-        pretrained: load pretrained weights; only backbones whose factory takes ``pretrained`` have them.
+        name: a registered name such as ``"cnn"`` (see :func:`list_backbones`), or ``timm/<model>``,
+            ``torchvision/<model>``, ``hf/<hub id or directory>``, ``zoo/<checkpoint path>``.
+        pretrained: load pretrained weights. For a prefixed name: True, or None, loads them by name (from
+            the library's cache, downloading only when the network answers), a str is a local weights file
+            (a directory for ``hf/``), False is random init. A registered name: None means False, and only
+            backbones whose factory takes ``pretrained`` have weights.
         **kwargs: the factory's arguments, e.g. ``input_shape`` and family-specific sizes.
     """
     entry = get_backbone_entry(name)
     check_backbone_kwargs(name, kwargs)
+    if split_source(name)[0] is not None:
+        return entry.factory(pretrained=pretrained, **kwargs)
     if pretrained:
         if "pretrained" not in entry.parameters():
             raise ConfigError(f"backbone {name!r} has no pretrained weights; set model.pretrained to false.")
-        kwargs["pretrained"] = True
+        kwargs["pretrained"] = pretrained
     return entry.factory(**kwargs)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Registered backbone names matching a shell-style pattern (``"res*"``), sorted."""
+    """Registered backbone names matching a shell-style pattern (``"res*"``), sorted.
+
+    A prefixed pattern lists that source's names instead, without building anything: ``"timm/*convnext*"``
+    (timm's pretrained names, with their weight tags), ``"torchvision/*"``, ``"hf/*"`` (models in the
+    HuggingFace cache or shipped by an installed package), ``"zoo/runs/**/*.ckpt"`` (checkpoint files).
+    """
+    if split_source(pattern)[0] is not None:
+        from zoo.backbones.pretrained import list_pretrained
+
+        return list_pretrained(pattern)
     _ensure_builtins_registered()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))

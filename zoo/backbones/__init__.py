@@ -5,6 +5,7 @@ from zoo.backbones.base import Backbone
 from zoo.backbones.cnn import CNNBackbone
 from zoo.backbones.conv1d import FCN1DBackbone, ResNet1DBackbone
 from zoo.backbones.mlp import MLPBackbone
+from zoo.backbones.pretrained import LayerGroup, PretrainedBackbone, preprocessing_of
 from zoo.backbones.resnet import ResNetBackbone
 from zoo.backbones.rnn import RNNBackbone
 from zoo.backbones.transformer import TransformerBackbone
@@ -14,10 +15,13 @@ __all__ = [
     "Backbone",
     "CNNBackbone",
     "FCN1DBackbone",
+    "LayerGroup",
     "MLPBackbone",
+    "PretrainedBackbone",
     "RNNBackbone",
     "ResNet1DBackbone",
     "ResNetBackbone",
     "TransformerBackbone",
     "ViTBackbone",
+    "preprocessing_of",
 ]

@@ -6,7 +6,7 @@ Pretraining an encoder this way needs no labels; its weights can then initialise
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ class Autoencoder(ZooTask):
         self,
         backbone: str = "mlp",
         backbone_kwargs: Optional[dict[str, Any]] = None,
-        pretrained: bool = False,
+        pretrained: Union[bool, str, None] = None,
         input_shape: Optional[tuple[int, ...]] = None,
         latent_dim: int = 16,
         decoder_hidden: tuple[int, ...] = (128,),

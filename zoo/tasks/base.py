@@ -28,7 +28,10 @@ class ZooTask(LightningModule):
     Args:
         backbone: a registered backbone name (``zoo models`` lists them).
         backbone_kwargs: the backbone's own arguments, checked against its signature.
-        pretrained: load the backbone's pretrained weights.
+        pretrained: the backbone's weights. None (default): pretrained for a source prefix (``timm/``,
+            ``torchvision/``, ``hf/``, ``zoo/``), random for the zoo's own families. True: by name, from
+            the library's cache or the hub. A path: a local weights file (a directory for ``hf/``). False:
+            random init of the same architecture (a from-scratch baseline).
         input_shape: one sample's shape without the batch dimension; linked from the datamodule.
         vocab_size: size of the token vocabulary for text data; linked from the datamodule and passed
             to the backbone (which then embeds token ids).
@@ -44,7 +47,7 @@ class ZooTask(LightningModule):
         self,
         backbone: str = "mlp",
         backbone_kwargs: Optional[dict[str, Any]] = None,
-        pretrained: bool = False,
+        pretrained: Union[bool, str, None] = None,
         input_shape: Optional[tuple[int, ...]] = None,
         vocab_size: Optional[int] = None,
         head_dropout: float = 0.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ class Classifier(ZooTask):
         self,
         backbone: str = "mlp",
         backbone_kwargs: Optional[dict[str, Any]] = None,
-        pretrained: bool = False,
+        pretrained: Union[bool, str, None] = None,
         num_classes: Optional[int] = None,
         input_shape: Optional[tuple[int, ...]] = None,
         vocab_size: Optional[int] = None,
