@@ -400,9 +400,23 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
+def _show_zoo_logs() -> None:
+    """The zoo's own INFO messages (weights loaded, heads re-initialised, ...) on stderr, once."""
+    import logging
+
+    zoo_logger = logging.getLogger("zoo")
+    if not zoo_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("zoo: %(message)s"))
+        zoo_logger.addHandler(handler)
+        zoo_logger.setLevel(logging.INFO)
+        zoo_logger.propagate = False
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of the `zoo` console script and of `python cli.py`."""
     argv = sys.argv[1:] if args is None else list(args)
+    _show_zoo_logs()
     try:
         if argv and argv[0] == "models":
             if len(argv) > 2 or any(a.startswith("-") for a in argv[1:]):

