@@ -149,6 +149,14 @@ class ZooCLI(LightningCLI):
     # --- instantiation ---------------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
+        model_args = (config.get("model") or {}).get("init_args") if config.get("model") else None
+        if config.get("ckpt_path") and model_args is not None and model_args.get("pretrained") is not False:
+            # The checkpoint holds every weight: rebuilding the network must not fetch pretrained ones first
+            # (they may not be on this machine at all).
+            from zoo.registry import split_source
+
+            if split_source(str(model_args.get("backbone")))[0] is not None:
+                model_args["pretrained"] = False
         try:
             follow_backbone_preprocessing(config)
         except ZooError as err:

@@ -461,3 +461,23 @@ def test_import_zoo_loads_no_heavy_library():
            "'torchvision.models') if m in sys.modules))"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_checkpoint_of_a_pretrained_backbone_needs_no_weights_to_test(workdir):
+    """`zoo test --ckpt_path` rebuilds the network without fetching pretrained weights: the checkpoint has them all."""
+    import timm
+
+    from tests.conftest import TINY, run_zoo
+
+    weights = workdir / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), weights)
+    fit = run_zoo(
+        "fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY, "--model.backbone=timm/test_resnet",
+        "--model.backbone_kwargs={}", f"--model.pretrained={weights}", cwd=workdir,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    weights.unlink()  # the weights file is gone: a machine that only has the checkpoint
+    ckpt = next(workdir.glob("runs/**/last.ckpt"))
+    tested = run_zoo("test", "--config", "configs/experiments/digits_cnn.yaml", *TINY, f"--ckpt_path={ckpt}", cwd=workdir)
+    assert tested.returncode == 0, tested.stderr[-2000:]
+    assert "test/acc=" in tested.stdout
