@@ -32,13 +32,22 @@ from zoo.callbacks.finetuning import FineTuning
 from zoo.errors import ConfigError, ZooError
 from zoo.tasks.base import ZooTask
 
-EXTRA_COMMANDS = {"models": "list registered backbones: zoo models [PATTERN]"}
+EXTRA_COMMANDS = {
+    "models": "list backbones: zoo models [PATTERN], e.g. 'res*', 'timm/*convnext*'",
+    "groups": "a backbone's layer groups and a fine-tuning schedule: zoo groups resnet18 --strategy progressive",
+    "tune": "hyperparameter search with Optuna: zoo tune --config CONFIG --search SPACE.yaml",
+    "export": "ONNX, torch.export, safetensors and a model card: zoo export --ckpt_path X",
+    "report": "learning curves and confusion matrix as PNG: zoo report RUN_DIR",
+}
+# Commands implemented in zoo/commands/<name>.py, each a main(argv) imported only when used.
+COMMAND_MODULES = {"tune": "zoo.commands.tune", "export": "zoo.commands.export", "report": "zoo.commands.report"}
 
 DESCRIPTION = """Train, evaluate and use the zoo's models from YAML configs.
 
   zoo fit --config configs/experiments/digits_cnn.yaml
   zoo fit --data configs/data/digits.yaml --model configs/model/cnn.yaml --trainer.max_epochs 5
   zoo test --config configs/experiments/digits_cnn.yaml --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt
+  zoo predict --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt IMAGES_DIR --output predictions.csv
 
 Zoo commands beside fit / validate / test / predict:
 """ + "\n".join(f"  {name:8s} {help}" for name, help in EXTRA_COMMANDS.items())
@@ -244,6 +253,12 @@ class ZooSaveConfig(SaveConfigCallback):
         if callable(log_config):
             log_config(self.parser.dump(self.config, skip_none=False, format="yaml"))
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Every checkpoint carries its resolved config: `zoo predict / export / report` need only its path.
+        from zoo.checkpoints import CONFIG_KEY
+
+        checkpoint[CONFIG_KEY] = self.parser.dump(self.config, skip_none=False, format="yaml")
+
 
 # What a pretrained backbone's preprocessing sets in the datamodule, where the user left it unset (None).
 _FOLLOWED = {"mean": "mean", "std": "std", "tokenizer": "tokenizer"}
@@ -434,6 +449,16 @@ def main(args: Optional[list[str]] = None) -> None:
             return
         if argv and argv[0] == "groups":
             show_groups(argv[1:])
+            return
+        if argv and argv[0] in COMMAND_MODULES:
+            import importlib
+
+            importlib.import_module(COMMAND_MODULES[argv[0]]).main(argv[1:])
+            return
+        if argv and argv[0] == "predict" and "--config" not in argv and "-c" not in argv:
+            from zoo.commands.predict import main as predict_files  # new data -> CSV, from the checkpoint alone
+
+            predict_files(argv[1:])
             return
         ZooCLI(args=args)
     except Exception as exc:

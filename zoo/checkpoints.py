@@ -1,0 +1,107 @@
+"""Reading what `zoo fit` wrote: a checkpoint's task, its resolved config and its data facts.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain Python values only, so a
+tampered file cannot run code. A zoo checkpoint carries everything needed to use the model again (the
+task's hyperparameters, the resolved config under ``zoo_config``, the datamodule's state such as class
+names), so `zoo predict`, `zoo export` and `zoo report` need only its path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Optional
+
+import torch
+import yaml
+
+from zoo.errors import ConfigError
+
+CONFIG_KEY = "zoo_config"  # the resolved CLI config, as YAML text
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint's contents, loaded without running any pickled code.
+
+    Raises:
+        ConfigError: the file is missing, truncated or corrupt, holds code (a pickle payload or a class
+            the safe loader refuses), or is not a Lightning checkpoint.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (every failure of the safe loader means the same to a user)
+        said = " ".join(str(err).split())
+        if "weights_only" in said.lower() or "unsupported global" in said.lower():
+            raise ConfigError(
+                f"checkpoint {path}: refused, it holds Python objects that safe loading does not run "
+                f"({said[:160]}...). Only load checkpoints you trust; a zoo checkpoint holds none"
+            ) from None
+        raise ConfigError(f"checkpoint {path}: cannot read it ({type(err).__name__}: {said[:200]}); it may be "
+                          "truncated or corrupt") from None  # fmt: skip
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"checkpoint {path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def task_class(ckpt: dict[str, Any], path: str = "the checkpoint") -> type:
+    """The zoo task class a checkpoint was trained with; any other class path is refused."""
+    from zoo.tasks.base import ZooTask
+
+    hparams = ckpt.get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path")
+    if not isinstance(class_path, str) or not class_path.startswith("zoo.tasks."):
+        raise ConfigError(
+            f"{path}: not a zoo task checkpoint (its model class is {class_path!r}); "
+            "use a checkpoint that `zoo fit` wrote"
+        )
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ZooTask)):
+        raise ConfigError(f"{path}: unknown zoo task {class_path!r}")
+    return cls
+
+
+def load_task(path: str, ckpt: Optional[dict[str, Any]] = None) -> Any:
+    """The trained task of a `zoo fit` checkpoint, weights loaded, in eval mode.
+
+    The network is rebuilt from the checkpoint's own hyperparameters without fetching pretrained weights
+    (the checkpoint holds every weight).
+    """
+    from lightning.pytorch.cli import instantiate_module
+
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
+    cls = task_class(ckpt, path)
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"}
+    hparams["pretrained"] = False
+    try:
+        task = instantiate_module(cls, hparams)
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"{path}: cannot rebuild its model: {' '.join(str(err).split())[:300]}") from None
+    missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{path}: its weights do not fit the model it describes (missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]})")  # fmt: skip
+    return task.eval()
+
+
+def run_config(ckpt: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The resolved CLI config the checkpoint was trained with (None for checkpoints written before it was saved)."""
+    text = ckpt.get(CONFIG_KEY)
+    return yaml.safe_load(text) if isinstance(text, str) else None
+
+
+def datamodule_state(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The datamodule's saved state (class names, vocabulary, normalisation...), or {} when there is none."""
+    config = run_config(ckpt) or {}
+    data = config.get("data") or {}
+    name = str(data.get("class_path", "")).rpartition(".")[2]
+    state = ckpt.get(name) if name else None
+    return state if isinstance(state, dict) else {}
+
+
+def class_names(ckpt: dict[str, Any]) -> Optional[list[str]]:
+    """The class names, index-aligned with the model's outputs, when the data had them."""
+    names = datamodule_state(ckpt).get("class_names")
+    return [str(n) for n in names] if names else None
