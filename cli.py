@@ -75,7 +75,9 @@ def _close_match_hint(message: str) -> str:
     candidates: set[str] = set()
     for cls_path in re.findall(r"class_path '([\w.]+)'", message):
         candidates |= _init_params(cls_path)
-    known = {"trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping, "finetuning": FineTuning}
+    known = {
+        "trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping, "finetuning": FineTuning
+    }  # fmt: skip
     if group.split(".")[-1] in known:
         candidates |= _params_of(known[group.split(".")[-1]])
     close = difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.6)

@@ -185,7 +185,16 @@ class ZooDataModule(LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the data: class names, and what new inputs need (statistics, vocabulary)."""
         return {"class_names": self.class_names}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored_state = dict(state_dict)
+
+    def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
+        """New inputs read from ``path`` and prepared the way the training data was, for `zoo predict`:
+        a dataset of ``(input, dummy target)`` pairs and one name per sample (file name or row number)."""
+        raise DataError(f"{type(self).__name__} cannot read new inputs for prediction (zoo predict)")
 
 
 def fit_standardizer(x: torch.Tensor, dim: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

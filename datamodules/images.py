@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -79,8 +79,27 @@ class Digits(ZooDataModule):
         if self.samples_per_class is not None:
             train = self._few_per_class(train, labels)
         mean, std = fit_standardizer(x[train], dim=(0, 2, 3))
+        self.stats = {"mean": float(mean), "std": float(std)}  # kept in checkpoints, for new images
         x = (x - mean) / std
         return tuple(TensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"class_names": self.class_names, "stats": getattr(self, "stats", None)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stats = state_dict.get("stats")
+
+    def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
+        """Image files (or a folder of them) as 8x8 grey digits: dark ink on light paper is inverted to the
+        data's light-on-dark, pixels scaled to the data's 0-16 and standardised like the training images."""
+        if not getattr(self, "stats", None):
+            raise DataError("Digits: no training statistics; predict from a checkpoint that `zoo fit` wrote")
+        images, names = read_images(path, channels=1, size=(8, 8))
+        x = images.float() / 255.0 * 16.0
+        light_background = x.mean(dim=(1, 2, 3)) > 8.0
+        x[light_background] = 16.0 - x[light_background]
+        x = (x - self.stats["mean"]) / self.stats["std"]  # type: ignore[index]
+        return TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), names
 
     def _few_per_class(self, train: np.ndarray, labels: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
@@ -94,6 +113,47 @@ class Digits(ZooDataModule):
                 )
             picked.append(rng.choice(pool, size=self.samples_per_class, replace=False))
         return np.sort(np.concatenate(picked))
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_files(path: str) -> list[str]:
+    """An image file, or every image file under a folder (sorted); a clear error for anything else."""
+    if os.path.isfile(path):
+        if not path.lower().endswith(IMAGE_EXTENSIONS):
+            raise DataError(f"{path}: this model reads images; give an image file ({', '.join(IMAGE_EXTENSIONS)}) "
+                            "or a folder of them")  # fmt: skip
+        return [path]
+    if not os.path.isdir(path):
+        raise DataError(f"{os.path.abspath(path)}: no such file or folder")
+    files = sorted(
+        os.path.join(root, f) for root, _, names in os.walk(path) for f in names if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not files:
+        raise DataError(f"{os.path.abspath(path)}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    return files
+
+
+def open_image(path: str, channels: int) -> Any:
+    """A PIL image in grey (1 channel) or RGB (3); an unreadable file is named."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("L" if channels == 1 else "RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from None
+
+
+def read_images(path: str, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+    """Image files as ``(N, channels, H, W)`` uint8, resized (bilinear, antialiased), with their paths."""
+    from PIL import Image
+
+    files = image_files(path)
+    arrays = [np.asarray(open_image(f, channels).resize((size[1], size[0]), Image.BILINEAR)) for f in files]
+    x = torch.from_numpy(np.stack(arrays))
+    return (x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2)).contiguous(), files
 
 
 class ImageFolder(ZooDataModule):
@@ -207,6 +267,12 @@ class ImageFolder(ZooDataModule):
             ds.classes, ds.class_to_idx = list(self.class_names), to_idx
         return ds
 
+    def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
+        """Image files (or a folder of them, read recursively) through the same resize and normalisation."""
+        files = image_files(path)
+        transform = self._transform()
+        return _Transformed(files, self.channels, transform), files
+
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
         dirs = self.split_dirs
         full = self._folder(dirs["train"])  # type: ignore[arg-type]
@@ -218,3 +284,16 @@ class ImageFolder(ZooDataModule):
             Subset(full, val.tolist()) if dirs["val"] is None else self._folder(dirs["val"]),
             Subset(full, test.tolist()) if dirs["test"] is None else self._folder(dirs["test"]),
         )
+
+
+class _Transformed(Dataset):
+    """Image files read and transformed one at a time (for prediction: the targets are dummies)."""
+
+    def __init__(self, files: list[str], channels: int, transform: Any) -> None:
+        self.files, self.channels, self.transform = files, channels, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(open_image(self.files[i], 3)), torch.tensor(0)

@@ -93,8 +93,9 @@ def _floats(text: str, path: str, lineno: int) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-def read_ts(path: str) -> tuple[list[np.ndarray], list[str]]:
-    """Reads a UEA / UCR ``.ts`` classification file.
+def read_ts(path: str, labelled: bool = True) -> tuple[list[np.ndarray], list[str]]:
+    """Reads a UEA / UCR ``.ts`` classification file (``labelled=False``: new cases to predict, with or
+    without labels; ``@classLabel false`` files have none, and their labels come back empty).
 
     The header (``@problemName``, ``@dimensions``, ``@classLabel true ...``, ...) ends at ``@data``; then
     one case per line: dimensions separated by ``:``, values by ``,``, the class label last. ``?`` (or
@@ -122,12 +123,16 @@ def read_ts(path: str) -> tuple[list[np.ndarray], list[str]]:
         header[key.lower()] = value.strip()
     else:
         raise DataError(f"{path}: no '@data' line; is this a .ts file?")
-    expected, expected_from = _check_header(header, path)  # the number of dimensions, and who says so
+    has_labels = header.get("classlabel", "true").split(" ")[0].lower() == "true"
+    if labelled or has_labels:
+        expected, expected_from = _check_header(header, path)  # the number of dimensions, and who says so
+    else:
+        expected, expected_from = _check_header({**header, "classlabel": "true"}, path)
     series: list[np.ndarray] = []
     labels: list[str] = []
     for lineno, line in lines[start + 1 :]:
-        *dims, label = line.split(":")
-        if not dims or not label.strip():
+        *dims, label = line.split(":") if has_labels else [*line.split(":"), ""]
+        if has_labels and (not dims or not label.strip()):
             raise DataError(f"{path}, line {lineno}: a case needs its class label after the last ':'")
         if expected is None:
             expected, expected_from = len(dims), f"the first case (line {lineno})"
@@ -286,19 +291,45 @@ class TimeSeries(PaddedSequenceDataModule):
             mean, std = _moments(np.concatenate([train_x[i] for i in train]), axis=0)
         else:
             mean, std = np.zeros(1), np.ones(1)
-
-        def prepare(s: np.ndarray) -> torch.Tensor:
-            m, sd = _moments(s, axis=0) if self.normalize == "per_series" else (mean, std)
-            return torch.from_numpy(np.nan_to_num((s - m) / sd, nan=0.0)).float()  # (T, C)
+        self.stats = {"mean": mean.tolist(), "std": std.tolist()}  # kept in checkpoints, for new series
 
         def dataset(series: list[np.ndarray], labels: list[str]) -> VariableLengthDataset:
-            return VariableLengthDataset([prepare(s) for s in series], self._targets(labels))
+            return VariableLengthDataset([self._prepare(s) for s in series], self._targets(labels))
 
         return (
             dataset([train_x[i] for i in train], [train_y[i] for i in train]),
             dataset([train_x[i] for i in val], [train_y[i] for i in val]),
             dataset(test_x, test_y),
         )
+
+
+    def _prepare(self, series: np.ndarray) -> torch.Tensor:
+        """One series normalised as the training data was: ``(T, C)`` float32, missing values 0."""
+        if self.normalize == "per_series":
+            mean, std = _moments(series, axis=0)
+        else:
+            mean, std = np.asarray(self.stats["mean"]), np.asarray(self.stats["std"])
+        return torch.from_numpy(np.nan_to_num((series - mean) / std, nan=0.0)).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"class_names": self.class_names, "stats": getattr(self, "stats", None)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__["class_names"] = list(state_dict["class_names"])  # the cached property, without the files
+        self.stats = state_dict.get("stats") or {"mean": [0.0], "std": [1.0]}
+
+    def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
+        """Every case of a ``.ts`` file (labels optional), normalised with the training statistics."""
+        if not path.lower().endswith(".ts"):
+            raise DataError(f"{path}: this model reads time series; give a .ts file (UEA / UCR format)")
+        series, _ = read_ts(path, labelled=False)
+        channels = len(self.stats["mean"]) if self.normalize == "per_channel" else series[0].shape[1]
+        if series[0].shape[1] != channels:
+            raise DataError(
+                f"{path}: its series have {series[0].shape[1]} dimensions; the model was trained on {channels}"
+            )
+        data = [self._prepare(s) for s in series]
+        return VariableLengthDataset(data, torch.zeros(len(data), dtype=torch.long)), [str(i) for i in range(len(data))]
 
 
 def _moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:

@@ -61,10 +61,13 @@ def _rows(path: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     return list(dict.fromkeys(k for _, r in rows for k in r)), rows  # every key, in order of appearance
 
 
-def read_texts(path: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """The texts and their labels (as strings: ``1`` in JSON and ``"1"`` in a CSV are the same class)."""
+def read_texts(path: str, text_column: str, label_column: Optional[str]) -> tuple[list[str], list[str]]:
+    """The texts and their labels (as strings: ``1`` in JSON and ``"1"`` in a CSV are the same class).
+
+    ``label_column=None`` reads texts only (new texts to predict); their labels come back empty.
+    """
     columns, rows = _rows(path)
-    missing = [c for c in (text_column, label_column) if c not in columns]
+    missing = [c for c in (text_column, label_column) if c is not None and c not in columns]
     if missing:
         raise DataError(
             f"{path} has no column {' or '.join(repr(c) for c in missing)}; its columns are {columns}. "
@@ -72,8 +75,8 @@ def read_texts(path: str, text_column: str, label_column: str) -> tuple[list[str
         )
     texts, labels = [], []
     for lineno, row in rows:
-        text, label = row.get(text_column), row.get(label_column)
-        if text is None or label is None or str(label).strip() == "":
+        text, label = row.get(text_column), row.get(label_column) if label_column is not None else ""
+        if text is None or (label_column is not None and (label is None or str(label).strip() == "")):
             empty = label_column if text is not None else text_column
             raise DataError(f"{path}, line {lineno}: no value in column {empty!r}")
         texts.append(str(text))
@@ -238,6 +241,25 @@ class TextClassification(PaddedSequenceDataModule):
             unk = vocab[UNK]
             ids = [[vocab.get(w, unk) for w in self._words(t)][: self.max_length] or [unk] for t in texts]
         return [torch.tensor(i, dtype=torch.long) for i in ids]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"class_names": self.class_names, "vocab": self.vocab}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # The cached properties, restored without reading the training file (which may be elsewhere now).
+        self.__dict__["class_names"] = list(state_dict["class_names"])
+        self.__dict__["vocab"] = state_dict.get("vocab")
+
+    def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
+        """The texts of a CSV / TSV / JSON-lines file (its ``text_column``; labels optional), tokenised as in
+        training. Samples are named by their row (1 = the first text)."""
+        if os.path.splitext(path)[1].lower() not in FORMATS:
+            raise DataError(f"{path}: this model reads text; give a {' / '.join(sorted(set(FORMATS.values())))} "
+                            f"file with a {self.text_column!r} column")  # fmt: skip
+        texts, _ = read_texts(path, self.text_column, None)
+        ids = self.encode(texts)
+        names = [str(i + 1) for i in range(len(ids))]
+        return VariableLengthDataset(ids, torch.zeros(len(ids), dtype=torch.long)), names
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
         datasets = []

@@ -162,6 +162,15 @@ class _Classic(ZooDataModule):
         """``(train_images, train_labels, test_images, test_labels)``; images uint8 ``(N, C, H, W)``."""
         raise NotImplementedError
 
+    def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
+        """Image files (or a folder of them) read as the dataset's images and prepared the same way."""
+        from datamodules.images import read_images
+
+        images, names = read_images(path, channels=self.shape[0], size=self.shape[1:])
+        shape = self.input_shape
+        labels = torch.zeros(len(images), dtype=torch.long)
+        return UInt8Images(images, labels, self.mean, self.std, shape[0], (shape[1], shape[2])), names
+
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
         self._ensure_files()
         x, y, test_x, test_y = self._load()

@@ -266,7 +266,9 @@ def _register_all_parameters_with_ddp(trainer: Trainer) -> None:
         # DDP only all-reduces parameters that required grad when it wrapped the model: unfreezing a group
         # later must find it registered, and the reducer must not wait for it while it is frozen.
         strategy._ddp_kwargs["find_unused_parameters"] = True
-        rank_zero_info("FineTuning: DDP runs with find_unused_parameters=True, so groups unfrozen later are synchronised")
+        rank_zero_info(
+            "FineTuning: DDP runs with find_unused_parameters=True, so groups unfrozen later are synchronised"
+        )
 
 
 def _count(module: nn.Module) -> int:
