@@ -29,6 +29,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from datamodules.base import ZooDataModule
 from zoo.callbacks.finetuning import FineTuning
+from zoo.callbacks.pictures import RunPictures
 from zoo.errors import ConfigError, ZooError
 from zoo.tasks.base import ZooTask
 
@@ -156,6 +157,13 @@ class ZooCLI(LightningCLI):
             default=True,
             help="fit only: test the best checkpoint when training ends and write its metrics as JSON",
         )
+        parser.add_argument(
+            "--pictures",
+            type=bool,
+            default=True,
+            help="draw learning curves, learning rates and the test confusion matrix as PNG files into the run "
+            "folder, and as images in W&B (zoo.callbacks.pictures.RunPictures); false to skip",
+        )
 
     # --- instantiation ---------------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:
@@ -208,6 +216,10 @@ class ZooCLI(LightningCLI):
             callbacks.append(RichModelSummary(max_depth=1))
         if trainer_config.get("logger") not in (None, False) and not _has(user, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        # The run's pictures by default where there is a run folder (a logger), unless turned off or the user's own.
+        wants_pictures = self._get(self.config_init, "pictures", True) is not False
+        if wants_pictures and trainer_config.get("logger") not in (None, False) and not _has(user, RunPictures):
+            callbacks.append(RunPictures())
         return self._instantiate_trainer(trainer_config, callbacks)
 
     # --- after each command ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ TINY = [
     "--trainer.log_every_n_steps=1",
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
+    "--pictures=false",  # drawing costs ~1 s a run; tests/test_report.py checks the pictures
 ]
 
 

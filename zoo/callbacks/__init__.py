@@ -1,5 +1,6 @@
 """The zoo's Lightning callbacks."""
 
 from zoo.callbacks.finetuning import STRATEGIES, FineTuning, describe_schedule
+from zoo.callbacks.pictures import RunPictures
 
-__all__ = ["STRATEGIES", "FineTuning", "describe_schedule"]
+__all__ = ["STRATEGIES", "FineTuning", "RunPictures", "describe_schedule"]

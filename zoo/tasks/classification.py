@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torchmetrics import AUROC, Accuracy, F1Score, MetricCollection
+from torchmetrics import AUROC, Accuracy, ConfusionMatrix, F1Score, MetricCollection
 
 from zoo.errors import ConfigError
 from zoo.heads import ClassificationHead
@@ -64,6 +64,10 @@ class Classifier(ZooTask):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights)
         self._init_metrics()
+        # Rows: true class. Filled by the same val / test steps as the metrics (nothing runs the model again)
+        # and read by zoo.callbacks.RunPictures; never logged as a scalar, so reset here at each epoch's start.
+        self.val_confusion = ConfusionMatrix(task="multiclass", num_classes=num_classes)
+        self.test_confusion = ConfusionMatrix(task="multiclass", num_classes=num_classes)
 
     def make_metrics(self) -> MetricCollection:
         metrics: dict[str, Any] = {
@@ -81,6 +85,16 @@ class Classifier(ZooTask):
         for name, metric in metrics.items(keep_base=True):
             # AUROC ranks the positive class's probability; the others take the logits.
             metric.update(output.softmax(-1)[:, 1] if name == "auroc" else output, target)
+        if metrics is self.val_metrics:
+            self.val_confusion.update(output, target)
+        elif metrics is self.test_metrics:
+            self.test_confusion.update(output, target)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_confusion.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Class probabilities, ``(B, num_classes)``."""

@@ -1,0 +1,243 @@
+"""Pictures of a run drawn while it runs: the same PNGs as `zoo report`, and W&B images when logging there."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+CONFUSION_FILE = "test_confusion.json"
+PICTURES = {"learning_curves": "learning_curves.png", "learning_rate": "learning_rate.png",
+            "confusion_matrix": "confusion_matrix.png"}  # fmt: skip
+
+
+def run_dir_of(trainer: Trainer) -> Path:
+    """The run's own folder, where the CLI writes ``test_metrics.json``: the checkpoints folder's parent,
+    else the logger's directory (``runs/<name>/version_<n>`` with the CSV logger)."""
+    ckpt = trainer.checkpoint_callback
+    if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
+        return Path(ckpt.dirpath).parent
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def write_confusion(path: Path, matrix: list[list[int]], class_names: list[str]) -> None:
+    """``{"class_names": [...], "matrix": [[...]]}``, rows = true class, as `zoo report` reads it."""
+    path.write_text(json.dumps({"class_names": class_names, "matrix": matrix}) + "\n")
+
+
+class RunPictures(Callback):
+    """Draws a run's pictures into its folder, so they exist without running `zoo report`.
+
+    At the end of fit: ``learning_curves.png`` and ``learning_rate.png``. At the end of test, for a
+    classifier: ``test_confusion.json`` (rows = true class) and ``confusion_matrix.png``; the learning
+    curves are redrawn with the test metrics in their title. The numbers are collected here while the run
+    goes (epoch metrics, each optimizer group's LR), so any logger works; the confusion matrix is the one
+    the task's own test step accumulated (``Classifier.test_confusion``), so nothing runs the model twice.
+
+    When the run logs to Weights & Biases, the same pictures are logged as images, plus the validation
+    confusion matrix and a few sample predictions (image inputs) after each validation.
+
+    Args:
+        wandb_every_n_epochs: W&B only: log the validation confusion matrix and samples every n epochs
+            (0: never).
+        num_samples: W&B only: sample predictions shown per validation (image inputs only; 0: none).
+    """
+
+    def __init__(self, wandb_every_n_epochs: int = 1, num_samples: int = 8) -> None:
+        self.wandb_every_n_epochs = wandb_every_n_epochs
+        self.num_samples = num_samples
+        self.history: dict[str, dict[float, float]] = defaultdict(dict)
+        self._samples: Optional[tuple[list[Any], list[str], list[bool]]] = None
+        self._fitted = False  # whether this process trained: `zoo test` alone draws no learning curves
+
+    # --- collecting the numbers ------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:  # after every epoch-start hook (fine-tuning multipliers, schedulers) has run
+            self._record_learning_rates(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record(trainer, ("train/", "finetune/"))
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._record(trainer, ("val/",))
+        if not self._wandb_due(trainer):
+            return
+        confusion = getattr(pl_module, "val_confusion", None)
+        matrix = confusion.compute().tolist() if confusion is not None and confusion.update_count else None
+        if trainer.is_global_zero:
+            if matrix is not None:
+                names = _class_names(trainer, len(matrix))
+                title = f"validation confusion matrix, epoch {trainer.current_epoch}"
+                figure = partial(_confusion_figure, matrix, names, title)
+                self._log_figure(trainer, "pictures/val_confusion_matrix", figure)
+            samples = self._samples
+            if samples is not None:
+                from zoo.plots import plot_samples
+
+                self._log_figure(trainer, "pictures/val_samples", partial(plot_samples, *samples))
+        self._samples = None
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if batch_idx or dataloader_idx or trainer.sanity_checking or self.num_samples < 1:
+            return
+        if not self._wandb_due(trainer) or not hasattr(pl_module, "val_confusion"):
+            return
+        x, y = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (None, None)
+        if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] in (1, 3)):
+            return  # pictures of inputs only make sense for images
+        x, y = x[: self.num_samples], y[: self.num_samples]
+        with torch.no_grad():  # a handful of samples, once per validation: cheap next to the epoch itself
+            predicted = pl_module(x).argmax(-1)
+        names = _class_names(trainer, int(getattr(pl_module, "num_classes", 0)))
+        pixels = x.detach().float().cpu()
+        images = [p[0].numpy() if p.shape[0] == 1 else p.permute(1, 2, 0).numpy() for p in pixels]
+        titles = [f"{names[int(t)]} \u2192 {names[int(p)]}" for t, p in zip(y, predicted)]
+        self._samples = (images, titles, [bool(t != p) for t, p in zip(y, predicted)])
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record(trainer, ("test/",))
+        confusion = getattr(pl_module, "test_confusion", None)
+        if confusion is None or not confusion.update_count:
+            return
+        matrix = confusion.compute().tolist()  # on every process: compute() gathers the counts under DDP
+        if not trainer.is_global_zero:
+            return
+        out = run_dir_of(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        names = _class_names(trainer, len(matrix))
+        write_confusion(out / CONFUSION_FILE, matrix, names)
+        figure = partial(_confusion_figure, matrix, names, "test confusion matrix")
+        self._draw(trainer, "pictures/test_confusion_matrix", out / PICTURES["confusion_matrix"], figure)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fitted = True
+        if trainer.is_global_zero:
+            self._draw_history(trainer, log_to_wandb=True)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After `zoo fit` the best checkpoint is tested: the curves gain the test metrics in their title.
+        if trainer.is_global_zero and self._fitted and self._has_epochs():
+            self._draw_history(trainer, log_to_wandb=False, only=("learning_curves",))
+
+    def state_dict(self) -> dict[str, Any]:
+        # A resumed run draws its whole history, not only the epochs after the resume.
+        return {"history": {k: dict(v) for k, v in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores callbacks for test and validate from a checkpoint too: after `zoo fit` tests the
+        # best checkpoint, the live history (every epoch) must not fall back to the best one's (up to it).
+        if self._has_epochs():
+            return
+        self.history = defaultdict(dict, {k: dict(v) for k, v in (state_dict.get("history") or {}).items()})
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _record(self, trainer: Trainer, prefixes: tuple[str, ...]) -> None:
+        epoch = float(trainer.current_epoch)
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith(prefixes) and not name.endswith("_step"):
+                try:
+                    self.history[name][epoch] = float(value)
+                except (TypeError, ValueError):  # a non-scalar someone logged; not a curve
+                    continue
+
+    def _record_learning_rates(self, trainer: Trainer) -> None:
+        """Each group's LR under the LearningRateMonitor's names (``lr-AdamW/head``), as `zoo report` reads them."""
+        seen: dict[str, int] = defaultdict(int)
+        for optimizer in trainer.optimizers:
+            cls = type(optimizer).__name__
+            seen[cls] += 1
+            prefix = f"lr-{cls}" + (f"-{seen[cls] - 1}" if seen[cls] > 1 else "")
+            groups = optimizer.param_groups
+            for i, group in enumerate(groups):
+                unnamed = len(groups) == 1 and "name" not in group
+                name = prefix if unnamed else f"{prefix}/{group.get('name', f'pg{i + 1}')}"
+                self.history[name][float(trainer.current_epoch)] = float(group["lr"])
+
+    def _has_epochs(self) -> bool:
+        return any(k.startswith(("train/", "val/")) and v for k, v in self.history.items())
+
+    def _draw_history(self, trainer: Trainer, log_to_wandb: bool, only: tuple[str, ...] = tuple(PICTURES)) -> None:
+        from zoo.plots import best_epoch, plot_learning_curves, plot_learning_rates
+
+        if not self._has_epochs():
+            return
+        out = run_dir_of(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        history = dict(self.history)
+        ckpt = trainer.checkpoint_callback
+        best_path = getattr(ckpt, "best_model_path", "") or ""
+        best = best_epoch(history, [best_path] if best_path else [])
+        title = str(out)
+        draw: dict[str, Callable[[], Any]] = {
+            "learning_curves": lambda: plot_learning_curves(history, best=best, title=title),
+            "learning_rate": lambda: plot_learning_rates(history, title=title),
+        }
+        for name in only:
+            if name in draw:
+                key = f"pictures/{name}" if log_to_wandb else None
+                self._draw(trainer, key, out / PICTURES[name], draw[name])
+
+    def _draw(self, trainer: Trainer, wandb_key: Optional[str], path: Path, make: Callable[[], Any]) -> None:
+        """Draw a figure, save it to ``path`` and log it to W&B under ``wandb_key``. A failure to draw is a
+        warning: the run's weights and metrics matter more than its pictures."""
+        try:
+            fig = make()
+            if fig is None:
+                return
+            fig.savefig(path, dpi=120)
+            log.info("%s written", path)
+            if wandb_key:
+                self._log_to_wandb(trainer, wandb_key, fig)
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not draw %s: %s: %s", path.name, type(err).__name__, err)
+
+    def _log_figure(self, trainer: Trainer, key: str, make: Callable[[], Any]) -> None:
+        try:
+            self._log_to_wandb(trainer, key, make())
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not log %s to W&B: %s: %s", key, type(err).__name__, err)
+
+    def _log_to_wandb(self, trainer: Trainer, key: str, fig: Any) -> None:
+        from zoo.plots import figure_to_array
+
+        loggers = _wandb_loggers(trainer)
+        if loggers:
+            image = figure_to_array(fig)
+            for logger in loggers:
+                logger.log_image(key=key, images=[image], step=trainer.global_step)
+
+    def _wandb_due(self, trainer: Trainer) -> bool:
+        every = self.wandb_every_n_epochs
+        return every > 0 and trainer.current_epoch % every == 0 and bool(_wandb_loggers(trainer))
+
+
+def _wandb_loggers(trainer: Trainer) -> list[Any]:
+    from lightning.pytorch.loggers import WandbLogger  # wandb itself is imported only when logging
+
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+def _class_names(trainer: Trainer, count: int) -> list[str]:
+    names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
+    names = [str(n) for n in names] if names else []
+    return names if len(names) == count else [str(i) for i in range(count)]
+
+
+def _confusion_figure(matrix: list[list[int]], names: list[str], title: str) -> Any:
+    from zoo.plots import plot_confusion_matrix
+
+    return plot_confusion_matrix(matrix, names, title=title)
