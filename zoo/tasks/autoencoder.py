@@ -38,7 +38,7 @@ class MLPDecoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         latent = self.bottleneck(features)  # (B, latent_dim)
-        return self.decode(latent).view(len(features), *self.output_shape)
+        return self.decode(latent).unflatten(1, self.output_shape)  # no fixed batch size: exports trace it
 
 
 class Autoencoder(ZooTask):
