@@ -68,7 +68,7 @@ def run(name: str, workdir: Path, seed: int | None = None, done: set[str] | None
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(EXPERIMENTS / f"{name}.yaml"),
-         "--trainer.enable_progress_bar=false", *seeded],
+         "--trainer.enable_progress_bar=false", "--pictures=false", *seeded],
         cwd=workdir, capture_output=True, text=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start

@@ -18,12 +18,11 @@ _spec = importlib.util.spec_from_file_location("results", ROOT / "scripts" / "re
 results = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(results)  # type: ignore[union-attr]
 
-# Configs of a `# comparison:` group run in tests/test_transfer.py, against each other over seeds.
-EXPERIMENTS = sorted(
-    p.stem
-    for p in (ROOT / "configs" / "experiments").glob("*.yaml")
-    if results.target_of(p.stem) and not results.comparison_of(p.stem)
-)
+# Configs of a `# comparison:` group, and the pretrainings they require, run in tests/test_transfer.py.
+_ALL = sorted(p.stem for p in (ROOT / "configs" / "experiments").glob("*.yaml"))
+_COMPARED = {n for n in _ALL if results.comparison_of(n)}
+_COMPARED |= {r for n in _COMPARED for r in results.requires_of(n)}
+EXPERIMENTS = [n for n in _ALL if results.target_of(n) and n not in _COMPARED]
 
 
 def test_every_experiment_states_a_target() -> None:
@@ -44,8 +43,10 @@ def _provide_requirements(experiment: str, workdir: Path, cache: dict[str, Path]
             home.mkdir()
             (home / "configs").symlink_to(ROOT / "configs")
             _provide_requirements(required, home, cache, tmp)
-            done = run_zoo("fit", "--config", f"configs/experiments/{required}.yaml", "--trainer.enable_progress_bar=false",
-                           cwd=home, timeout=900)  # fmt: skip
+            done = run_zoo(
+                "fit", "--config", f"configs/experiments/{required}.yaml", "--trainer.enable_progress_bar=false",
+                "--pictures=false", cwd=home, timeout=900,
+            )  # fmt: skip
             assert done.returncode == 0, done.stderr[-3000:]
             cache[required] = home / "runs" / required
         (workdir / "runs").mkdir(exist_ok=True)
@@ -62,7 +63,7 @@ def test_experiment_reaches_its_target(
     start = time.perf_counter()
     result = run_zoo(
         "fit", "--config", f"configs/experiments/{experiment}.yaml", "--trainer.enable_progress_bar=false",
-        cwd=workdir, timeout=900,
+        "--pictures=false", cwd=workdir, timeout=900,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]

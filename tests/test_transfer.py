@@ -47,6 +47,8 @@ def test_pretrained_digits_backbone_beats_scratch_on_few_labels(workdir: Path):
     assert names == ["digits_5to9_feature_extraction", "digits_5to9_progressive", "digits_5to9_scratch"]
     acc = measure(names, workdir, seeds=[42, 1, 2])
     assert acc["digits_5to9_progressive"] >= acc["digits_5to9_scratch"] + 0.03
+    metric, threshold = results.target_of("digits_0to4_resnet")  # the pretraining, run once before them
+    assert results.latest_test_metrics("digits_0to4_resnet", workdir)[metric] >= threshold
 
 
 @pytest.mark.slow
