@@ -48,7 +48,7 @@ DESCRIPTION = """Train, evaluate and use the zoo's models from YAML configs.
   zoo fit --config configs/experiments/digits_cnn.yaml
   zoo fit --data configs/data/digits.yaml --model configs/model/cnn.yaml --trainer.max_epochs 5
   zoo test --config configs/experiments/digits_cnn.yaml --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt
-  zoo predict --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt IMAGES_DIR --output predictions.csv
+  zoo predict --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt examples/digits --output predictions.csv
 
 Zoo commands beside fit / validate / test / predict:
 """ + "\n".join(f"  {name:8s} {help}" for name, help in EXTRA_COMMANDS.items())
@@ -411,16 +411,17 @@ def show_groups(argv: list[str]) -> None:
         )  # fmt: skip
         epochs = epochs or 6
         title = f"{opts.backbone}: strategy {opts.strategy}"
-    table = Table(title=title, caption="+ trains, . frozen; LR x multiplies the optimizer's LR (head = 1)")
+    table = Table(title=title, caption="+ trains, . frozen (one mark per epoch, in fives); LR x multiplies the "
+                  "optimizer's LR (head = 1)")  # fmt: skip
     for column in ("group", "params", "LR x"):
         table.add_column(column, justify="left" if column == "group" else "right", no_wrap=True)
-    for epoch in range(epochs):
-        table.add_column(str(epoch), justify="center")
+    table.add_column(f"epochs 0-{epochs - 1}", no_wrap=True)
     for name, params, multiplier, trains in describe_schedule(callback, groups, epochs):
         size = "new" if name == "head" and opts.backbone else f"{params:,}"
-        table.add_row(name, size, f"{multiplier:.3g}", *("+" if t else "." for t in trains))
+        marks = "".join("+" if t else "." for t in trains)
+        table.add_row(name, size, f"{multiplier:.3g}", " ".join(marks[i : i + 5] for i in range(0, len(marks), 5)))
     Console().print(table)
-    print(f"strategy {callback.strategy}; epochs 0-{epochs - 1} (columns)")
+    print(f"strategy {callback.strategy}")
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

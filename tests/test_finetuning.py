@@ -223,8 +223,10 @@ def test_cli_logs_the_lr_of_every_named_group(workdir: Path):
 
 
 def _table(stdout: str) -> dict[str, list[str]]:
+    """Rows of the `zoo groups` table: [params, LR x, then one mark per epoch]."""
     rows = [line.split("│")[1:-1] for line in stdout.splitlines() if line.startswith("│")]
-    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+    cells = {row[0].strip(): [c.strip() for c in row[1:]] for row in rows}
+    return {name: [*values[:2], *values[2].replace(" ", "")] for name, values in cells.items()}
 
 
 def test_zoo_groups_prints_the_schedule(workdir: Path):
