@@ -39,9 +39,15 @@ EXTRA_COMMANDS = {
     "tune": "hyperparameter search with Optuna: zoo tune --config CONFIG --search SPACE.yaml",
     "export": "ONNX, torch.export, safetensors and a model card: zoo export --ckpt_path X",
     "report": "learning curves and confusion matrix as PNG: zoo report RUN_DIR",
+    "lr-find": "learning-rate range test, plot and a config with the suggested LR: zoo lr-find --config CONFIG",
 }
 # Commands implemented in zoo/commands/<name>.py, each a main(argv) imported only when used.
-COMMAND_MODULES = {"tune": "zoo.commands.tune", "export": "zoo.commands.export", "report": "zoo.commands.report"}
+COMMAND_MODULES = {
+    "tune": "zoo.commands.tune",
+    "export": "zoo.commands.export",
+    "report": "zoo.commands.report",
+    "lr-find": "zoo.commands.lr_find",
+}
 
 DESCRIPTION = """Train, evaluate and use the zoo's models from YAML configs.
 
