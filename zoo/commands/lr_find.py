@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import math
 from pathlib import Path
@@ -72,20 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     """`zoo lr-find`: check the options, run the finder(s), write and print the results."""
-    from cli import _split_overrides
+    from zoo.commands import parse_with_overrides
 
-    overrides, rest = _split_overrides(argv)
-    parser = build_parser()
-    opts, unknown = parser.parse_known_args(rest)
-    # Other flags are the config's top-level options (--seed_everything=1): the config's parser checks them;
-    # one that looks like a misspelt option of `zoo lr-find` is refused here.
-    ours = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
-    for token in unknown:
-        close = difflib.get_close_matches(token.split("=", 1)[0], ours, n=1, cutoff=0.75)
-        if token.startswith("--") and close:
-            parser.error(f"unrecognized argument {token}; did you mean {close[0]}?")
+    opts, overrides = parse_with_overrides(build_parser(), argv)
     check_options(opts)
-    lr_find(opts, [*unknown, *overrides])
+    lr_find(opts, overrides)
 
 
 def check_options(opts: argparse.Namespace) -> None:
