@@ -51,6 +51,14 @@ def comparison_of(name: str) -> str | None:
     return found.group(1) if found else None
 
 
+def standalone_experiments() -> list[str]:
+    """Configs with a target that run on their own: not in a ``# comparison:`` group, nor required by one."""
+    names = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+    compared = {n for n in names if comparison_of(n)}
+    compared |= {r for n in compared for r in requires_of(n)}
+    return [n for n in names if target_of(n) and n not in compared]
+
+
 def summary_of(name: str) -> str:
     """The config's first comment line: what the experiment is."""
     first = (EXPERIMENTS / f"{name}.yaml").read_text().splitlines()[0]
@@ -115,12 +123,12 @@ def table(results: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", help="experiment names (default: all with a target)")
+    parser.add_argument("names", nargs="*", help="experiment names (default: those with a target, outside comparisons)")
     parser.add_argument("--write", action="store_true", help="rewrite the README's table")
     parser.add_argument("--seeds", type=int, nargs="+", help="run each experiment once per seed; report the mean")
     parser.add_argument("--section", default="results", help="README table between <!-- SECTION:start/end -->")
     args = parser.parse_args()
-    names = args.names or sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if target_of(p.stem))
+    names = args.names or standalone_experiments()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -19,10 +19,7 @@ results = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(results)  # type: ignore[union-attr]
 
 # Configs of a `# comparison:` group, and the pretrainings they require, run in tests/test_transfer.py.
-_ALL = sorted(p.stem for p in (ROOT / "configs" / "experiments").glob("*.yaml"))
-_COMPARED = {n for n in _ALL if results.comparison_of(n)}
-_COMPARED |= {r for n in _COMPARED for r in results.requires_of(n)}
-EXPERIMENTS = [n for n in _ALL if results.target_of(n) and n not in _COMPARED]
+EXPERIMENTS = results.standalone_experiments()
 
 
 def test_every_experiment_states_a_target() -> None:
