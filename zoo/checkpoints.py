@@ -45,22 +45,28 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return ckpt
 
 
+def _zoo_class(class_path: Any, package: str, base: type, path: str, what: str) -> type:
+    """The class a checkpoint names, imported only from the zoo's own ``package`` and a subclass of ``base``:
+    a checkpoint never makes us import or build anything else."""
+    if not isinstance(class_path, str) or not class_path.startswith(f"{package}."):
+        raise ConfigError(f"{path}: not a zoo checkpoint (its {what} class is {class_path!r}); "
+                          "use a checkpoint that `zoo fit` wrote")  # fmt: skip
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError as err:
+        raise ConfigError(f"{path}: cannot import its {what} {class_path!r}: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{path}: unknown zoo {what} {class_path!r}")
+    return cls
+
+
 def task_class(ckpt: dict[str, Any], path: str = "the checkpoint") -> type:
     """The zoo task class a checkpoint was trained with; any other class path is refused."""
     from zoo.tasks.base import ZooTask
 
     hparams = ckpt.get("hyper_parameters") or {}
-    class_path = hparams.get("_class_path")
-    if not isinstance(class_path, str) or not class_path.startswith("zoo.tasks."):
-        raise ConfigError(
-            f"{path}: not a zoo task checkpoint (its model class is {class_path!r}); "
-            "use a checkpoint that `zoo fit` wrote"
-        )
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, ZooTask)):
-        raise ConfigError(f"{path}: unknown zoo task {class_path!r}")
-    return cls
+    return _zoo_class(hparams.get("_class_path"), "zoo.tasks", ZooTask, path, "task")
 
 
 def load_task(path: str, ckpt: Optional[dict[str, Any]] = None) -> Any:
@@ -84,6 +90,25 @@ def load_task(path: str, ckpt: Optional[dict[str, Any]] = None) -> Any:
         raise ConfigError(f"{path}: its weights do not fit the model it describes (missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]})")  # fmt: skip
     return task.eval()
+
+
+def load_datamodule(ckpt: dict[str, Any], path: str, instead: str) -> Any:
+    """The checkpoint's datamodule, built from its resolved config and restored from its saved state
+    (statistics, vocabulary, class names), before any ``setup``.
+
+    Args:
+        instead: what to do when the checkpoint has no resolved config (written by an older zoo).
+    """
+    from datamodules.base import ZooDataModule
+
+    data = (run_config(ckpt) or {}).get("data")
+    if not isinstance(data, dict) or "class_path" not in data:
+        raise ConfigError(f"{path} has no resolved config to rebuild its data from (it was written before "
+                          f"checkpoints carried one, or not by `zoo fit`); {instead}")  # fmt: skip
+    cls = _zoo_class(data["class_path"], "datamodules", ZooDataModule, path, "datamodule")
+    datamodule = cls(**(data.get("init_args") or {}))
+    datamodule.load_state_dict(datamodule_state(ckpt))
+    return datamodule
 
 
 def run_config(ckpt: dict[str, Any]) -> Optional[dict[str, Any]]:

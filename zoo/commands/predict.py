@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import os
 from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
-from zoo.checkpoints import class_names, datamodule_state, load_task, read_checkpoint, run_config
+from zoo.checkpoints import class_names, load_datamodule, load_task, read_checkpoint
 from zoo.errors import ConfigError
 
 
@@ -27,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zoo predict",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  zoo predict --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt my_digits/ "
+        epilog="example:\n  zoo predict --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt examples/digits "
         "--output predictions.csv",
     )
     parser.add_argument("input", help="an image file or folder, a text CSV / TSV / JSONL file, or a .ts file")
@@ -35,27 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
     parser.add_argument("--batch_size", type=int, default=64)
     return parser
-
-
-def datamodule_from(ckpt: dict[str, Any], path: str) -> Any:
-    """The checkpoint's datamodule, built from its resolved config and restored from its saved state."""
-    from datamodules.base import ZooDataModule
-
-    config = run_config(ckpt)
-    data = (config or {}).get("data") or {}
-    class_path = data.get("class_path", "")
-    if not config or not class_path.startswith("datamodules."):
-        raise ConfigError(
-            f"{path} has no resolved config (it was written before checkpoints carried one, or not by `zoo fit`); "
-            "predict with `zoo predict --config CONFIG --ckpt_path ...` instead"
-        )
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, ZooDataModule)):
-        raise ConfigError(f"{path}: unknown datamodule {class_path!r}")
-    datamodule = cls(**(data.get("init_args") or {}))
-    datamodule.load_state_dict(datamodule_state(ckpt))
-    return datamodule
 
 
 def predict(task: Any, datamodule: Any, input_path: str, batch_size: int) -> tuple[torch.Tensor, list[str]]:
@@ -99,7 +77,9 @@ def main(argv: list[str]) -> None:
     if isinstance(task, Autoencoder):
         raise ConfigError(f"{args.ckpt_path} is an autoencoder: its outputs are reconstructions, not predictions; "
                           "use its encoder as a backbone (model.backbone: zoo/<checkpoint>)")  # fmt: skip
-    datamodule = datamodule_from(ckpt, args.ckpt_path)
+    datamodule = load_datamodule(
+        ckpt, args.ckpt_path, instead="predict with `zoo predict --config CONFIG --ckpt_path ...` instead"
+    )
     outputs, names = predict(task, datamodule, args.input, args.batch_size)
     regression = isinstance(task, Regressor)
     write_csv(args.output, names, outputs, class_names(ckpt), regression)

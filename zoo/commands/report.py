@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import yaml
 
@@ -212,7 +212,7 @@ def confusion_from_checkpoint(run: Path) -> tuple[list[str], list[list[int]], Pa
     from lightning.pytorch import Trainer
 
     from zoo.callbacks.pictures import CONFUSION_FILE
-    from zoo.checkpoints import class_names, datamodule_state, load_task, read_checkpoint, run_config
+    from zoo.checkpoints import class_names, load_datamodule, load_task, read_checkpoint
 
     path = checkpoint_of(run)
     if path is None:
@@ -222,11 +222,9 @@ def confusion_from_checkpoint(run: Path) -> tuple[list[str], list[list[int]], Pa
     task = load_task(str(path), ckpt)
     if not hasattr(task, "test_confusion"):
         raise ConfigError(f"{path}: a {type(task).__name__}, not a classifier: it has no confusion matrix")
-    datamodule = _datamodule(run_config(ckpt), path)
+    instead = "test it with `zoo test --config ... --ckpt_path` and the RunPictures callback"
+    datamodule = load_datamodule(ckpt, str(path), instead)
     datamodule.setup("test")
-    state = datamodule_state(ckpt)
-    if state:  # what `zoo test --ckpt_path` restores too (statistics, vocabulary)
-        datamodule.load_state_dict(state)
     if datamodule.test_set is None or len(datamodule.test_set) == 0:
         raise DataError(f"{path}: its data ({type(datamodule).__name__}) has no test split (data.test_split=0)")
     print(f"testing {path} for the confusion matrix ...")
@@ -239,28 +237,6 @@ def confusion_from_checkpoint(run: Path) -> tuple[list[str], list[list[int]], Pa
     if len(names) != len(matrix):
         names = [str(i) for i in range(len(matrix))]
     return names, matrix, path
-
-
-def _datamodule(config: Optional[dict[str, Any]], path: Path) -> Any:
-    """The datamodule of a checkpoint's resolved config; only zoo datamodule classes are built."""
-    import importlib
-
-    from datamodules.base import ZooDataModule
-
-    data = (config or {}).get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("class_path"), str):
-        raise ConfigError(
-            f"{path}: holds no run config to rebuild its data from (written by an older zoo); test it with "
-            "`zoo test --config ... --ckpt_path` and the RunPictures callback"
-        )
-    module, _, name = data["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name, None)
-    except ImportError as err:
-        raise ConfigError(f"{path}: cannot import its datamodule {data['class_path']!r}: {err}") from None
-    if not (isinstance(cls, type) and issubclass(cls, ZooDataModule)):
-        raise ConfigError(f"{path}: {data['class_path']!r} is not a zoo datamodule")
-    return cls(**(data.get("init_args") or {}))
 
 
 @contextlib.contextmanager
