@@ -43,6 +43,7 @@ EXTRA_COMMANDS = {
 }
 # Commands implemented in zoo/commands/<name>.py, each a main(argv) imported only when used.
 COMMAND_MODULES = {
+    "groups": "zoo.commands.groups",
     "tune": "zoo.commands.tune",
     "export": "zoo.commands.export",
     "report": "zoo.commands.report",
@@ -174,7 +175,7 @@ class ZooCLI(LightningCLI):
     # --- instantiation ---------------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
-        model_args = (config.get("model") or {}).get("init_args") if config.get("model") else None
+        model_args = (config.get("model") or {}).get("init_args")
         if config.get("ckpt_path") and model_args is not None and model_args.get("pretrained") is not False:
             # The checkpoint holds every weight: rebuilding the network must not fetch pretrained ones first
             # (they may not be on this machine at all).
@@ -281,7 +282,7 @@ class ZooSaveConfig(SaveConfigCallback):
 
 
 # What a pretrained backbone's preprocessing sets in the datamodule, where the user left it unset (None).
-_FOLLOWED = {"mean": "mean", "std": "std", "tokenizer": "tokenizer"}
+_FOLLOWED = ("mean", "std", "tokenizer")
 
 
 def follow_backbone_preprocessing(config: Any) -> dict[str, Any]:
@@ -299,7 +300,7 @@ def follow_backbone_preprocessing(config: Any) -> dict[str, Any]:
         return {}
     kwargs = dict(model_args.get("backbone_kwargs") or {})
     wanted = preprocessing_of(backbone, **kwargs)
-    values = {key: wanted[source] for source, key in _FOLLOWED.items() if wanted.get(source) is not None}
+    values = {key: wanted[key] for key in _FOLLOWED if wanted.get(key) is not None}
     if wanted.get("input_size"):
         channels, height, width = wanted["input_size"]
         values["channels"] = channels
@@ -361,75 +362,6 @@ def list_models(pattern: str = "*") -> None:
     print("Parameter counts are for each backbone's default input shape; the head is not included.")
 
 
-def show_groups(argv: list[str]) -> None:
-    """`zoo groups`: a backbone's layer groups, their sizes and LR multipliers, and what a fine-tuning
-    schedule trains at each epoch. From a backbone name, or from a complete config (model + finetuning)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from zoo.callbacks.finetuning import STRATEGIES, describe_schedule
-
-    parser = argparse.ArgumentParser(
-        prog="zoo groups",
-        description=show_groups.__doc__,
-        epilog="examples:\n  zoo groups resnet18 --strategy progressive --unfreeze_every 2 --epochs 10\n"
-        "  zoo groups --config configs/experiments/digits_cnn.yaml --finetuning.strategy=progressive",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("backbone", nargs="?", help="a backbone name (`zoo models`), e.g. resnet18 or timm/resnet18")
-    parser.add_argument(
-        "--config", help="a zoo config: its model and finetuning are used; --finetuning.* and other overrides follow it"
-    )
-    parser.add_argument("--input_shape", type=int, nargs="+", help="one sample's shape, e.g. 3 32 32")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="full")
-    parser.add_argument("--unfreeze_epoch", type=int, default=1)
-    parser.add_argument("--unfreeze_every", type=int, default=1)
-    parser.add_argument("--milestones", type=json.loads, help='JSON, e.g. \'{"0": 0, "2": 1, "4": -1}\'')
-    parser.add_argument("--backbone_lr_ratio", type=float, default=1.0)
-    parser.add_argument("--layer_lr_decay", type=float, default=1.0)
-    parser.add_argument("--epochs", type=int, default=None, help="epochs to show (default: max_epochs or 6)")
-    overrides, rest = _split_overrides(argv)
-    opts = parser.parse_args(rest)
-    if (opts.backbone is None) == (opts.config is None):
-        parser.error("give a backbone name or --config, not both")
-    if overrides and not opts.config:
-        parser.error(f"unrecognized arguments: {' '.join(overrides)} (config overrides need --config)")
-    epochs = opts.epochs
-    if opts.config:
-        cli = ZooCLI(args=["--config", opts.config, *overrides, "--trainer.logger=false"], run=False)
-        groups = cli.model.named_layer_groups()
-        callback = next((c for c in cli.trainer.callbacks if isinstance(c, FineTuning)), FineTuning())
-        epochs = epochs or cli.trainer.max_epochs or 6
-        title = f"{opts.config}: backbone {cli.model.backbone_name}"
-    else:
-        from torch import nn
-
-        from zoo.registry import create_backbone
-
-        kwargs = {"input_shape": tuple(opts.input_shape)} if opts.input_shape else {}
-        backbone = create_backbone(opts.backbone, pretrained=False, **kwargs)
-        groups = {f"backbone.{name}": module for name, module in backbone.layer_groups().items()}
-        groups["head"] = nn.Identity()  # the task builds the head; shown for its LR and schedule
-        milestones = {int(k): int(v) for k, v in (opts.milestones or {}).items()}
-        callback = FineTuning(
-            opts.strategy, opts.unfreeze_epoch, opts.unfreeze_every, milestones, opts.backbone_lr_ratio,
-            opts.layer_lr_decay,
-        )  # fmt: skip
-        epochs = epochs or 6
-        title = f"{opts.backbone}: strategy {opts.strategy}"
-    table = Table(title=title, caption="+ trains, . frozen (one mark per epoch, in fives); LR x multiplies the "
-                  "optimizer's LR (head = 1)")  # fmt: skip
-    for column in ("group", "params", "LR x"):
-        table.add_column(column, justify="left" if column == "group" else "right", no_wrap=True)
-    table.add_column(f"epochs 0-{epochs - 1}", no_wrap=True)
-    for name, params, multiplier, trains in describe_schedule(callback, groups, epochs):
-        size = "new" if name == "head" and opts.backbone else f"{params:,}"
-        marks = "".join("+" if t else "." for t in trains)
-        table.add_row(name, size, f"{multiplier:.3g}", " ".join(marks[i : i + 5] for i in range(0, len(marks), 5)))
-    Console().print(table)
-    print(f"strategy {callback.strategy}")
-
-
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """Dotted config overrides (``--finetuning.strategy=x`` or ``--trainer.max_epochs 5``) and the rest."""
     overrides, rest = [], []
@@ -467,9 +399,6 @@ def main(args: Optional[list[str]] = None) -> None:
                 sys.stderr.write("usage: zoo models [PATTERN]\n")
                 sys.exit(2)
             list_models(argv[1] if len(argv) > 1 else "*")
-            return
-        if argv and argv[0] == "groups":
-            show_groups(argv[1:])
             return
         if argv and argv[0] in COMMAND_MODULES:
             import importlib
