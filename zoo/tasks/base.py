@@ -115,7 +115,12 @@ class ZooTask(LightningModule):
         output = self(x)
         loss = self.loss(output, y)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # Under DDP each process sees a shard: epoch-level val / test losses are averaged over processes (the
+        # torchmetrics sync themselves), so every rank, the checkpoint monitor and early stopping see one value.
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y),
+            sync_dist=not on_step,
+        )  # fmt: skip
         metrics = getattr(self, f"{stage}_metrics")
         self.update_metrics(metrics, output.detach(), y)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
