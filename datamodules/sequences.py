@@ -20,6 +20,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
+from datamodules.augment import AugmentSpec, Augmented, build_series_augment
 from datamodules.base import ZooDataModule, split_indices
 from zoo.errors import ConfigError, DataError
 
@@ -213,6 +214,12 @@ class TimeSeries(PaddedSequenceDataModule):
         val_split: fraction of the training file held out for validation.
         seed: seeds the validation split.
         num_classes: optional check of the number of classes in the training file.
+        augment: time-series augmentations of the training split by name: ``jitter``, ``scaling``, ``shift``,
+            ``time_warp`` (:mod:`datamodules.augment_series`). Each series is augmented alone, within its own
+            length, after normalisation, so ``sigma`` is in units of the channel's std.
+        mixup_alpha: MixUp of training batches, ``lam ~ Beta(alpha, alpha)``; 0 is off. Two series of different
+            lengths mix into one as long as the longer; the shorter adds its padding (0) beyond its end.
+        mix_prob: probability that a training batch is mixed.
     """
 
     def __init__(
@@ -227,8 +234,15 @@ class TimeSeries(PaddedSequenceDataModule):
         val_split: float = 0.1,
         seed: int = 42,
         num_classes: Optional[int] = None,
+        augment: Optional[list[AugmentSpec]] = None,
+        mixup_alpha: float = 0.0,
+        mix_prob: float = 1.0,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes)
+        super().__init__(
+            data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes,
+            augment=augment, mixup_alpha=mixup_alpha, mix_prob=mix_prob,
+        )  # fmt: skip
+        self.series_augment = build_series_augment(self.augment, owner="TimeSeries")
         if normalize not in ("per_channel", "per_series", "none"):
             raise ConfigError(f"data.normalize={normalize!r} must be 'per_channel', 'per_series' or 'none'")
         if name is None and (train_file is None or test_file is None):
@@ -296,12 +310,10 @@ class TimeSeries(PaddedSequenceDataModule):
         def dataset(series: list[np.ndarray], labels: list[str]) -> VariableLengthDataset:
             return VariableLengthDataset([self._prepare(s) for s in series], self._targets(labels))
 
-        return (
-            dataset([train_x[i] for i in train], [train_y[i] for i in train]),
-            dataset([train_x[i] for i in val], [train_y[i] for i in val]),
-            dataset(test_x, test_y),
-        )
-
+        train_set = dataset([train_x[i] for i in train], [train_y[i] for i in train])
+        if self.series_augment is not None:
+            train_set = Augmented(train_set, self.series_augment)  # type: ignore[assignment]
+        return train_set, dataset([train_x[i] for i in val], [train_y[i] for i in val]), dataset(test_x, test_y)
 
     def _prepare(self, series: np.ndarray) -> torch.Tensor:
         """One series normalised as the training data was: ``(T, C)`` float32, missing values 0."""

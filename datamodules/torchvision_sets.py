@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.augment import AugmentSpec, ImageAugment, build_image_augment
 from datamodules.base import ZooDataModule, split_indices
 from zoo.errors import ConfigError, DataError
 
@@ -33,6 +34,8 @@ class UInt8Images(Dataset):
         std: per-channel std, in the same units.
         channels: channels of the samples: grey images are repeated to 3 channels, colour ones averaged to 1.
         size: ``(H, W)`` of the samples (bilinear, antialiased), or None to keep the stored size.
+        augment: training augmentations: on the stored uint8 pixels first (the range torchvision's colour
+            operations expect, and cheaper than at a larger resized size), then on the normalised sample.
     """
 
     def __init__(
@@ -43,8 +46,10 @@ class UInt8Images(Dataset):
         std: Sequence[float],
         channels: Optional[int] = None,
         size: Optional[tuple[int, int]] = None,
+        augment: Optional[ImageAugment] = None,
     ) -> None:
         self.images = images
+        self.augment = augment
         self.labels = labels.long()
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
@@ -55,12 +60,18 @@ class UInt8Images(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[i].float() / 255.0  # (C, H, W) in [0, 1]
+        pixels = self.images[i]  # (C, H, W) uint8
+        if self.augment is not None and self.augment.before_normalise is not None:
+            pixels = self.augment.before_normalise(pixels)
+        x = pixels.float() / 255.0  # in [0, 1]
         if x.shape[0] != self.channels:
             x = x.expand(self.channels, -1, -1) if x.shape[0] == 1 else x.mean(0, keepdim=True)
         if self.size is not None:
             x = torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear", antialias=True)[0]
-        return (x - self.mean) / self.std, self.labels[i]
+        x = (x - self.mean) / self.std
+        if self.augment is not None and self.augment.after_normalise is not None:
+            x = self.augment.after_normalise(x)
+        return x, self.labels[i]
 
 
 @contextmanager
@@ -97,9 +108,18 @@ class _Classic(ZooDataModule):
         val_split: float = 0.1,
         seed: int = 42,
         num_classes: Optional[int] = None,
+        augment: Optional[list[AugmentSpec]] = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes)
+        super().__init__(
+            data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes,
+            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
+        )  # fmt: skip
         self.download = download
+        # At the stored size and channels: the augmentations run before any resize or channel conversion.
+        self.image_augment = build_image_augment(self.augment, self.shape[1:], self.shape[0], type(self).__name__)
         if image_size is not None and image_size < 1:
             raise ConfigError(f"data.image_size={image_size} must be at least 1")
         if channels not in (None, 1, 3):
@@ -184,7 +204,7 @@ class _Classic(ZooDataModule):
         shape = self.input_shape
         read = {"mean": self.mean, "std": self.std, "channels": shape[0], "size": (shape[1], shape[2])}
         return (
-            UInt8Images(x[train], y[train], **read),
+            UInt8Images(x[train], y[train], **read, augment=self.image_augment),
             UInt8Images(x[val], y[val], **read),
             UInt8Images(test_x, test_y, **read),
         )
@@ -216,6 +236,8 @@ class MNIST(_Classic):
         val_split: fraction of the official training set held out for validation.
         seed: seeds the split.
         num_classes: optional check of the number of classes (10).
+        augment, mixup_alpha, cutmix_alpha, mix_prob: training augmentation (:mod:`datamodules.augment`),
+            on the stored 28x28 uint8 pixels; MixUp / CutMix of training batches.
     """
 
     name = "MNIST"
@@ -333,6 +355,8 @@ class CIFAR10(_Classic):
         val_split: fraction of the official training set held out for validation.
         seed: seeds the split.
         num_classes: optional check of the number of classes.
+        augment, mixup_alpha, cutmix_alpha, mix_prob: training augmentation (:mod:`datamodules.augment`),
+            on the stored 32x32 uint8 pixels (``[random_crop, hflip]`` is CIFAR's standard); MixUp / CutMix.
     """
 
     name = "CIFAR10"

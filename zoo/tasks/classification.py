@@ -17,7 +17,9 @@ from zoo.tasks.base import ZooTask
 class Classifier(ZooTask):
     """A backbone under a classification head.
 
-    Binary problems use two logits and the same cross-entropy; they also report AUROC.
+    Binary problems use two logits and the same cross-entropy; they also report AUROC. Targets may be class
+    indices ``(B,)`` or class probabilities ``(B, num_classes)``, which MixUp / CutMix make of training batches
+    (:class:`datamodules.augment.BatchMix`); metrics then count the most probable class as the label.
 
     Args:
         num_classes: number of classes; linked from the datamodule.
@@ -27,6 +29,7 @@ class Classifier(ZooTask):
     """
 
     monitor = "val/loss"
+    accepts_soft_targets = True  # what a datamodule checks before it mixes labels into probabilities
 
     def __init__(
         self,
@@ -41,9 +44,11 @@ class Classifier(ZooTask):
         class_weights: Optional[list[float]] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        l1_penalty: float = 0.0,
     ) -> None:
         super().__init__(
-            backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler
+            backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler,
+            l1_penalty,
         )
         self.save_hyperparameters()
         self._prune_hparams()
@@ -79,9 +84,21 @@ class Classifier(ZooTask):
         return MetricCollection(metrics)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
+        """Cross-entropy against class indices ``(B,)`` or class probabilities ``(B, num_classes)``."""
+        options = {"weight": self.class_weights, "label_smoothing": self.label_smoothing}
+        if not target.is_floating_point():
+            return F.cross_entropy(output, target, **options)
+        per_sample = F.cross_entropy(output, target.to(output.dtype), reduction="none", **options)
+        if self.class_weights is None:
+            return per_sample.mean()
+        # PyTorch averages weighted class indices over the weights of the labels, sum_i w[y_i], but weighted
+        # probabilities over the batch size. Dividing by their own label weight, sum_i sum_c w_c p_ic, keeps one
+        # meaning: one-hot probabilities give exactly the loss of their class indices.
+        return per_sample.sum() / (target.to(per_sample.dtype) @ self.class_weights.to(per_sample.dtype)).sum()
 
     def update_metrics(self, metrics: MetricCollection, output: torch.Tensor, target: torch.Tensor) -> None:
+        if target.is_floating_point():  # class probabilities (MixUp / CutMix): the metrics take the likeliest class
+            target = target.argmax(-1)
         for name, metric in metrics.items(keep_base=True):
             # AUROC ranks the positive class's probability; the others take the logits.
             metric.update(output.softmax(-1)[:, 1] if name == "auroc" else output, target)
