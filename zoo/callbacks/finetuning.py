@@ -162,7 +162,9 @@ class FineTuning(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._apply(trainer, pl_module, trainer.current_epoch, announce=True)
-        pl_module.log("finetune/trainable_groups", float(len(self.trainable)), on_step=False, on_epoch=True)
+        pl_module.log(
+            "finetune/trainable_groups", float(len(self.trainable)), on_step=False, on_epoch=True, rank_zero_only=True
+        )  # the same on every process
 
     def state_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "trainable": list(self.trainable)}
