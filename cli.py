@@ -9,12 +9,14 @@ import argparse
 import difflib
 import inspect
 import json
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import (
     EarlyStopping,
@@ -26,11 +28,16 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.callbacks.model_summary import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.base import ZooDataModule
+from zoo.callbacks.checkpointing import ZooCheckpoint
 from zoo.callbacks.finetuning import FineTuning
+from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFiniteLoss
 from zoo.callbacks.pictures import RunPictures
-from zoo.errors import ConfigError, ZooError
+from zoo.checkpoints import AtomicCheckpointIO
+from zoo.errors import ConfigError, TrainingError, ZooError
 from zoo.tasks.base import ZooTask
 
 EXTRA_COMMANDS = {
@@ -144,7 +151,7 @@ class ZooCLI(LightningCLI):
             ("target_std", "target_std"),
         ):
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ZooCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -173,6 +180,34 @@ class ZooCLI(LightningCLI):
         )
 
     # --- instantiation ---------------------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Like LightningCLI's (the checkpoint's model hyperparameters enter the config), but the file is read
+        without running code, its task class must be a zoo task, and ``fit --ckpt_path last`` finds the newest
+        ``last.ckpt`` of this config's runs."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if subcommand == "fit" and config.get("ckpt_path") == "last":
+            config["ckpt_path"] = resolve_last_checkpoint(config)
+        path = config.get("ckpt_path")
+        if not path or path in ("best", "last", "hpc") or "://" in str(path):
+            return
+        from zoo.checkpoints import read_checkpoint, task_class
+
+        try:
+            hparams = dict(read_checkpoint(str(path)).get("hyper_parameters") or {})
+            if "_class_path" in hparams:
+                task_class({"hyper_parameters": hparams}, str(path))
+        except ZooError as err:
+            self._parser(subcommand).error(str(err))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
         model_args = (config.get("model") or {}).get("init_args")
@@ -183,6 +218,10 @@ class ZooCLI(LightningCLI):
 
             if split_source(str(model_args.get("backbone")))[0] is not None:
                 model_args["pretrained"] = False
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            from zoo.loggers import continue_stored_run
+
+            continue_stored_run(config)  # a resumed fit continues the checkpoint's W&B run
         try:
             follow_backbone_preprocessing(config)
         except ZooError as err:
@@ -190,7 +229,8 @@ class ZooCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
-        asked = (config.get("model") or {}).get("init_args", {}).get("num_classes")
+        model_args = (config.get("model") or {}).get("init_args") or {}
+        asked, asked_shape = model_args.get("num_classes"), model_args.get("input_shape")
         try:
             super().instantiate_classes()
         except Exception as exc:
@@ -205,6 +245,14 @@ class ZooCLI(LightningCLI):
             self._parser(self.subcommand).error(
                 f"{source} has {asked} classes but the data ({type(self.datamodule).__name__}) has {found}; "
                 "drop model.num_classes (it is linked from the data) or use data with matching classes"
+            )
+        shape = tuple(self.datamodule.input_shape) if self.datamodule is not None and config.get("ckpt_path") else None
+        if asked_shape is not None and shape is not None and tuple(asked_shape) != shape:
+            # e.g. a colour model given greyscale images: the weights would not fit (the first layer's channels).
+            self._parser(self.subcommand).error(
+                f"the checkpoint's model takes inputs of shape {tuple(asked_shape)} but the data "
+                f"({type(self.datamodule).__name__}) gives {shape}; use the data settings it was trained with "
+                "(channels, image_size, ...)"
             )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -223,11 +271,26 @@ class ZooCLI(LightningCLI):
             callbacks.append(RichModelSummary(max_depth=1))
         if trainer_config.get("logger") not in (None, False) and not _has(user, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if trainer_config.get("logger") not in (None, False) and not _has(user, GradNormMonitor):
+            callbacks.append(GradNormMonitor())
+        if trainer_config.get("limit_val_batches") == 0:
+            callbacks = _without_validation(callbacks)
+        if not _has(user, StopOnNonFiniteLoss):
+            callbacks.append(StopOnNonFiniteLoss())
         # The run's pictures by default where there is a run folder (a logger), unless turned off or the user's own.
         wants_pictures = self._get(self.config_init, "pictures", True) is not False
         if wants_pictures and trainer_config.get("logger") not in (None, False) and not _has(user, RunPictures):
             callbacks.append(RunPictures())
-        return self._instantiate_trainer(trainer_config, callbacks)
+        _check_precision(trainer_config)
+        plugins = trainer_config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # whole files or none, read without running code
+            trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        try:
+            return self._instantiate_trainer(trainer_config, callbacks)
+        except (MisconfigurationException, ModuleNotFoundError, ValueError) as err:
+            # Hardware the run asks for and this machine lacks (accelerator, devices, precision plugins).
+            self._parser(self.subcommand).error(f"the trainer settings cannot run here: {err}")
 
     # --- after each command ----------------------------------------------------------------------
     def after_fit(self) -> None:
@@ -267,18 +330,43 @@ class ZooCLI(LightningCLI):
 
 
 class ZooSaveConfig(SaveConfigCallback):
-    """Saves the resolved config beside the logs and hands it to the logger as the run's config."""
+    """Saves the resolved config into the run's own folder and hands it to every logger that takes it."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        # Lightning writes into trainer.log_dir, which for W&B is the shared save_dir: every run overwrote
+        # runs/config.yaml. The run folder is where its checkpoints and metrics go.
+        folder = trainer.strategy.broadcast(run_folder(trainer))
+        if trainer.is_global_zero:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, self.config_filename)
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = trainer.strategy.broadcast(True)
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        log_config = getattr(trainer.logger, "log_resolved_config", None)
-        if callable(log_config):
-            log_config(self.parser.dump(self.config, skip_none=False, format="yaml"))
+        for logger in trainer.loggers:
+            log_config = getattr(logger, "log_resolved_config", None)
+            if callable(log_config):
+                log_config(self.parser.dump(self.config, skip_none=False, format="yaml"))
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         # Every checkpoint carries its resolved config: `zoo predict / export / report` need only its path.
         from zoo.checkpoints import CONFIG_KEY
+        from zoo.loggers import store_run_id
 
         checkpoint[CONFIG_KEY] = self.parser.dump(self.config, skip_none=False, format="yaml")
+        store_run_id(trainer, checkpoint)  # so `zoo fit --ckpt_path` continues the same W&B run
+
+
+def run_folder(trainer: Trainer) -> str:
+    """``<save_dir>/<name>/<version>`` of the first logger, as ModelCheckpoint places ``checkpoints/`` in it."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is None or logger.save_dir is None:
+        return trainer.default_root_dir
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return os.path.join(logger.save_dir, str(logger.name), version)
 
 
 # What a pretrained backbone's preprocessing sets in the datamodule, where the user left it unset (None).
@@ -327,6 +415,65 @@ def _zoo_error_in(exc: BaseException) -> Optional[ZooError]:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def resolve_last_checkpoint(config: Any) -> Optional[str]:
+    """``--ckpt_path last``: the newest ``last*.ckpt`` among the runs of this config's logger name (each run
+    writes into a new ``version_<n>``, so Lightning's own lookup, in the new run's folder, finds nothing).
+    None, with a note, when there is none yet: the same command starts a fresh run, then resumes it."""
+    trainer = config.get("trainer") or {}
+    dirpath = (config.get("checkpoint") or {}).get("dirpath")
+    logger = trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    init_args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+    root = Path(init_args.get("save_dir") or trainer.get("default_root_dir") or "runs")
+    name = init_args.get("name") or init_args.get("project")
+    search = Path(dirpath) if dirpath else (root / str(name) if name else root)
+    found = [p for p in search.glob("**/last*.ckpt") if p.is_file()] if search.is_dir() else []
+    if not found:
+        print(f"--ckpt_path last: no last.ckpt under {search}/ yet, starting a fresh run", file=sys.stderr)
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    print(f"resuming from {newest}", file=sys.stderr)
+    return str(newest)
+
+
+def _without_validation(callbacks: list[Any]) -> list[Any]:
+    """With ``limit_val_batches=0`` nothing logs ``val/*``: early stopping on it goes, checkpoints keep the last."""
+    kept = []
+    for callback in callbacks:
+        monitor = str(getattr(callback, "monitor", None) or "")
+        if isinstance(callback, EarlyStopping) and monitor.startswith("val/"):
+            print(f"no validation (limit_val_batches=0): early stopping on {monitor} is off", file=sys.stderr)
+            continue
+        if isinstance(callback, ModelCheckpoint) and monitor.startswith("val/"):
+            callback.monitor, callback.save_top_k = None, 1  # one checkpoint, the latest (plus last.ckpt)
+        kept.append(callback)
+    return kept
+
+
+def _check_precision(trainer_config: dict[str, Any]) -> None:
+    """Precisions that cannot train on the chosen device, named before anything runs."""
+    precision = str(trainer_config.get("precision") or "32-true")
+    accelerator = str(trainer_config.get("accelerator") or "auto")
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and precision in ("16-true", "16", "half"):
+        # It runs, but CPUs have no float16 loss scaling: the digits CNN's loss is NaN within 2 epochs.
+        raise ConfigError(
+            f"trainer.precision={precision!r} trains the whole model in float16 without loss scaling, which "
+            "diverges on CPU; use 'bf16-mixed' (or 'bf16-true') on CPU, '16-mixed' on a GPU, or '32-true'"
+        )
+
+
+def _peer_died(exc: BaseException) -> bool:
+    """Whether a distributed collective failed because another process is gone (killed, crashed, OOM)."""
+    import torch.distributed as dist
+
+    said = str(exc)
+    gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "has been killed")
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(g in said for g in gone)
 
 
 def _has(callbacks: list[Any], kind: type) -> bool:
@@ -411,12 +558,22 @@ def main(args: Optional[list[str]] = None) -> None:
             predict_files(argv[1:])
             return
         ZooCLI(args=args)
+    except SIGTERMException:
+        # Lightning exits 0 on SIGTERM (#19916); a scheduler must see the job did not finish.
+        sys.stderr.write("zoo: stopped by SIGTERM; last.ckpt holds the latest step, resume with --ckpt_path last\n")
+        sys.exit(143)
     except Exception as exc:
         err = _zoo_error_in(exc)
+        if err is None and _peer_died(exc):
+            sys.stderr.write(
+                f"zoo: error: another training process stopped ({' '.join(str(exc).split())[:200]}); this one "
+                "stops too. Its log says why; resume with --ckpt_path last\n"
+            )
+            sys.exit(1)
         if err is None:
             raise
         sys.stderr.write(f"zoo: error: {err}\n")
-        sys.exit(2)
+        sys.exit(1 if isinstance(err, TrainingError) else 2)
 
 
 if __name__ == "__main__":

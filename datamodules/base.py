@@ -14,9 +14,27 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from zoo.errors import DataError
+from datamodules.augment import AugmentSpec, BatchMix, check_mix
+from zoo.errors import ConfigError, DataError
+
+
+def labels_of(dataset: Optional[Dataset]) -> Optional[torch.Tensor]:
+    """A dataset's integer labels without reading its inputs, where it keeps them apart (TensorDataset, a
+    ``targets`` list, Subsets of those); None where only reading every sample would tell."""
+    if dataset is None:
+        return None
+    if isinstance(dataset, Subset):
+        labels = labels_of(dataset.dataset)
+        return None if labels is None else labels[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
+        labels = dataset.tensors[1]
+    elif isinstance(getattr(dataset, "targets", None), (list, torch.Tensor, np.ndarray)):
+        labels = torch.as_tensor(np.asarray(dataset.targets))
+    else:
+        return None
+    return labels if labels.dim() == 1 and not labels.is_floating_point() else None
 
 
 def split_indices(
@@ -68,6 +86,14 @@ class ZooDataModule(LightningDataModule):
         test_split: fraction held out for testing (where the data has no own test split).
         seed: seeds the splits, so they are the same on every run and every process.
         num_classes: optional check: the number of classes you expect; the data must agree.
+        augment: per-sample augmentations of the training split, by name (``[hflip, {name: rotation,
+            degrees: 10}]``); the datamodules that offer it say which names they take
+            (:mod:`datamodules.augment`). Validation, test and predict data are never augmented.
+        mixup_alpha: MixUp of training batches, ``lam ~ Beta(alpha, alpha)``; 0 is off. Labels become class
+            probabilities, so it needs a classification dataset and ``zoo.tasks.Classifier``.
+        cutmix_alpha: CutMix of training batches (images only), ``lam ~ Beta(alpha, alpha)``; 0 is off. With
+            both alphas set, each mixed batch is one or the other with even odds.
+        mix_prob: probability that a training batch is mixed at all.
     """
 
     task: str = "classification"
@@ -81,10 +107,15 @@ class ZooDataModule(LightningDataModule):
         test_split: float = 0.2,
         seed: int = 42,
         num_classes: Optional[int] = None,
+        augment: Optional[list[AugmentSpec]] = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise DataError(f"data.batch_size={batch_size} must be at least 1")
+        check_mix(mixup_alpha, cutmix_alpha, mix_prob)
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -95,6 +126,9 @@ class ZooDataModule(LightningDataModule):
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
+        self.augment = list(augment or [])
+        self.mixup_alpha, self.cutmix_alpha, self.mix_prob = mixup_alpha, cutmix_alpha, mix_prob
+        self.batch_mix: Optional[BatchMix] = None  # made in setup("fit"), once the classes and the task are known
 
     # --- what subclasses provide ----------------------------------------------------------------
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -155,6 +189,54 @@ class ZooDataModule(LightningDataModule):
             if len(train) == 0:
                 raise DataError(f"{type(self).__name__}: the training split is empty; check data_dir and the splits")
             self.train_set, self.val_set, self.test_set = train, val, test
+            self._check_labels()
+        if stage in (None, "fit") and (self.mixup_alpha or self.cutmix_alpha):
+            self.batch_mix = self._batch_mix()
+
+    def _check_labels(self) -> None:
+        """Class labels outside ``[0, num_classes)`` are named before training (they would crash the loss
+        mid-epoch, or on a GPU trip a device-side assert)."""
+        n = self.num_classes
+        if n is None:
+            return
+        for split, dataset in (("training", self.train_set), ("validation", self.val_set), ("test", self.test_set)):
+            labels = labels_of(dataset)
+            if labels is None or labels.numel() == 0:
+                continue
+            bad = labels[(labels < 0) | (labels >= n)]
+            if bad.numel():
+                shown = sorted(set(bad.tolist()))[:5]
+                raise DataError(
+                    f"{type(self).__name__}: {bad.numel()} {split} labels fall outside 0..{n - 1} (e.g. {shown}); "
+                    f"labels must be class indices from 0 to num_classes - 1 = {n - 1}: remap them, or check the files"
+                )
+
+    def _batch_mix(self) -> BatchMix:
+        """MixUp / CutMix for this data and task; a ConfigError where labels cannot become class probabilities."""
+        keys = [k for k in ("mixup_alpha", "cutmix_alpha") if getattr(self, k)]
+        asked, remove = ", ".join(f"data.{k}={getattr(self, k)}" for k in keys), " and ".join(f"data.{k}" for k in keys)
+        num_classes = self.num_classes
+        if num_classes is None:
+            raise ConfigError(
+                f"{asked}: MixUp / CutMix mix class labels, but {type(self).__name__} is a regression dataset "
+                f"(no classes); remove {remove}"
+            )
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        # A task says whether it learns from class probabilities (zoo.tasks.Classifier does); others would
+        # silently misuse them (a regression loss on probabilities) or fail deep inside their loss.
+        if model is not None and not getattr(model, "accepts_soft_targets", False):
+            raise ConfigError(
+                f"{asked}: MixUp / CutMix turn labels into class probabilities, which {type(model).__name__} "
+                f"cannot learn from; use zoo.tasks.Classifier, or remove {remove}"
+            )
+        return BatchMix(num_classes, self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Batch-level mixing happens here, on the device the batch now lives on, and only in training
+        # (trainer.training is False in validation, sanity checks, test and predict).
+        if self.batch_mix is not None and self.trainer is not None and self.trainer.training:
+            return self.batch_mix(batch)
+        return batch
 
     def collate_fn(self) -> Optional[Callable[[list[Any]], Any]]:
         """How samples become a batch; None is PyTorch's default stacking."""

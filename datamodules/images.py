@@ -5,14 +5,16 @@ The torchvision classics (MNIST, Fashion-MNIST, CIFAR) are in :mod:`datamodules.
 
 from __future__ import annotations
 
+import copy
 import os
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from datamodules.augment import AugmentSpec, Augmented, build_image_augment
 from datamodules.base import ZooDataModule, fit_standardizer, split_indices
 from zoo.errors import ConfigError, DataError
 
@@ -31,6 +33,9 @@ class Digits(ZooDataModule):
         classes: keep only these digits, relabelled ``0..len(classes)-1`` in the given order (default: all).
         samples_per_class: keep only this many training images of each class (seeded); validation and
             test splits keep their size, so few-shot runs are measured on the same images.
+        augment: image augmentations of the training split by name (:mod:`datamodules.augment`); they see
+            the 8x8 grey pixels scaled to [0, 1], before standardisation.
+        mixup_alpha, cutmix_alpha, mix_prob: MixUp / CutMix of training batches.
         (the rest as in :class:`~datamodules.base.ZooDataModule`)
     """
 
@@ -44,8 +49,16 @@ class Digits(ZooDataModule):
         test_split: float = 0.2,
         seed: int = 42,
         num_classes: Optional[int] = None,
+        augment: Optional[list[AugmentSpec]] = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
     ) -> None:
-        super().__init__("data", batch_size, num_workers, val_split, test_split, seed, num_classes)
+        super().__init__(
+            "data", batch_size, num_workers, val_split, test_split, seed, num_classes,
+            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
+        )  # fmt: skip
+        self.image_augment = build_image_augment(self.augment, size=(8, 8), channels=1, owner="Digits")
         if classes is not None:
             bad = [c for c in classes if c not in range(10)]
             if bad or len(set(classes)) != len(classes) or len(classes) < 2:
@@ -80,8 +93,19 @@ class Digits(ZooDataModule):
             train = self._few_per_class(train, labels)
         mean, std = fit_standardizer(x[train], dim=(0, 2, 3))
         self.stats = {"mean": float(mean), "std": float(std)}  # kept in checkpoints, for new images
+        augmented = self._augmented(x[train], y[train]) if self.image_augment is not None else None
         x = (x - mean) / std
-        return tuple(TensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]
+        train_set, val_set, test_set = (TensorDataset(x[i], y[i]) for i in (train, val, test))
+        return augmented or train_set, val_set, test_set
+
+    def _augmented(self, x: torch.Tensor, y: torch.Tensor) -> Dataset:
+        """Training images augmented on read: pixels scaled from 0-16 to [0, 1] (the range torchvision's colour
+        operations assume), augmented, then standardised with the same statistics as the other splits."""
+        from torchvision.transforms import v2
+
+        # (16 p - mean) / std, for p = pixel / 16 in [0, 1]
+        normalise = v2.Normalize([self.stats["mean"] / 16.0], [self.stats["std"] / 16.0])
+        return Augmented(TensorDataset(x / 16.0, y), self.image_augment.around(normalise))  # type: ignore[union-attr]
 
     def state_dict(self) -> dict[str, Any]:
         return {"class_names": self.class_names, "stats": getattr(self, "stats", None)}
@@ -146,6 +170,25 @@ def open_image(path: str, channels: int) -> Any:
         raise DataError(f"{path}: not a readable image ({err})") from None
 
 
+# Headers of up to this many files are read before training; a larger folder is checked as it is read.
+MAX_CHECKED_FILES = 100_000
+
+
+def _check_readable(samples: list[tuple[str, int]]) -> None:
+    """Every image's header opens (a few ms per thousand files): a corrupt or non-image file is named before
+    training, not hours into it."""
+    if len(samples) > MAX_CHECKED_FILES:
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    for path, _ in samples:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, UnidentifiedImageError) as err:
+            raise DataError(f"{path}: not a readable image ({err}); remove or replace it") from None
+
+
 def read_images(path: str, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
     """Image files as ``(N, channels, H, W)`` uint8, resized (bilinear, antialiased), with their paths."""
     from PIL import Image
@@ -178,6 +221,11 @@ class ImageFolder(ZooDataModule):
         test_split: fraction carved for testing when there is no ``test/`` folder.
         seed: seeds the carved splits.
         num_classes: optional check of the number of class folders.
+        augment: image augmentations of the training split by name (:mod:`datamodules.augment`); they see the
+            resized uint8 image, before normalisation.
+        mixup_alpha: MixUp of training batches, ``lam ~ Beta(alpha, alpha)``; 0 is off.
+        cutmix_alpha: CutMix of training batches; 0 is off.
+        mix_prob: probability that a training batch is mixed.
     """
 
     def __init__(
@@ -193,13 +241,22 @@ class ImageFolder(ZooDataModule):
         test_split: float = 0.2,
         seed: int = 42,
         num_classes: Optional[int] = None,
+        augment: Optional[list[AugmentSpec]] = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes)
+        super().__init__(
+            data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes,
+            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
+        )  # fmt: skip
         if channels not in (1, 3):
             raise ConfigError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
         image_size = 64 if image_size is None else image_size
         if image_size < 1:
             raise ConfigError(f"data.image_size={image_size} must be at least 1")
+        size = (image_size, image_size)
+        self.image_augment = build_image_augment(self.augment, size, channels, owner="ImageFolder")
         default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
         self.image_size = image_size
         self.channels = channels
@@ -249,13 +306,25 @@ class ImageFolder(ZooDataModule):
             steps.append(T.Grayscale(num_output_channels=1))
         return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
+    def _train_transform(self):  # noqa: ANN202
+        """The same resize and normalisation, with the augmentations around the normalisation: they see
+        the resized uint8 image (the pixels colour operations expect), random erasing the normalised one."""
+        from torchvision.transforms import v2
+
+        steps = [v2.Resize((self.image_size, self.image_size)), v2.PILToTensor()]
+        if self.channels == 1:
+            steps.insert(1, v2.Grayscale(num_output_channels=1))
+        normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+        return v2.Compose([*steps, self.image_augment.around(normalise)])  # type: ignore[union-attr]
+
     def _folder(self, root: str) -> Dataset:
         from torchvision import datasets
 
         try:
-            ds = datasets.ImageFolder(root, transform=self._transform())
+            ds = datasets.ImageFolder(root, transform=self._transform(), loader=partial(open_image, channels=3))
         except (OSError, RuntimeError) as e:
             raise self._layout_error(f"could not read {os.path.abspath(root)}: {e}") from e
+        _check_readable(ds.samples)
         if ds.classes != self.class_names:
             # A val/ or test/ folder may lack some classes: map its indices onto train/'s.
             unknown = sorted(set(ds.classes) - set(self.class_names))
@@ -279,8 +348,12 @@ class ImageFolder(ZooDataModule):
         val_frac = self.val_split if dirs["val"] is None else 0.0
         test_frac = self.test_split if dirs["test"] is None else 0.0
         train, val, test = split_indices(len(full), val_frac, test_frac, self.seed, stratify=full.targets)
+        train_source = full
+        if self.image_augment is not None:  # the same files; only the training split's copy augments
+            train_source = copy.copy(full)
+            train_source.transform = self._train_transform()
         return (
-            Subset(full, train.tolist()),
+            Subset(train_source, train.tolist()),
             Subset(full, val.tolist()) if dirs["val"] is None else self._folder(dirs["val"]),
             Subset(full, test.tolist()) if dirs["test"] is None else self._folder(dirs["test"]),
         )

@@ -26,7 +26,7 @@ def digits_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = run_zoo("fit", "--config", "configs/experiments/digits_cnn.yaml", "--trainer.max_epochs=3",
                    "--trainer.enable_progress_bar=false", "--test_after_fit=false", cwd=home)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    return home / "runs/digits_cnn/version_0/checkpoints/last.ckpt"
+    return next((home / "runs/digits_cnn/version_0/checkpoints").glob("best-*.ckpt"))  # the lowest val/loss
 
 
 def test_digit_images_are_classified_from_the_checkpoint_alone(digits_ckpt: Path, tmp_path: Path):

@@ -1,4 +1,5 @@
-"""Reading what `zoo fit` wrote: a checkpoint's task, its resolved config and its data facts.
+"""Reading what `zoo fit` wrote (a checkpoint's task, its resolved config and its data facts), and writing
+checkpoints so that a kill at any moment leaves the newest one loadable.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain Python values only, so a
 tampered file cannot run code. A zoo checkpoint carries everything needed to use the model again (the
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import torch
 import yaml
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from zoo.errors import ConfigError
 
@@ -130,3 +133,51 @@ def class_names(ckpt: dict[str, Any]) -> Optional[list[str]]:
     """The class names, index-aligned with the model's outputs, when the data had them."""
     names = datamodule_state(ckpt).get("class_names")
     return [str(n) for n in names] if names else None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written whole or not at all, and read without running code.
+
+    A checkpoint is written to a hidden file beside its target, flushed to disk (fsync), then renamed over the
+    target: a kill at any moment leaves either the previous file or the new one, never half of one (Lightning
+    truncates the target and writes into it). A partial file left by a killed writer is removed by the next
+    write of the same checkpoint. Reading goes through :func:`read_checkpoint` (``weights_only=True``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        target = Path(path)
+        if "://" in str(path):  # remote storage (s3://, gs://): fsspec's own writer, as Lightning does
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.partial-*"):
+            stale.unlink(missing_ok=True)
+        partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+        try:
+            with open(partial, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        _fsync_dir(target.parent)  # the rename itself survives a power cut
+
+    def load_checkpoint(
+        self, path: Any, map_location: Optional[Callable] = None, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only)
+        return read_checkpoint(str(path))
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems (and Windows) cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,4 +1,5 @@
-"""Errors the zoo raises for bad input. The CLI turns them into one clear message and exit code 2."""
+"""Errors the zoo raises. The CLI turns them into one clear message: exit code 2 for bad input, 1 for a run
+that had to stop."""
 
 
 class ZooError(Exception):
@@ -11,3 +12,7 @@ class ConfigError(ZooError, ValueError):
 
 class DataError(ZooError, ValueError):
     """Data is missing, unreadable or inconsistent with the configuration."""
+
+
+class TrainingError(ZooError, RuntimeError):
+    """Training had to stop (a non-finite loss): the message names the step and what to try."""

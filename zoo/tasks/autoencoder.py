@@ -62,8 +62,11 @@ class Autoencoder(ZooTask):
         loss: Literal["mse", "mae"] = "mse",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        l1_penalty: float = 0.0,
     ) -> None:
-        super().__init__(backbone, backbone_kwargs, pretrained, input_shape, None, 0.0, optimizer, lr_scheduler)
+        super().__init__(
+            backbone, backbone_kwargs, pretrained, input_shape, None, 0.0, optimizer, lr_scheduler, l1_penalty
+        )
         self.save_hyperparameters()
         self._prune_hparams()
         self.loss_fn = _LOSSES[loss]

@@ -7,7 +7,9 @@ number of classes) come from the datamodule through the CLI's ``link_arguments``
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Optional, Union
 
 import torch
@@ -37,7 +39,12 @@ class ZooTask(LightningModule):
             to the backbone (which then embeds token ids).
         head_dropout: dropout between the backbone's features and the head's linear layer.
         optimizer: any ``torch.optim`` class by ``class_path`` with its ``init_args``.
-        lr_scheduler: an optional ``torch.optim.lr_scheduler`` class by ``class_path``.
+        lr_scheduler: an optional ``torch.optim.lr_scheduler`` or ``zoo.schedules`` class by ``class_path``.
+            Cyclic and warmup schedules step after every optimizer step, the others after every epoch; an
+            unset ``total_steps`` is counted from the trainer; ReduceLROnPlateau follows ``val/loss`` (or the
+            ``monitor`` of ``lightning.pytorch.cli.ReduceLROnPlateau``).
+        l1_penalty: weight of an L1 penalty on the weight matrices and kernels (the parameters that get
+            weight decay) added to the training loss; L2 is the optimizer's ``weight_decay``.
     """
 
     monitor: str = "val/loss"
@@ -53,6 +60,7 @@ class ZooTask(LightningModule):
         head_dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        l1_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         if input_shape is None:
@@ -69,6 +77,9 @@ class ZooTask(LightningModule):
         self.head_dropout = head_dropout
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        if l1_penalty < 0:
+            raise ConfigError(f"model.l1_penalty={l1_penalty} must be >= 0")
+        self.l1_penalty = l1_penalty
         # Lets the model summary show each layer's input and output sizes.
         self.example_input_array = self.backbone.example_input(self.input_shape)
 
@@ -78,6 +89,19 @@ class ZooTask(LightningModule):
         accepted = inspect.signature(type(self).__init__).parameters
         for key in [k for k in self.hparams if k not in accepted and not k.startswith("_")]:
             del self.hparams[key]
+
+    @property
+    def example_input_array(self) -> Any:
+        example = self._example_input_array
+        # Lightning's model summary feeds this as is; under 'bf16-true' / '16-true' the weights are cast, so the
+        # example must be too, as the precision plugin does for every real batch.
+        if example is not None and self._trainer is not None:
+            example = self.trainer.precision_plugin.convert_input(example)
+        return example
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self._example_input_array = example
 
     # --- the network ---------------------------------------------------------------------------
     def forward(self, x: Union[torch.Tensor, Mapping[str, torch.Tensor]]) -> torch.Tensor:
@@ -114,6 +138,10 @@ class ZooTask(LightningModule):
         y = self.target_of(x, y)
         output = self(x)
         loss = self.loss(output, y)
+        if stage == "train" and self.l1_penalty > 0:
+            l1 = sum(p.abs().sum() for p in self.parameters() if p.requires_grad and p.dim() >= 2)
+            self.log("train/l1", l1, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + self.l1_penalty * l1
         on_step = stage == "train"
         # Under DDP each process sees a shard: epoch-level val / test losses are averaged over processes (the
         # torchmetrics sync themselves), so every rank, the checkpoint monitor and early stopping see one value.
@@ -134,6 +162,16 @@ class ZooTask(LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self.shared_step(batch, "test")
+
+    def on_train_start(self) -> None:
+        batches, accumulate = self.trainer.num_training_batches, self.trainer.accumulate_grad_batches
+        if math.isfinite(batches) and accumulate > batches:
+            # Lightning would step once per epoch on fewer batches than asked: a different, silent batch size.
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={accumulate} but an epoch has only {batches} training batches: "
+                f"each optimizer step would see {batches}, not {accumulate}; lower accumulate_grad_batches or the "
+                "data's batch_size"
+            )
 
     # --- optimisation --------------------------------------------------------------------------
     def named_layer_groups(self) -> dict[str, nn.Module]:
@@ -168,10 +206,57 @@ class ZooTask(LightningModule):
         optimizer = self.optimizer_factory(self.param_groups())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        # Cyclic schedules are defined over optimizer steps; the others over epochs.
+        factory = self.lr_scheduler_factory
+        if _needs_total_steps(factory):  # OneCycleLR, zoo.schedules.WarmupCosineLR: count them here
+            factory = partial(factory, total_steps=self._total_steps())
+        scheduler = factory(optimizer)
+        # Cyclic and warmup schedules are defined over optimizer steps; the others over epochs.
         per_step = isinstance(scheduler, (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR))
+        per_step = per_step or getattr(scheduler, "interval", None) == "step"
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "step" if per_step else "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.monitor
+            # lightning.pytorch.cli.ReduceLROnPlateau takes `monitor` in its init_args; torch's follows the task.
+            config["monitor"] = self._checked_monitor(getattr(scheduler, "monitor", None) or self.monitor)
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _total_steps(self) -> int:
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ConfigError(
+                "the LR schedule needs the run's length in optimizer steps, but the run has no end "
+                "(trainer.max_epochs=-1 and no max_steps): set trainer.max_epochs or max_steps, or the "
+                "scheduler's total_steps"
+            )
+        return int(steps)
+
+    def logged_metric_names(self, stage: str) -> list[str]:
+        """The epoch-level names this task logs for a stage (``val/loss``, ``val/acc``, ...)."""
+        return [f"{stage}/loss", *getattr(self, f"{stage}_metrics").keys()]
+
+    def _checked_monitor(self, monitor: str) -> str:
+        known = self.logged_metric_names("train") + self.logged_metric_names("val")
+        if monitor not in known:
+            raise ConfigError(
+                f"ReduceLROnPlateau monitors {monitor!r}, which this task does not log; use one of {known} "
+                "(class_path lightning.pytorch.cli.ReduceLROnPlateau takes init_args.monitor and mode)"
+            )
+        trainer = self._trainer
+        if monitor.startswith("val/") and trainer is not None and trainer.limit_val_batches == 0:
+            raise ConfigError(
+                f"ReduceLROnPlateau monitors {monitor!r} but this run has no validation "
+                "(trainer.limit_val_batches=0): enable validation, or monitor 'train/loss' with "
+                "class_path lightning.pytorch.cli.ReduceLROnPlateau and init_args.monitor: train/loss"
+            )
+        return monitor
+
+
+def _needs_total_steps(factory: Any) -> bool:
+    """Whether a scheduler factory has a ``total_steps`` argument left unset (and no ``epochs`` instead)."""
+    keywords = getattr(factory, "keywords", None) or {}
+    if "total_steps" in keywords:  # LightningCLI's factories carry every init arg as a keyword
+        return keywords["total_steps"] is None and keywords.get("epochs") is None
+    try:
+        param = inspect.signature(factory).parameters.get("total_steps")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is None and keywords.get("epochs") is None

@@ -44,9 +44,11 @@ class Regressor(ZooTask):
         target_std: Optional[list[float]] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        l1_penalty: float = 0.0,
     ) -> None:
         super().__init__(
-            backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler
+            backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler,
+            l1_penalty,
         )
         self.save_hyperparameters()
         self._prune_hparams()
