@@ -8,7 +8,6 @@ import csv
 import json
 import subprocess
 import sys
-import textwrap
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import ROOT, TINY, run_zoo
-from zoo.callbacks import FineTuning, describe_schedule
+from zoo.callbacks import FineTuning
 from zoo.errors import ConfigError
 from zoo.tasks import Classifier
 

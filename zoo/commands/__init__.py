@@ -6,6 +6,33 @@ from __future__ import annotations
 import argparse
 import difflib
 
+EXTRA_COMMANDS = {
+    "models": "list backbones: zoo models [PATTERN], e.g. 'res*', 'timm/*convnext*'",
+    "groups": "a backbone's layer groups and a fine-tuning schedule: zoo groups resnet18 --strategy progressive",
+    "tune": "hyperparameter search with Optuna: zoo tune --config CONFIG --search SPACE.yaml",
+    "export": "ONNX, torch.export, safetensors and a model card: zoo export --ckpt_path X",
+    "report": "learning curves and confusion matrix as PNG: zoo report RUN_DIR",
+    "lr-find": "learning-rate range test, plot and a config with the suggested LR: zoo lr-find --config CONFIG",
+}
+# Commands implemented in zoo/commands/<name>.py, each a main(argv) imported only when used.
+COMMAND_MODULES = {
+    "groups": "zoo.commands.groups",
+    "tune": "zoo.commands.tune",
+    "export": "zoo.commands.export",
+    "report": "zoo.commands.report",
+    "lr-find": "zoo.commands.lr_find",
+}
+
+DESCRIPTION = """Train, evaluate and use the zoo's models from YAML configs.
+
+  zoo fit --config configs/experiments/digits_cnn.yaml
+  zoo fit --data configs/data/digits.yaml --model configs/model/cnn.yaml --trainer.max_epochs 5
+  zoo test --config configs/experiments/digits_cnn.yaml --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt
+  zoo predict --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt examples/digits --output predictions.csv
+
+Zoo commands beside fit / validate / test / predict:
+""" + "\n".join(f"  {name:8s} {help}" for name, help in EXTRA_COMMANDS.items())
+
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """A command's own options, and the config overrides it passes on (dotted ``--trainer.max_epochs=5`` and
@@ -13,9 +40,7 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tu
 
     A flag that looks like a misspelt option of the command is refused here, with the option it resembles.
     """
-    from cli import _split_overrides
-
-    overrides, rest = _split_overrides(argv)
+    overrides, rest = split_overrides(argv)
     opts, unknown = parser.parse_known_args(rest)
     ours = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
     for token in unknown:
@@ -23,3 +48,17 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tu
         if token.startswith("--") and close:
             parser.error(f"unrecognized argument {token}; did you mean {close[0]}?")
     return opts, [*unknown, *overrides]
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Dotted config overrides (``--finetuning.strategy=x`` or ``--trainer.max_epochs 5``) and the rest."""
+    overrides, rest = [], []
+    tokens = iter(argv)
+    for token in tokens:
+        if token.startswith("--") and "." in token.split("=", 1)[0]:
+            overrides.append(token)
+            if "=" not in token:
+                overrides.append(next(tokens, ""))
+        else:
+            rest.append(token)
+    return overrides, rest

@@ -14,7 +14,8 @@ def main(argv: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cli import ZooCLI, _split_overrides
+    from zoo.commands import split_overrides
+    from zoo.lightning_cli import ZooCLI
 
     parser = argparse.ArgumentParser(
         prog="zoo groups",
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--backbone_lr_ratio", type=float, default=1.0)
     parser.add_argument("--layer_lr_decay", type=float, default=1.0)
     parser.add_argument("--epochs", type=int, default=None, help="epochs to show (default: max_epochs or 6)")
-    overrides, rest = _split_overrides(argv)
+    overrides, rest = split_overrides(argv)
     opts = parser.parse_args(rest)
     if (opts.backbone is None) == (opts.config is None):
         parser.error("give a backbone name or --config, not both")

@@ -101,8 +101,8 @@ def lr_find(opts: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     from lightning.pytorch.cli import SaveConfigCallback
     from lightning.pytorch.tuner import Tuner
 
-    from cli import ZooCLI
     from zoo.commands.search_space import quiet_cli, resolve_config
+    from zoo.lightning_cli import ZooCLI
 
     parser, base = resolve_config(opts.config, overrides)  # what lr_find.yaml starts from: the user's config only
     check_config(base, opts.config, opts.batch_size_finder)

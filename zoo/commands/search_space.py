@@ -181,7 +181,7 @@ def quiet_cli() -> Iterator[None]:
 
 def resolve_config(config: str, overrides: list[str]) -> tuple[Any, Any]:
     """The parser and the resolved config (defaults filled in, overrides applied), nothing instantiated."""
-    from cli import ZooCLI
+    from zoo.lightning_cli import ZooCLI
 
     class _ParseOnly(ZooCLI):
         def before_instantiate_classes(self) -> None:

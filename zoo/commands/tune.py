@@ -298,7 +298,7 @@ class _Objective:
         raise TrialError(message)
 
     def _run(self, trial: Any, values: dict[str, Any], run_dir: Path) -> float:
-        from cli import ZooCLI
+        from zoo.lightning_cli import ZooCLI
 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "trial.yaml").write_text(trial_config(self.parser, self.base, values))
@@ -355,9 +355,9 @@ class _Reporter(Callback):
 
 
 def _message(exc: BaseException) -> str:
-    from cli import _zoo_error_in
+    from zoo.lightning_cli import zoo_error_in
 
-    err = _zoo_error_in(exc) or exc
+    err = zoo_error_in(exc) or exc
     return f"{type(err).__name__}: {err}" if not isinstance(err, ZooError) else str(err)
 
 

@@ -10,7 +10,7 @@ import inspect
 import math
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -45,6 +45,9 @@ class ZooTask(LightningModule):
             ``monitor`` of ``lightning.pytorch.cli.ReduceLROnPlateau``).
         l1_penalty: weight of an L1 penalty on the weight matrices and kernels (the parameters that get
             weight decay) added to the training loss; L2 is the optimizer's ``weight_decay``.
+        memory_format: ``auto`` keeps convolutional image models in ``channels_last`` (1.1-1.3x faster training
+            measured on CPU, more with AMP on GPUs), others contiguous; or force ``channels_last`` /
+            ``contiguous``.
     """
 
     monitor: str = "val/loss"
@@ -61,6 +64,7 @@ class ZooTask(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         l1_penalty: float = 0.0,
+        memory_format: Literal["auto", "channels_last", "contiguous"] = "auto",
     ) -> None:
         super().__init__()
         if input_shape is None:
@@ -80,6 +84,9 @@ class ZooTask(LightningModule):
         if l1_penalty < 0:
             raise ConfigError(f"model.l1_penalty={l1_penalty} must be >= 0")
         self.l1_penalty = l1_penalty
+        self.memory_format = memory_format
+        self._train_loss_sum: Union[float, torch.Tensor] = 0.0  # this epoch's, for its mean (see _log_train_step)
+        self._train_seen = 0
         # Lets the model summary show each layer's input and output sizes.
         self.example_input_array = self.backbone.example_input(self.input_shape)
 
@@ -89,6 +96,14 @@ class ZooTask(LightningModule):
         accepted = inspect.signature(type(self).__init__).parameters
         for key in [k for k in self.hparams if k not in accepted and not k.startswith("_")]:
             del self.hparams[key]
+
+    def setup(self, stage: str) -> None:
+        if self.memory_format == "channels_last" or (
+            self.memory_format == "auto"
+            and len(self.input_shape) == 3
+            and any(isinstance(m, nn.Conv2d) for m in self.modules())
+        ):
+            self.to(memory_format=torch.channels_last)
 
     @property
     def example_input_array(self) -> Any:
@@ -142,17 +157,34 @@ class ZooTask(LightningModule):
             l1 = sum(p.abs().sum() for p in self.parameters() if p.requires_grad and p.dim() >= 2)
             self.log("train/l1", l1, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + self.l1_penalty * l1
-        on_step = stage == "train"
-        # Under DDP each process sees a shard: epoch-level val / test losses are averaged over processes (the
-        # torchmetrics sync themselves), so every rank, the checkpoint monitor and early stopping see one value.
-        self.log(
-            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y),
-            sync_dist=not on_step,
-        )  # fmt: skip
         metrics = getattr(self, f"{stage}_metrics")
         self.update_metrics(metrics, output.detach(), y)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
+        if stage == "train":
+            self._log_train_step(loss, len(y))
+            return loss
+        # Under DDP each process sees a shard: epoch-level val / test losses are averaged over processes (the
+        # torchmetrics sync themselves), so every rank, the checkpoint monitor and early stopping see one value.
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
+
+    def _log_train_step(self, loss: torch.Tensor, size: int) -> None:
+        # Every self.log costs ~0.3 ms in Lightning's bookkeeping, as much as a small model's step: the step loss
+        # is logged on logging steps only, the epoch's mean loss and metrics once, in on_train_epoch_end.
+        self._train_loss_sum = self._train_loss_sum + loss.detach() * size
+        self._train_seen += size
+        if self._trainer is not None and self.trainer._logger_connector.should_update_logs:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss_sum, self._train_seen = 0.0, 0
+
+    def on_train_epoch_end(self) -> None:
+        if not getattr(self, "_train_seen", 0):
+            return
+        self.log("train/loss", self._train_loss_sum / self._train_seen, on_epoch=True)
+        self.log_dict(self.train_metrics.compute(), on_epoch=True)  # synced across processes by torchmetrics
+        self.train_metrics.reset()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self.shared_step(batch, "train")

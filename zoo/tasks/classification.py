@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,11 @@ class Classifier(ZooTask):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         l1_penalty: float = 0.0,
+        memory_format: Literal["auto", "channels_last", "contiguous"] = "auto",
     ) -> None:
         super().__init__(
             backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler,
-            l1_penalty,
+            l1_penalty, memory_format,
         )
         self.save_hyperparameters()
         self._prune_hparams()

@@ -1,0 +1,6 @@
+"""Speed and memory of the zoo against plain PyTorch twins: ``python -m benchmarks [--short]``.
+
+One module per benchmark (overhead, parity, memory, efficiency, startup, dataloading, ddp), each with
+``run(mode) -> list[Figure]``; :mod:`benchmarks.common` interleaves the sides, keeps the best run of each,
+watches the load and writes the JSON; :mod:`benchmarks.twins` builds both sides of a comparison.
+"""

@@ -1,0 +1,108 @@
+"""Memory: peak RSS of the same training in separate processes; target zoo <= plain + 64 MiB.
+
+Each side runs in a fresh ``python -m benchmarks.memory --child ...`` process that imports only what that side
+needs, trains, and reports its resident set after the imports and its peak (``VmHWM``). The plain side imports
+torch and the zoo's registry (for the same network); the zoo side imports the task and Lightning, and with
+``defaults`` the CLI that builds ``zoo fit``'s Trainer. Data: in-memory, the digits' shape (1,257 training
+images 1x8x8) for the CNN recipe, random CIFAR-shaped images for ResNet-18; both sides evaluate two
+validation batches after each epoch (``zoo fit``'s checkpoint and early stopping need ``val/loss``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Figure, added, run_python
+
+NAME = "memory"
+SIZES = {
+    "full": {"cnn_epochs": 3, "resnet_steps": 2, "repeats": 2, "resnet": True, "cli": True},
+    "short": {"cnn_epochs": 1, "resnet_steps": 1, "repeats": 1, "resnet": False, "cli": False},
+    "tiny": {"cnn_epochs": 1, "resnet_steps": 1, "repeats": 1, "resnet": False, "cli": False},
+}
+LIMIT_MIB = 64
+MODELS = {
+    # name: (recipe, input shape, training samples, batch size)
+    "cnn": ("configs/experiments/digits_cnn.yaml", (1, 8, 8), 1257, 64),
+    "resnet18": ("configs/model/resnet18.yaml", (3, 32, 32), None, 32),
+}
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def child(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
+    """Train one side in this process; return its RSS after the imports and its peak, in MiB."""
+    import torch
+
+    from benchmarks.twins import fit_plain, loader, plain_twin, recipe, synthetic_classification
+
+    if side != "plain":
+        from benchmarks.twins import fit_zoo, zoo_classifier, zoo_trainer  # noqa: F401
+        from zoo.tasks import Classifier  # noqa: F401  (Lightning and torchmetrics)
+        if side == "zoo_defaults":
+            import cli  # noqa: F401
+    torch.set_num_threads(2)
+    after_imports = _status_mib("VmRSS")
+    path, shape, n, batch = MODELS[model]
+    n = n if n is not None else steps * batch
+    data = synthetic_classification(n, shape, 10, seed=0)
+    val = loader(synthetic_classification(batch * 2, shape, 10, seed=1), batch, False)  # zoo fit's callbacks need it
+    spec = recipe(path)
+    torch.manual_seed(0)
+    if side == "plain":
+        net, optimizer, loss_fn = plain_twin(spec, shape, 10)
+        fit_plain(net, optimizer, loader(data, batch, True), epochs, val, loss_fn=loss_fn)
+    else:
+        from benchmarks.common import in_tmp_dir
+
+        with in_tmp_dir():
+            trainer = zoo_trainer(max_epochs=epochs, defaults=side == "zoo_defaults")
+            fit_zoo(zoo_classifier(spec, shape, 10), trainer, loader(data, batch, True), val)
+    return {"rss_after_imports_mib": after_imports, "peak_rss_mib": _status_mib("VmHWM"),
+            "modules": len(sys.modules)}  # fmt: skip
+
+
+def measure(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
+    return run_python(["-m", "benchmarks.memory", "--child", side, model, str(epochs), str(steps)])
+
+
+def run(mode: str) -> list[Figure]:
+    size = SIZES[mode]
+    figures = []
+    for model in ("cnn", "resnet18") if size["resnet"] else ("cnn",):
+        epochs = size["cnn_epochs"] if model == "cnn" else 1
+        sides = ("zoo", "plain", "zoo_defaults") if size["cli"] else ("zoo", "plain")
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+        for _ in range(size["repeats"]):  # interleaved; the smallest peak of each side counts
+            for side in runs:
+                runs[side].append(measure(side, model, epochs, size["resnet_steps"]))
+        low = {side: min(r, key=lambda x: x["peak_rss_mib"]) for side, r in runs.items()}
+        p = low["plain"]
+        for side, label in (("zoo", "bare Trainer"), ("zoo_defaults", "zoo fit's Trainer, cli imported")):
+            if side not in low:
+                continue
+            z = low[side]
+            figures.append(added(
+                f"{model}: peak RSS zoo ({label}) - plain", z["peak_rss_mib"], p["peak_rss_mib"], per=1, scale=1,
+                unit="MiB", side_unit="MiB", at_most=LIMIT_MIB,
+                after_imports_zoo=z["rss_after_imports_mib"], after_imports_plain=p["rss_after_imports_mib"],
+                of_which_imports=z["rss_after_imports_mib"] - p["rss_after_imports_mib"],
+                modules_zoo=z["modules"], modules_plain=p["modules"],
+            ))  # fmt: skip
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=4, metavar=("SIDE", "MODEL", "EPOCHS", "STEPS"), required=True)
+    side, model, epochs, steps = parser.parse_args().child
+    print(json.dumps(child(side, model, int(epochs), int(steps))))

@@ -1,0 +1,92 @@
+"""Loop overhead per step: a tiny MLP, one thread, the zoo's Classifier under a Trainer against a hand-written loop.
+
+Both sides train the registry's ``mlp`` (32 -> 64 -> 10) with AdamW on the same in-memory data in the same
+order, and evaluate a validation split after every epoch. What the zoo adds per training step is
+``(zoo seconds - plain seconds) / steps``, with the Trainer
+
+- bare: Lightning's parity settings (no logger, progress bar, checkpoints or summary); target <= 0.6 ms;
+- with the zoo's defaults: the Trainer ``zoo fit`` builds (CSV logger every 10 steps, ModelCheckpoint best and
+  last, model summary, LR and gradient-norm monitors, early stopping, fine-tuning callback), progress bar and
+  pictures off; target <= 1.5 ms.
+
+The losses of both sides must agree to 5 decimals (numpy's ``assert_almost_equal``: a difference < 1.5e-5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from benchmarks.common import Figure, added, best, in_tmp_dir, interleave
+from benchmarks.twins import (
+    decay_groups,
+    fit_plain,
+    fit_zoo,
+    loader,
+    max_weight_difference,
+    plain_net,
+    synthetic_classification,
+    zoo_trainer,
+)
+
+NAME = "overhead"
+SIZES = {
+    "full": {"epochs": 6, "steps_per_epoch": 200, "repeats": 5},  # 1,200 steps
+    "short": {"epochs": 2, "steps_per_epoch": 200, "repeats": 2},
+    "tiny": {"epochs": 1, "steps_per_epoch": 10, "repeats": 1},
+}
+FEATURES, HIDDEN, CLASSES, BATCH, VAL_BATCHES, SEED = 32, 64, 10, 32, 10, 0
+LOSS_DECIMALS = 5
+
+
+def loss_difference(name: str, zoo: list[float], plain: list[float], decimals: int = LOSS_DECIMALS) -> Figure:
+    """Largest absolute difference over pairs of losses; passes below numpy's ``1.5 * 10**-decimals``."""
+    diff = max(abs(a - b) for a, b in zip(zoo, plain, strict=True))
+    return Figure(name, diff, "", at_most=1.5 * 10.0**-decimals, zoo=zoo[0], plain=plain[0],
+                  details={"zoo_losses": zoo, "plain_losses": plain})  # fmt: skip
+
+
+def run(mode: str) -> list[Figure]:
+    size = SIZES[mode]
+    epochs, steps = size["epochs"], size["epochs"] * size["steps_per_epoch"]
+    train_set = synthetic_classification(BATCH * size["steps_per_epoch"], (FEATURES,), CLASSES, SEED)
+    val_set = synthetic_classification(BATCH * VAL_BATCHES, (FEATURES,), CLASSES, SEED + 1)
+
+    def zoo(defaults: bool) -> dict[str, Any]:
+        from zoo.tasks import Classifier
+
+        torch.manual_seed(SEED)
+        task = Classifier(backbone="mlp", backbone_kwargs={"hidden_sizes": (HIDDEN,)}, num_classes=CLASSES,
+                          input_shape=(FEATURES,))  # fmt: skip
+        trainer = zoo_trainer(max_epochs=epochs, defaults=defaults)
+        result = fit_zoo(task, trainer, loader(train_set, BATCH, True, SEED), loader(val_set, BATCH, False))
+        return {**result, "model": task}
+
+    def plain() -> dict[str, Any]:
+        torch.manual_seed(SEED)
+        net = plain_net("mlp", (FEATURES,), CLASSES, hidden_sizes=(HIDDEN,))
+        optimizer = torch.optim.AdamW(decay_groups(net, weight_decay=0.01))  # the zoo's default optimizer
+        result = fit_plain(net, optimizer, loader(train_set, BATCH, True, SEED), epochs, loader(val_set, BATCH, False))
+        return {**result, "model": net}
+
+    with in_tmp_dir():
+        runs = interleave(
+            {"zoo": lambda: zoo(False), "plain": plain, "zoo_defaults": lambda: zoo(True)},
+            repeats=size["repeats"], threads=1, warmup=mode != "tiny",
+        )  # fmt: skip
+    z, p, d = best(runs["zoo"]), best(runs["plain"]), best(runs["zoo_defaults"])
+    if not z["steps"] == p["steps"] == d["steps"] == steps:
+        raise RuntimeError(f"steps differ: zoo {z['steps']}, plain {p['steps']}, zoo defaults {d['steps']}")
+    times = {k: [round(r["seconds"], 4) for r in v] for k, v in runs.items()}
+    return [
+        added("added time per step, bare Trainer", z["seconds"], p["seconds"], per=steps, scale=1e3, unit="ms",
+              side_unit="s", at_most=0.6, steps=steps, runs=times),  # fmt: skip
+        added("added time per step, zoo fit's default callbacks and CSV logger", d["seconds"], p["seconds"],
+              per=steps, scale=1e3, unit="ms", side_unit="s", at_most=1.5, steps=steps, runs=times),  # fmt: skip
+        loss_difference("loss difference zoo vs plain, last epoch train and val", [z["train_loss"], z["val_loss"]],
+                        [p["train_loss"], p["val_loss"]]),  # fmt: skip
+        Figure("largest weight difference zoo vs plain after training",
+               max_weight_difference(z["model"], p["model"]), "",
+               details={"note": "same seed, data order and optimizer: only float rounding may differ"}),  # fmt: skip
+    ]

@@ -1,0 +1,151 @@
+"""The benchmark machinery (benchmarks/): figures computed from both sides, the JSON a run writes, contention
+marking, the exit status, and the batched loading candidate. Sizes are minimal; nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import benchmarks.__main__ as runner
+from benchmarks import common, overhead
+from benchmarks.batched import BatchedView, batched_loader, crop_flip, rotate_resized_crop
+from benchmarks.common import Figure, added, ratio
+from benchmarks.startup import heavy_report, parse_importtime
+
+
+# --- figures ---------------------------------------------------------------------------------------------
+def test_ratio_and_added_are_computed_from_both_sides():
+    r = ratio("throughput", zoo=90.0, plain=100.0, side_unit="samples/s", at_least=0.95)
+    assert (r.measured, r.zoo, r.plain, r.passed, r.target) == (0.9, 90.0, 100.0, False, ">= 0.95 x")
+    a = added("per step", zoo=2.0, plain=1.5, per=1000, scale=1e3, unit="ms", side_unit="s", at_most=0.6)
+    assert a.measured == pytest.approx(0.5) and a.passed is True and a.target == "<= 0.6 ms"
+    reported = Figure("no target", 1.0, "s")
+    assert reported.passed is None and reported.to_json()["target"] == "(reported)"
+
+
+def test_loss_difference_uses_numpys_five_decimals():
+    assert overhead.loss_difference("l", [1.0, 2.0], [1.0 + 1e-5, 2.0]).passed is True
+    assert overhead.loss_difference("l", [1.0, 2.0], [1.0, 2.0 + 2e-5]).passed is False
+
+
+# --- contention ------------------------------------------------------------------------------------------
+def test_others_cpu_use_marks_a_benchmark_contended(monkeypatch: pytest.MonkeyPatch):
+    busy = iter([100.0, 104.0])  # the machine was busy 4 CPU seconds in the window ...
+    own = iter([10.0, 11.0])  # ... of which this process used 1
+    monkeypatch.setattr(common, "_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(common, "_own_seconds", lambda: next(own))
+    clock = iter([0.0, 2.0])  # a 2-second window: others used 1.5 cores on average
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    with common.watch_load(start_loadavg=0.0) as window:
+        pass
+    assert window.others_cores == pytest.approx(1.5) and window.contended
+    assert len(window.loadavg_start) == len(window.loadavg_end) == 3
+
+
+def test_a_loaded_machine_before_the_run_marks_it_contended(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(common, "CONTENDED_CORES", math.inf)
+    with common.watch_load(start_loadavg=common.CORES + 1.0) as window:
+        pass
+    assert window.contended
+    with common.watch_load(start_loadavg=0.0) as window:
+        pass
+    assert not window.contended
+
+
+# --- a real run, minimal size -----------------------------------------------------------------------------
+def test_overhead_run_writes_json_with_both_sides(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "results.json"
+    assert runner.main(["--tiny", "--only", "overhead", "--out", str(out)]) == 0  # missed targets do not fail it
+    data = json.loads(out.read_text())
+    assert data["mode"] == "tiny" and len(data["loadavg_before"]) == 3
+    assert {"cpu", "cores", "torch", "lightning", "omp_wait_policy"} <= set(data["machine"])
+    result = data["benchmarks"]["overhead"]
+    assert result["error"] is None and isinstance(result["contended"], bool)
+    assert {"loadavg_start", "loadavg_end", "others_cores", "seconds"} <= set(result["load"])
+    figures = {f["name"]: f for f in result["figures"]}
+    bare = figures["added time per step, bare Trainer"]
+    steps = overhead.SIZES["tiny"]["epochs"] * overhead.SIZES["tiny"]["steps_per_epoch"]
+    assert bare["zoo"] > 0 and bare["plain"] > 0
+    assert bare["measured"] == pytest.approx((bare["zoo"] - bare["plain"]) / steps * 1e3)
+    assert isinstance(bare["passed"], bool) and bare["target"] == "<= 0.6 ms"
+    losses = figures["loss difference zoo vs plain, last epoch train and val"]
+    assert losses["passed"], losses  # the same network, data, order and optimizer on both sides
+    assert "added time per step" in capsys.readouterr().out  # the table was printed
+
+
+def test_parity_throughput_ratio_is_zoo_over_plain():
+    from benchmarks import parity
+
+    spec = parity.recipe(parity.CNN_RECIPE)
+    data = torch.utils.data.Subset(parity.digits_data()[0], range(128))
+    figures = parity.throughput("cnn", spec, data, (1, 8, 8), 10, 64, epochs=1, repeats=1, warmup=False)
+    speed, losses = figures
+    assert speed.measured == pytest.approx(speed.zoo / speed.plain) and speed.side_unit == "samples/s"
+    assert losses.passed, losses.details
+
+
+def test_a_broken_benchmark_fails_the_run_and_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def broken(mode: str) -> list[Figure]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(overhead, "run", broken)
+    out = tmp_path / "r.json"
+    assert runner.main(["--tiny", "--only", "overhead", "--out", str(out)]) == 2
+    assert "boom" in json.loads(out.read_text())["benchmarks"]["overhead"]["error"]
+
+
+def test_strict_fails_only_on_a_missed_target_without_contention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(overhead, "run", lambda mode: [Figure("slow", 2.0, "ms", at_most=1.0)])
+    monkeypatch.setattr(runner, "loadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(common, "CONTENDED_CORES", math.inf)
+    args = ["--tiny", "--only", "overhead", "--out", str(tmp_path / "r.json")]
+    assert runner.main(args) == 0
+    assert runner.main([*args, "--strict"]) == 1
+    monkeypatch.setattr(common, "CONTENDED_CORES", -1.0)  # every run contended: a miss may be the machine's
+    assert runner.main([*args, "--strict"]) == 0
+
+
+# --- pieces ----------------------------------------------------------------------------------------------
+def test_importtime_tree_gives_each_module_its_chain_of_importers():
+    stderr = "\n".join([
+        "import time: self [us] | cumulative | imported package",
+        "import time:    100000 |     100000 |     transformers.utils",
+        "import time:    200000 |     300000 |   transformers",
+        "import time:     50000 |     350000 | torchmetrics",
+        "import time:        10 |         10 | json",
+    ])  # fmt: skip
+    rows = parse_importtime(stderr)
+    assert rows[0] == ("transformers.utils", 0.1, 0.1, ["torchmetrics", "transformers"])
+    report = heavy_report(rows, ("transformers", "timm"))
+    assert set(report) == {"transformers"} and report["transformers"]["seconds"] == 0.3
+    assert report["transformers"]["via"] == "torchmetrics > transformers"
+
+
+def test_batched_view_reads_whole_batches_in_sampler_order():
+    x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    batches = list(batched_loader(BatchedView(x, y, None), batch_size=4))
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(10))
+    assert all(torch.equal(bx[:, 0].long(), by) for bx, by in batches)
+
+
+def test_batched_crop_flip_is_a_crop_or_a_mirrored_crop_of_each_image():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = crop_flip(padding=0)(images)  # no padding: each image is itself or mirrored
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    same = (out == images).flatten(1).all(1)
+    mirrored = (out == images.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 0 < int(mirrored.sum()) < 16
+    padded = crop_flip(padding=2)(images)
+    assert padded.shape == images.shape
+
+
+def test_batched_rotate_crop_keeps_the_shape_and_is_the_identity_at_zero():
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.allclose(rotate_resized_crop(0.0, (1.0, 1.0), (1.0, 1.0))(x), x, atol=1e-5)
+    assert rotate_resized_crop(10.0, (0.8, 1.0), (0.9, 1.1))(x).shape == x.shape

@@ -1,0 +1,458 @@
+"""ZooCLI: LightningCLI with the zoo's defaults, checks and error messages, behind `zoo fit | validate | test |
+predict` (``cli.py`` dispatches to it only for those, so `zoo --help` and the other commands start without
+importing Lightning)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    RichModelSummary,
+    RichProgressBar,
+)
+from lightning.pytorch.callbacks.model_summary import ModelSummary
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from datamodules.base import ZooDataModule
+from zoo.callbacks.checkpointing import ZooCheckpoint
+from zoo.callbacks.finetuning import FineTuning
+from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFiniteLoss
+from zoo.callbacks.pictures import RunPictures
+from zoo.checkpoints import AtomicCheckpointIO
+from zoo.commands import DESCRIPTION
+from zoo.errors import ConfigError, ZooError
+from zoo.tasks.base import ZooTask
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """The CLI's parser: errors are one short message with close matches, not the whole usage text."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        if not self.exit_on_error:  # jsonargparse's inner parsers raise, and their callers try alternatives
+            super().error(message, ex)
+        hint = _close_match_hint(message)
+        sys.stderr.write(f"zoo: error: {message.strip()}{hint}\nRun with --help to see the accepted keys.\n")
+        sys.exit(2)
+
+
+def _close_match_hint(message: str) -> str:
+    """'Did you mean ...' for jsonargparse's unknown-key messages, from the keys that place accepts."""
+    found = re.search(r"(?:Group '([\w.]+)' does not accept option|[Oo]ption) '([\w.]+)'", message)
+    if not found:
+        return ""
+    group, key = found.group(1) or "", found.group(2)
+    if "." in key:
+        group, key = key.rsplit(".", 1)
+    candidates: set[str] = set()
+    for cls_path in re.findall(r"class_path '([\w.]+)'", message):
+        candidates |= _init_params(cls_path)
+    known = {
+        "trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping, "finetuning": FineTuning
+    }  # fmt: skip
+    if group.split(".")[-1] in known:
+        candidates |= _params_of(known[group.split(".")[-1]])
+    close = difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.6)
+    return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _params_of(obj: Any) -> set[str]:
+    try:
+        return set(inspect.signature(obj).parameters) - {"self"}
+    except (TypeError, ValueError):
+        return set()
+
+
+def _init_params(class_path: str) -> set[str]:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return _params_of(getattr(__import__(module, fromlist=[name]), name))
+    except (ImportError, AttributeError):
+        return set()
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI with the zoo's defaults: data facts linked into the model, default callbacks,
+    a local CSV logger, metrics written as JSON, and clear errors for bad configs."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("trainer_defaults", {})
+        kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
+        kwargs["trainer_defaults"].setdefault(
+            "logger", {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}
+        )
+        super().__init__(
+            ZooTask,
+            ZooDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # tasks build their own named parameter groups
+            parser_class=ZooArgumentParser,
+            parser_kwargs={"description": DESCRIPTION, "formatter_class": _RawHelp},
+            save_config_kwargs={"overwrite": True},
+            save_config_callback=ZooSaveConfig,
+            seed_everything_default=42,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Facts about the data reach the model here, so a config never states them twice.
+        for source, target in (
+            ("num_classes", "num_classes"),
+            ("input_shape", "input_shape"),
+            ("vocab_size", "vocab_size"),
+            ("num_targets", "num_targets"),
+            ("target_mean", "target_mean"),
+            ("target_std", "target_std"),
+        ):
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+        parser.add_lightning_class_args(ZooCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-epoch={epoch}-step={step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(FineTuning, "finetuning")
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.patience": 10})
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="fit only: test the best checkpoint when training ends and write its metrics as JSON",
+        )
+        parser.add_argument(
+            "--pictures",
+            type=bool,
+            default=True,
+            help="draw learning curves, learning rates and the test confusion matrix as PNG files into the run "
+            "folder, and as images in W&B (zoo.callbacks.pictures.RunPictures); false to skip",
+        )
+
+    # --- instantiation ---------------------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Like LightningCLI's (the checkpoint's model hyperparameters enter the config), but the file is read
+        without running code, its task class must be a zoo task, and ``fit --ckpt_path last`` finds the newest
+        ``last.ckpt`` of this config's runs."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if subcommand == "fit" and config.get("ckpt_path") == "last":
+            config["ckpt_path"] = resolve_last_checkpoint(config)
+        path = config.get("ckpt_path")
+        if not path or path in ("best", "last", "hpc") or "://" in str(path):
+            return
+        from zoo.checkpoints import read_checkpoint, task_class
+
+        try:
+            hparams = dict(read_checkpoint(str(path)).get("hyper_parameters") or {})
+            if "_class_path" in hparams:
+                task_class({"hyper_parameters": hparams}, str(path))
+        except ZooError as err:
+            self._parser(subcommand).error(str(err))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        model_args = (config.get("model") or {}).get("init_args")
+        if config.get("ckpt_path") and model_args is not None and model_args.get("pretrained") is not False:
+            # The checkpoint holds every weight: rebuilding the network must not fetch pretrained ones first
+            # (they may not be on this machine at all).
+            from zoo.registry import split_source
+
+            if split_source(str(model_args.get("backbone")))[0] is not None:
+                model_args["pretrained"] = False
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            from zoo.loggers import continue_stored_run
+
+            continue_stored_run(config)  # a resumed fit continues the checkpoint's W&B run
+        try:
+            follow_backbone_preprocessing(config)
+        except ZooError as err:
+            self._parser(self.subcommand).error(str(err))
+
+    def instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        model_args = (config.get("model") or {}).get("init_args") or {}
+        asked, asked_shape = model_args.get("num_classes"), model_args.get("input_shape")
+        try:
+            super().instantiate_classes()
+        except Exception as exc:
+            # jsonargparse wraps a constructor's error in its own; the zoo's message is the useful one.
+            err = zoo_error_in(exc)
+            if err is None:
+                raise
+            self._parser(self.subcommand).error(str(err))
+        found = self.datamodule.num_classes if self.datamodule is not None else None
+        if asked is not None and found is not None and asked != found:
+            source = "the checkpoint's model" if config.get("ckpt_path") else "model.num_classes"
+            self._parser(self.subcommand).error(
+                f"{source} has {asked} classes but the data ({type(self.datamodule).__name__}) has {found}; "
+                "drop model.num_classes (it is linked from the data) or use data with matching classes"
+            )
+        shape = tuple(self.datamodule.input_shape) if self.datamodule is not None and config.get("ckpt_path") else None
+        if asked_shape is not None and shape is not None and tuple(asked_shape) != shape:
+            # e.g. a colour model given greyscale images: the weights would not fit (the first layer's channels).
+            self._parser(self.subcommand).error(
+                f"the checkpoint's model takes inputs of shape {tuple(asked_shape)} but the data "
+                f"({type(self.datamodule).__name__}) gives {shape}; use the data settings it was trained with "
+                "(channels, image_size, ...)"
+            )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if trainer_config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        user = trainer_config.get("callbacks") or []
+        user = user if isinstance(user, list) else [user]
+        if _has(user, FineTuning):  # the user's own schedule in trainer.callbacks replaces the finetuning group
+            callbacks = [c for c in callbacks if not isinstance(c, FineTuning)]
+        # Rich progress and summary by default, unless turned off or replaced by the user's own.
+        if trainer_config.get("enable_progress_bar", True) is not False and not _has(user, ProgressBar):
+            callbacks.append(RichProgressBar())
+        if trainer_config.get("enable_model_summary", True) is not False and not _has(user, ModelSummary):
+            callbacks.append(RichModelSummary(max_depth=1))
+        if trainer_config.get("logger") not in (None, False) and not _has(user, LearningRateMonitor):
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if trainer_config.get("logger") not in (None, False) and not _has(user, GradNormMonitor):
+            callbacks.append(GradNormMonitor())
+        if trainer_config.get("limit_val_batches") == 0:
+            callbacks = _without_validation(callbacks)
+        if not _has(user, StopOnNonFiniteLoss):
+            callbacks.append(StopOnNonFiniteLoss())
+        # The run's pictures by default where there is a run folder (a logger), unless turned off or the user's own.
+        wants_pictures = self._get(self.config_init, "pictures", True) is not False
+        if wants_pictures and trainer_config.get("logger") not in (None, False) and not _has(user, RunPictures):
+            callbacks.append(RunPictures())
+        _check_precision(trainer_config)
+        plugins = trainer_config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # whole files or none, read without running code
+            trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        try:
+            return self._instantiate_trainer(trainer_config, callbacks)
+        except (MisconfigurationException, ModuleNotFoundError, ValueError) as err:
+            # Hardware the run asks for and this machine lacks (accelerator, devices, precision plugins).
+            self._parser(self.subcommand).error(f"the trainer settings cannot run here: {err}")
+
+    # --- after each command ----------------------------------------------------------------------
+    def after_fit(self) -> None:
+        if not self._get(self.config, "test_after_fit", True) or self.datamodule is None:
+            return
+        if self.trainer.interrupted:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        self._write_metrics("test")
+
+    def after_validate(self) -> None:
+        self._write_metrics("val")
+
+    def after_test(self) -> None:
+        self._write_metrics("test")
+
+    def _write_metrics(self, stage: str) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        out_dir = self._run_dir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{stage}_metrics.json"
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        summary = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"{summary}\nmetrics written to {path}")
+
+
+    def _run_dir(self) -> Path:
+        """The run's own folder: where its checkpoints folder is, else the logger's directory."""
+        ckpt = self.trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
+            return Path(ckpt.dirpath).parent
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+
+class ZooSaveConfig(SaveConfigCallback):
+    """Saves the resolved config into the run's own folder and hands it to every logger that takes it."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        # Lightning writes into trainer.log_dir, which for W&B is the shared save_dir: every run overwrote
+        # runs/config.yaml. The run folder is where its checkpoints and metrics go.
+        folder = trainer.strategy.broadcast(run_folder(trainer))
+        if trainer.is_global_zero:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, self.config_filename)
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = trainer.strategy.broadcast(True)
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        for logger in trainer.loggers:
+            log_config = getattr(logger, "log_resolved_config", None)
+            if callable(log_config):
+                log_config(self.parser.dump(self.config, skip_none=False, format="yaml"))
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Every checkpoint carries its resolved config: `zoo predict / export / report` need only its path.
+        from zoo.checkpoints import CONFIG_KEY
+        from zoo.loggers import store_run_id
+
+        if getattr(self, "_config_yaml", None) is None:  # dumping costs ~60 ms: once per run, not per checkpoint
+            self._config_yaml = self.parser.dump(self.config, skip_none=False, format="yaml")
+        checkpoint[CONFIG_KEY] = self._config_yaml
+        store_run_id(trainer, checkpoint)  # so `zoo fit --ckpt_path` continues the same W&B run
+
+
+def run_folder(trainer: Trainer) -> str:
+    """``<save_dir>/<name>/<version>`` of the first logger, as ModelCheckpoint places ``checkpoints/`` in it."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is None or logger.save_dir is None:
+        return trainer.default_root_dir
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return os.path.join(logger.save_dir, str(logger.name), version)
+
+
+# What a pretrained backbone's preprocessing sets in the datamodule, where the user left it unset (None).
+_FOLLOWED = ("mean", "std", "tokenizer")
+
+
+def follow_backbone_preprocessing(config: Any) -> dict[str, Any]:
+    """Fill the datamodule's unset ``mean`` / ``std`` / ``image_size`` / ``channels`` / ``tokenizer`` from
+    the model's pretrained backbone, so a config never repeats them. Returns what was set."""
+    model, data = config.get("model"), config.get("data")
+    model_args = model.get("init_args") if model is not None else None
+    backbone = model_args.get("backbone") if model_args is not None else None
+    if data is None or not isinstance(backbone, str) or "/" not in backbone:
+        return {}
+    from zoo.backbones.pretrained import preprocessing_of
+    from zoo.registry import split_source
+
+    if split_source(backbone)[0] is None:
+        return {}
+    kwargs = dict(model_args.get("backbone_kwargs") or {})
+    wanted = preprocessing_of(backbone, **kwargs)
+    values = {key: wanted[key] for key in _FOLLOWED if wanted.get(key) is not None}
+    if wanted.get("input_size"):
+        channels, height, width = wanted["input_size"]
+        values["channels"] = channels
+        values["image_size"] = height if height == width else None
+    init_args = data.get("init_args")
+    applied = {}
+    for key, value in values.items():
+        if value is not None and init_args is not None and key in init_args and init_args[key] is None:
+            init_args[key] = list(value) if isinstance(value, tuple) else value
+            applied[key] = init_args[key]
+    if applied:
+        shown = ", ".join(f"{k}={v}" for k, v in applied.items())
+        print(f"data: {shown} from {backbone}'s preprocessing", file=sys.stderr)
+    return applied
+
+
+def zoo_error_in(exc: BaseException) -> Optional[ZooError]:
+    """The first ZooError in an exception's chain of causes, if any."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ZooError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def resolve_last_checkpoint(config: Any) -> Optional[str]:
+    """``--ckpt_path last``: the newest ``last*.ckpt`` among the runs of this config's logger name (each run
+    writes into a new ``version_<n>``, so Lightning's own lookup, in the new run's folder, finds nothing).
+    None, with a note, when there is none yet: the same command starts a fresh run, then resumes it."""
+    trainer = config.get("trainer") or {}
+    dirpath = (config.get("checkpoint") or {}).get("dirpath")
+    logger = trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    init_args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+    root = Path(init_args.get("save_dir") or trainer.get("default_root_dir") or "runs")
+    name = init_args.get("name") or init_args.get("project")
+    search = Path(dirpath) if dirpath else (root / str(name) if name else root)
+    found = [p for p in search.glob("**/last*.ckpt") if p.is_file()] if search.is_dir() else []
+    if not found:
+        print(f"--ckpt_path last: no last.ckpt under {search}/ yet, starting a fresh run", file=sys.stderr)
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    print(f"resuming from {newest}", file=sys.stderr)
+    return str(newest)
+
+
+def _without_validation(callbacks: list[Any]) -> list[Any]:
+    """With ``limit_val_batches=0`` nothing logs ``val/*``: early stopping on it goes, checkpoints keep the last."""
+    kept = []
+    for callback in callbacks:
+        monitor = str(getattr(callback, "monitor", None) or "")
+        if isinstance(callback, EarlyStopping) and monitor.startswith("val/"):
+            print(f"no validation (limit_val_batches=0): early stopping on {monitor} is off", file=sys.stderr)
+            continue
+        if isinstance(callback, ModelCheckpoint) and monitor.startswith("val/"):
+            callback.monitor, callback.save_top_k = None, 1  # one checkpoint, the latest (plus last.ckpt)
+        kept.append(callback)
+    return kept
+
+
+def _check_precision(trainer_config: dict[str, Any]) -> None:
+    """Precisions that cannot train on the chosen device, named before anything runs."""
+    precision = str(trainer_config.get("precision") or "32-true")
+    accelerator = str(trainer_config.get("accelerator") or "auto")
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and precision in ("16-true", "16", "half"):
+        # It runs, but CPUs have no float16 loss scaling: the digits CNN's loss is NaN within 2 epochs.
+        raise ConfigError(
+            f"trainer.precision={precision!r} trains the whole model in float16 without loss scaling, which "
+            "diverges on CPU; use 'bf16-mixed' (or 'bf16-true') on CPU, '16-mixed' on a GPU, or '32-true'"
+        )
+
+
+def peer_died(exc: BaseException) -> bool:
+    """Whether a distributed collective failed because another process is gone (killed, crashed, OOM)."""
+    import torch.distributed as dist
+
+    said = str(exc)
+    gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "has been killed")
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(g in said for g in gone)
+
+
+def _has(callbacks: list[Any], kind: type) -> bool:
+    return any(isinstance(c, kind) for c in callbacks)
+
+
+class _RawHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """Keeps the description's examples on their own lines."""
