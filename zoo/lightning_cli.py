@@ -33,7 +33,7 @@ from datamodules.base import ZooDataModule
 from zoo.callbacks.checkpointing import ZooCheckpoint
 from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFiniteLoss
-from zoo.callbacks.pictures import RunPictures
+from zoo.callbacks.pictures import RunPictures, run_dir_of
 from zoo.checkpoints import AtomicCheckpointIO
 from zoo.commands import DESCRIPTION
 from zoo.errors import ConfigError, ZooError
@@ -285,20 +285,13 @@ class ZooCLI(LightningCLI):
         if not self.trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
-        out_dir = self._run_dir()
+        out_dir = run_dir_of(self.trainer)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{stage}_metrics.json"
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         summary = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"{summary}\nmetrics written to {path}")
 
-
-    def _run_dir(self) -> Path:
-        """The run's own folder: where its checkpoints folder is, else the logger's directory."""
-        ckpt = self.trainer.checkpoint_callback
-        if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
-            return Path(ckpt.dirpath).parent
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
 
 class ZooSaveConfig(SaveConfigCallback):
