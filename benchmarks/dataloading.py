@@ -3,7 +3,9 @@
 For each recipe's training data, samples per second of iterating the training loader (best epoch of several,
 after one warm-up epoch, so persistent workers are running) with:
 
-- default: ``datamodule.train_dataloader()`` as the recipe configures it (``num_workers: 0`` unless it says);
+- default: ``datamodule.train_dataloader()`` as the recipe configures it (``num_workers: 0`` unless it says),
+  followed by the datamodule's ``batch_augment`` where it has one (the augmentation of in-memory images that
+  training runs per batch on the device, in ``on_after_batch_transfer``);
 - 1 and 2 workers: the same datamodule with ``num_workers`` set (the zoo's loaders keep workers alive);
 - batched: the whole batch read from the in-memory tensors at once and augmented with vectorised operations
   (:mod:`benchmarks.batched`), where the data is tensors in memory.
@@ -80,21 +82,22 @@ def batched_view(case: str, dm: Any) -> Optional[BatchedView]:
         x, y = ds.tensors
         return BatchedView(x, y, None)
     if case == "digits augmented" and names == {"rotation", "random_resized_crop"}:
-        x, y = ds.dataset.tensors  # pixels / 16, in [0, 1]
         rot = _augment_args(dm, "rotation") or {}
         crop = _augment_args(dm, "random_resized_crop") or {}
         transform = rotate_resized_crop(rot.get("degrees", 15.0), crop.get("scale", (0.08, 1.0)),
                                         crop.get("ratio", (3 / 4, 4 / 3)))  # fmt: skip
         mean, std = dm.stats["mean"] / 16.0, dm.stats["std"] / 16.0
-        return BatchedView(x, y, compose(transform, normalise([mean], [std], 1.0)))
+        x, y = ds.tensors  # standardised: back to pixels / 16, in [0, 1]
+        return BatchedView(x * std + mean, y, compose(transform, normalise([mean], [std], 1.0)))
     if case.startswith("CIFAR") and names <= {"random_crop", "hflip"} and (not names or len(names) == 2):
         steps = [crop_flip((_augment_args(dm, "random_crop") or {}).get("padding") or 4)] if names else []
         return BatchedView(ds.images, ds.labels, compose(*steps, normalise(dm.mean, dm.std, 255.0)))
     return None
 
 
-def loader_rate(make: Callable[[], Any], epochs: int) -> float:
-    """Samples per second of the best of ``epochs`` passes over a loader, after one warm-up pass."""
+def loader_rate(make: Callable[[], Any], epochs: int, then: Optional[Callable[[Any], Any]] = None) -> float:
+    """Samples per second of the best of ``epochs`` passes over a loader, after one warm-up pass; ``then``
+    transforms each batch's inputs, as training does after the loader (the per-batch augmentation)."""
     dl = make()
     best = float("inf")
     samples = 0
@@ -102,6 +105,8 @@ def loader_rate(make: Callable[[], Any], epochs: int) -> float:
         samples = 0
         with Stopwatch() as sw:
             for x, y in dl:
+                if then is not None:
+                    x = then(x)
                 samples += len(y)
         if i:
             best = min(best, sw.seconds)
@@ -146,10 +151,11 @@ def measure(case: str, epochs: int, model_steps: int) -> list[Figure]:
 
         return make
 
-    rates = {f"default ({default_workers} workers)": loader_rate(dm.train_dataloader, epochs)}
+    augment = dm.batch_augment
+    rates = {f"default ({default_workers} workers)": loader_rate(dm.train_dataloader, epochs, augment)}
     for n in (0, 1, 2):
         if n != default_workers:
-            rates[f"{n} worker{'s' if n != 1 else ''}"] = loader_rate(with_workers(n), epochs)
+            rates[f"{n} worker{'s' if n != 1 else ''}"] = loader_rate(with_workers(n), epochs, augment)
     view = batched_view(case, dm)
     if view is not None:
         rates["batched"] = loader_rate(lambda: batched_loader(view, dm.batch_size), epochs)

@@ -9,6 +9,11 @@ Images use torchvision.transforms.v2 with its semantics; time series use the sma
 :mod:`datamodules.augment_series`. Only the training split is augmented: validation, test and predict
 read the data unchanged. MixUp / CutMix (:class:`BatchMix`) act on whole batches and turn labels into
 class probabilities ``(B, num_classes)``, which :class:`zoo.tasks.Classifier` learns from.
+
+Images held in memory (Digits, MNIST, CIFAR) are augmented a batch at a time on the batch's device, each
+sample with its own random parameters (:mod:`datamodules.augment_batch`), by every name but rand_augment,
+trivial_augment and auto_augment, which have no batched version and stay per sample: so do the names
+before them, keeping the order of the list.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from datamodules.augment_batch import BatchAugment, batch_twin
 from datamodules.augment_series import Jitter, Scaling, Shift, TimeWarp
 from zoo.errors import ConfigError
 
@@ -169,10 +175,23 @@ def _build(name: str, args: dict[str, Any], builder: Callable[..., Any], image: 
 
 
 class ImageAugment(NamedTuple):
-    """A training split's image augmentations, in the two places they belong around normalisation."""
+    """A training split's image augmentations: per sample, in the two places they belong around normalisation,
+    then per batch (:meth:`batched`)."""
 
     before_normalise: Optional[Callable[[torch.Tensor], torch.Tensor]]  # raw pixels: uint8, or floats in [0, 1]
     after_normalise: Optional[Callable[[torch.Tensor], torch.Tensor]]
+    per_batch: tuple[Any, ...] = ()  # batched twins (datamodules.augment_batch) of the last augmentations
+    size: tuple[int, int] = (0, 0)  # (H, W) of the images as stored
+
+    def batched(self, mean: Sequence[float], std: Sequence[float]) -> Optional[BatchAugment]:
+        """The per-batch augmentations of batches normalised by ``mean`` and ``std`` (from pixels in [0, 1]), or
+        None where every augmentation runs per sample."""
+        return BatchAugment(self.per_batch, self.size, mean, std) if self.per_batch else None
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether some augmentations run per sample (those before the last one without a batched version)."""
+        return self.before_normalise is not None or self.after_normalise is not None
 
     def around(self, normalise: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
         """One transform: the raw-pixel augmentations, ``normalise``, then the normalised-image ones."""
@@ -180,9 +199,16 @@ class ImageAugment(NamedTuple):
         return _v2().Compose([s for s in steps if s is not None])
 
 
-def build_image_augment(specs: Sequence[AugmentSpec], size: Sequence[int], channels: int,
-                        owner: str) -> Optional[ImageAugment]:  # fmt: skip
+def build_image_augment(specs: Sequence[AugmentSpec], size: Sequence[int], channels: int, owner: str,
+                        per_batch: bool = False, sample_channels: Optional[int] = None
+                        ) -> Optional[ImageAugment]:  # fmt: skip
     """The image augmentations ``specs`` name, for images of ``size`` (H, W) and ``channels`` as stored.
+
+    With ``per_batch``, every augmentation after the last one without a batched version runs per batch
+    (:meth:`ImageAugment.batched`); they run in the order they would per sample: raw-pixel ones in the order
+    given, then the normalised-image ones. ``sample_channels``: the channels of the samples, where they differ
+    from the stored ones; colour jitter of colour images made grey stays per sample (its saturation and hue
+    act on the colours).
 
     Raises ConfigError naming an unknown augmentation or argument (with close matches) or a bad value.
     Returns None when ``specs`` is empty, so an unaugmented datamodule reads its data exactly as before.
@@ -190,12 +216,20 @@ def build_image_augment(specs: Sequence[AugmentSpec], size: Sequence[int], chann
     if not specs:
         return None
     image = ImageInfo((int(size[0]), int(size[1])), channels)
-    before, after = [], []
+    built = []  # (name, transform), in the order they act: raw pixels first, then the normalised image
     for spec in specs:
         name, args = _parse(spec, IMAGE_AUGMENTS, owner)
-        (after if name in AFTER_NORMALISATION else before).append(_build(name, args, IMAGE_AUGMENTS[name], image))
+        built.append((name, _build(name, args, IMAGE_AUGMENTS[name], image)))
+    built.sort(key=lambda b: b[0] in AFTER_NORMALISATION)  # stable: keeps the given order within each place
+    twins = [batch_twin(t, image.size) if per_batch else None for _, t in built]
+    if sample_channels is not None and sample_channels < channels:
+        twins = [None if name == "color_jitter" else twin for (name, _), twin in zip(built, twins)]
+    split = max((k + 1 for k, twin in enumerate(twins) if twin is None), default=0)  # per sample up to here
+    before = [t for name, t in built[:split] if name not in AFTER_NORMALISATION]
+    after = [t for name, t in built[:split] if name in AFTER_NORMALISATION]
     v2 = _v2()
-    return ImageAugment(v2.Compose(before) if before else None, v2.Compose(after) if after else None)
+    return ImageAugment(v2.Compose(before) if before else None, v2.Compose(after) if after else None,
+                        tuple(twins[split:]), image.size)  # fmt: skip
 
 
 def build_series_augment(specs: Sequence[AugmentSpec], owner: str) -> Optional[nn.Module]:

@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from datamodules.augment import AugmentSpec, BatchMix, check_mix
+from datamodules.in_memory import collate
 from zoo.errors import ConfigError, DataError
 
 
@@ -86,9 +87,10 @@ class ZooDataModule(LightningDataModule):
         test_split: fraction held out for testing (where the data has no own test split).
         seed: seeds the splits, so they are the same on every run and every process.
         num_classes: optional check: the number of classes you expect; the data must agree.
-        augment: per-sample augmentations of the training split, by name (``[hflip, {name: rotation,
-            degrees: 10}]``); the datamodules that offer it say which names they take
-            (:mod:`datamodules.augment`). Validation, test and predict data are never augmented.
+        augment: augmentations of the training split, by name (``[hflip, {name: rotation, degrees: 10}]``);
+            the datamodules that offer it say which names they take (:mod:`datamodules.augment`). Each sample
+            gets its own random parameters, drawn per sample or, for images in memory, per batch on the device
+            (:attr:`batch_augment`). Validation, test and predict data are never augmented.
         mixup_alpha: MixUp of training batches, ``lam ~ Beta(alpha, alpha)``; 0 is off. Labels become class
             probabilities, so it needs a classification dataset and ``zoo.tasks.Classifier``.
         cutmix_alpha: CutMix of training batches (images only), ``lam ~ Beta(alpha, alpha)``; 0 is off. With
@@ -129,6 +131,9 @@ class ZooDataModule(LightningDataModule):
         self.augment = list(augment or [])
         self.mixup_alpha, self.cutmix_alpha, self.mix_prob = mixup_alpha, cutmix_alpha, mix_prob
         self.batch_mix: Optional[BatchMix] = None  # made in setup("fit"), once the classes and the task are known
+        # Augmentation of whole training batches on their device (datamodules.augment_batch), set by the datamodules
+        # whose data is in memory; it runs before MixUp / CutMix, as per-sample augmentation does.
+        self.batch_augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     # --- what subclasses provide ----------------------------------------------------------------
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -232,15 +237,20 @@ class ZooDataModule(LightningDataModule):
         return BatchMix(num_classes, self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Batch-level mixing happens here, on the device the batch now lives on, and only in training
-        # (trainer.training is False in validation, sanity checks, test and predict).
-        if self.batch_mix is not None and self.trainer is not None and self.trainer.training:
-            return self.batch_mix(batch)
-        return batch
+        # Batch-level augmentation and mixing happen here, on the device the batch now lives on, and only to
+        # training batches (trainer.training is False in validation, sanity checks, test and predict; the model
+        # summary sends the model's example_input_array through here too, a bare tensor).
+        if self.trainer is None or not self.trainer.training or not isinstance(batch, (list, tuple)):
+            return batch
+        if self.batch_augment is not None:
+            x, *rest = batch
+            batch = [self.batch_augment(x), *rest]
+        return self.batch_mix(batch) if self.batch_mix is not None else batch
 
-    def collate_fn(self) -> Optional[Callable[[list[Any]], Any]]:
-        """How samples become a batch; None is PyTorch's default stacking."""
-        return None
+    def collate_fn(self) -> Optional[Callable[[Any], Any]]:
+        """How samples become a batch: PyTorch's default stacking, which passes through the batches that
+        in-memory datasets read at once (:mod:`datamodules.in_memory`)."""
+        return collate
 
     def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
         if dataset is None:

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from datamodules.augment import AugmentSpec, Augmented, build_image_augment
+from datamodules.augment import Augmented, AugmentSpec, build_image_augment
 from datamodules.base import ZooDataModule, fit_standardizer, split_indices
+from datamodules.in_memory import BatchedTensorDataset
 from zoo.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,7 +35,8 @@ class Digits(ZooDataModule):
         samples_per_class: keep only this many training images of each class (seeded); validation and
             test splits keep their size, so few-shot runs are measured on the same images.
         augment: image augmentations of the training split by name (:mod:`datamodules.augment`); they see
-            the 8x8 grey pixels scaled to [0, 1], before standardisation.
+            the 8x8 grey pixels scaled to [0, 1], before standardisation. They run on whole training batches on
+            the batch's device, each image with its own parameters (:mod:`datamodules.augment_batch`).
         mixup_alpha, cutmix_alpha, mix_prob: MixUp / CutMix of training batches.
         (the rest as in :class:`~datamodules.base.ZooDataModule`)
     """
@@ -58,7 +60,7 @@ class Digits(ZooDataModule):
             "data", batch_size, num_workers, val_split, test_split, seed, num_classes,
             augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
         )  # fmt: skip
-        self.image_augment = build_image_augment(self.augment, size=(8, 8), channels=1, owner="Digits")
+        self.image_augment = build_image_augment(self.augment, (8, 8), channels=1, owner="Digits", per_batch=True)
         if classes is not None:
             bad = [c for c in classes if c not in range(10)]
             if bad or len(set(classes)) != len(classes) or len(classes) < 2:
@@ -93,17 +95,21 @@ class Digits(ZooDataModule):
             train = self._few_per_class(train, labels)
         mean, std = fit_standardizer(x[train], dim=(0, 2, 3))
         self.stats = {"mean": float(mean), "std": float(std)}  # kept in checkpoints, for new images
-        augmented = self._augmented(x[train], y[train]) if self.image_augment is not None else None
+        augment = self.image_augment
+        per_sample = self._augmented(x[train], y[train]) if augment is not None and augment.per_sample else None
+        # (16 p - mean) / std, for p = pixel / 16 in [0, 1]: the normalisation as the augmentations see it
+        pixels_mean, pixels_std = [self.stats["mean"] / 16.0], [self.stats["std"] / 16.0]
+        self.batch_augment = augment.batched(pixels_mean, pixels_std) if augment is not None else None
         x = (x - mean) / std
-        train_set, val_set, test_set = (TensorDataset(x[i], y[i]) for i in (train, val, test))
-        return augmented or train_set, val_set, test_set
+        train_set, val_set, test_set = (BatchedTensorDataset(x[i], y[i]) for i in (train, val, test))
+        return per_sample or train_set, val_set, test_set
 
     def _augmented(self, x: torch.Tensor, y: torch.Tensor) -> Dataset:
-        """Training images augmented on read: pixels scaled from 0-16 to [0, 1] (the range torchvision's colour
-        operations assume), augmented, then standardised with the same statistics as the other splits."""
+        """Training images augmented on read, by the augmentations that run per sample: pixels scaled from 0-16
+        to [0, 1] (the range torchvision's colour operations assume), augmented, then standardised with the
+        same statistics as the other splits."""
         from torchvision.transforms import v2
 
-        # (16 p - mean) / std, for p = pixel / 16 in [0, 1]
         normalise = v2.Normalize([self.stats["mean"] / 16.0], [self.stats["std"] / 16.0])
         return Augmented(TensorDataset(x / 16.0, y), self.image_augment.around(normalise))  # type: ignore[union-attr]
 
@@ -123,7 +129,7 @@ class Digits(ZooDataModule):
         light_background = x.mean(dim=(1, 2, 3)) > 8.0
         x[light_background] = 16.0 - x[light_background]
         x = (x - self.stats["mean"]) / self.stats["std"]  # type: ignore[index]
-        return TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), names
+        return BatchedTensorDataset(x, torch.zeros(len(x), dtype=torch.long)), names
 
     def _few_per_class(self, train: np.ndarray, labels: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng(self.seed)

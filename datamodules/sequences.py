@@ -20,19 +20,26 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from datamodules.augment import AugmentSpec, Augmented, build_series_augment
+from datamodules.augment import Augmented, AugmentSpec, build_series_augment
 from datamodules.base import ZooDataModule, split_indices
+from datamodules.in_memory import StackedBatch
 from zoo.errors import ConfigError, DataError
 
 
 # --- what sequence and text datamodules share --------------------------------------------------------
 class VariableLengthDataset(Dataset):
-    """Samples of different lengths: ``(sequence, label)`` with ``sequence`` ``(T_i, C)`` or ``(T_i,)``."""
+    """Samples of different lengths: ``(sequence, label)`` with ``sequence`` ``(T_i, C)`` or ``(T_i,)``.
+
+    Where every sequence has the same shape they are kept stacked, and a batch is read at once (a
+    :class:`~datamodules.in_memory.StackedBatch`, which :func:`pad_collate` passes through).
+    """
 
     def __init__(self, sequences: list[torch.Tensor], labels: torch.Tensor) -> None:
         if len(sequences) != len(labels):
             raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
-        self.sequences = sequences
+        same = len(sequences) > 0 and torch.is_tensor(labels) and len({tuple(s.shape) for s in sequences}) == 1
+        self.stacked = torch.stack(sequences) if same else None  # (N, T, ...)
+        self.sequences = list(self.stacked) if self.stacked is not None else sequences  # views of the stack
         self.labels = labels
 
     def __len__(self) -> int:
@@ -41,11 +48,20 @@ class VariableLengthDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.sequences[i], self.labels[i]
 
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        if self.stacked is None:
+            return [self[i] for i in indices]
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return StackedBatch(self.stacked[index], self.labels[index])
+
 
 def pad_collate(
     batch: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_value: float = 0
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Pads a batch at the end to its longest sequence: ``({"x": (B, T, ...), "mask": (B, T)}, y)``."""
+    if isinstance(batch, StackedBatch):  # sequences of one length, read at once: nothing to pad
+        x, labels = batch.fields
+        return {"x": x, "mask": torch.ones(x.shape[:2], dtype=torch.bool)}, labels
     sequences, labels = zip(*batch)
     lengths = torch.tensor([len(s) for s in sequences])
     x = pad_sequence(list(sequences), batch_first=True, padding_value=pad_value)

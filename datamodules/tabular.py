@@ -7,9 +7,10 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from datamodules.base import ZooDataModule, fit_standardizer, split_indices
+from datamodules.in_memory import BatchedTensorDataset
 
 # name -> (loader function in sklearn.datasets, task)
 _SETS = {
@@ -91,4 +92,4 @@ class SklearnTabular(ZooDataModule):
         train, val, test = self._splits
         mean, std = fit_standardizer(x[train], dim=(0,))
         x = (x - mean) / std
-        return tuple(TensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]
+        return tuple(BatchedTensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]

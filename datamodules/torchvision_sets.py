@@ -2,6 +2,7 @@
 
 Each reads the standard files from ``data_dir`` (downloading them once where allowed), splits the
 official training set into seeded, stratified train / val splits and keeps the official test set.
+Batches are read at once (:class:`~datamodules.in_memory.UInt8Images`) and augmented on their device.
 """
 
 from __future__ import annotations
@@ -17,61 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.augment import AugmentSpec, ImageAugment, build_image_augment
+from datamodules.augment import AugmentSpec, build_image_augment
 from datamodules.base import ZooDataModule, split_indices
+from datamodules.in_memory import UInt8Images
 from zoo.errors import ConfigError, DataError
 
 DOWNLOAD_TIMEOUT_S = 20.0
-
-
-class UInt8Images(Dataset):
-    """Images kept in memory as uint8, converted, resized and normalised per channel only when a sample is read.
-
-    Args:
-        images: ``(N, C, H, W)`` uint8 pixels.
-        labels: ``(N,)`` class indices.
-        mean: per-channel mean, in units of pixel / 255.
-        std: per-channel std, in the same units.
-        channels: channels of the samples: grey images are repeated to 3 channels, colour ones averaged to 1.
-        size: ``(H, W)`` of the samples (bilinear, antialiased), or None to keep the stored size.
-        augment: training augmentations: on the stored uint8 pixels first (the range torchvision's colour
-            operations expect, and cheaper than at a larger resized size), then on the normalised sample.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        mean: Sequence[float],
-        std: Sequence[float],
-        channels: Optional[int] = None,
-        size: Optional[tuple[int, int]] = None,
-        augment: Optional[ImageAugment] = None,
-    ) -> None:
-        self.images = images
-        self.augment = augment
-        self.labels = labels.long()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.channels = channels or images.shape[1]
-        self.size = size if size is not None and tuple(size) != tuple(images.shape[2:]) else None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = self.images[i]  # (C, H, W) uint8
-        if self.augment is not None and self.augment.before_normalise is not None:
-            pixels = self.augment.before_normalise(pixels)
-        x = pixels.float() / 255.0  # in [0, 1]
-        if x.shape[0] != self.channels:
-            x = x.expand(self.channels, -1, -1) if x.shape[0] == 1 else x.mean(0, keepdim=True)
-        if self.size is not None:
-            x = torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear", antialias=True)[0]
-        x = (x - self.mean) / self.std
-        if self.augment is not None and self.augment.after_normalise is not None:
-            x = self.augment.after_normalise(x)
-        return x, self.labels[i]
 
 
 @contextmanager
@@ -118,14 +70,16 @@ class _Classic(ZooDataModule):
             augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
         )  # fmt: skip
         self.download = download
-        # At the stored size and channels: the augmentations run before any resize or channel conversion.
-        self.image_augment = build_image_augment(self.augment, self.shape[1:], self.shape[0], type(self).__name__)
         if image_size is not None and image_size < 1:
             raise ConfigError(f"data.image_size={image_size} must be at least 1")
         if channels not in (None, 1, 3):
             raise ConfigError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
         self.image_size = image_size
         self.channels = channels or self.shape[0]
+        # Parameters in pixels of the stored images. Per sample, they see the stored uint8 pixels, before any
+        # resize or channel conversion; per batch (most), the normalised batch the model gets, on its device.
+        self.image_augment = build_image_augment(self.augment, self.shape[1:], self.shape[0], type(self).__name__,
+                                                 per_batch=True, sample_channels=self.channels)  # fmt: skip
         # A pretrained backbone's own statistics (the CLI passes them) replace the dataset's.
         converted = self.channels != self.shape[0]
         self.mean = list(mean) if mean is not None else _fit_channels(type(self).mean, self.channels, converted)
@@ -133,6 +87,7 @@ class _Classic(ZooDataModule):
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != self.channels:
                 raise ConfigError(f"data.{name}={values} needs one value per channel ({self.channels})")
+        self.batch_augment = self.image_augment.batched(self.mean, self.std) if self.image_augment else None
 
     @property
     def directory(self) -> str:

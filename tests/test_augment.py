@@ -15,10 +15,10 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from cli import main
-from datamodules import CIFAR10, MNIST, Digits, ImageFolder, TimeSeries, ZooDataModule
+from datamodules import MNIST, Digits, ImageFolder, TimeSeries, ZooDataModule
 from datamodules.augment import IMAGE_AUGMENTS, SERIES_AUGMENTS, BatchMix
 from datamodules.sequences import pad_collate
-from tests.conftest import ROOT, TINY
+from tests.conftest import TINY
 from tests.test_datamodules_images import write_mnist
 from tests.test_datamodules_sequences import synthetic, write_ts
 from zoo.errors import ConfigError
@@ -48,6 +48,13 @@ def _inputs(dataset, n: int = 16) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(n)])
 
 
+def _trained_on(dm: ZooDataModule, n: int = 16) -> torch.Tensor:
+    """The first ``n`` training inputs as training sees them: read (augmented per sample where they are), then
+    augmented per batch where the datamodule does (on_after_batch_transfer, in training)."""
+    x = _inputs(dm.train_set, n)
+    return dm.batch_augment(x) if dm.batch_augment is not None else x
+
+
 def _batches(loader) -> list[torch.Tensor]:
     return [x for x, _ in loader]
 
@@ -65,7 +72,7 @@ def test_image_augmentation_changes_training_images_only(name, plain_digits):
     dm = Digits(batch_size=128, augment=[{"name": name, **IMAGE_CASES[name]}])
     dm.setup()
     torch.manual_seed(0)
-    augmented, plain = _inputs(dm.train_set), _inputs(plain_digits.train_set)
+    augmented, plain = _trained_on(dm), _inputs(plain_digits.train_set)
     assert augmented.shape == plain.shape == (16, 1, 8, 8)
     changed = ~torch.isclose(augmented, plain, atol=1e-5).flatten(1).all(1)
     assert changed.sum() >= 4, f"{name} changed only {int(changed.sum())} of 16 training images"
@@ -82,39 +89,41 @@ def test_image_augmentation_sees_raw_pixels_and_keeps_the_normalisation(plain_di
     mean, std = dm.stats["mean"], dm.stats["std"]
     raw = plain_digits.train_set.tensors[0][:8] * std + mean  # 0-16
     expected = ((2 * raw).clamp(max=16) - mean) / std
-    torch.testing.assert_close(_inputs(dm.train_set, 8), expected.flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_trained_on(dm, 8), expected.flip(-1), atol=1e-5, rtol=0)
     # and a no-op augmentation reads exactly the plain training images
     noop = Digits(augment=[{"name": "hflip", "p": 0.0}])
     noop.setup()
-    torch.testing.assert_close(_inputs(noop.train_set), _inputs(plain_digits.train_set), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_trained_on(noop), _inputs(plain_digits.train_set), atol=1e-5, rtol=0)
 
 
 def test_random_erasing_fills_with_the_normalised_mean(plain_digits):
     dm = Digits(augment=[{"name": "random_erasing", "p": 1.0, "scale": [0.2, 0.4]}])
     dm.setup()
     torch.manual_seed(0)
-    augmented, plain = _inputs(dm.train_set), _inputs(plain_digits.train_set)
+    augmented, plain = _trained_on(dm), _inputs(plain_digits.train_set)
     erased = ~torch.isclose(augmented, plain, atol=1e-6)
     assert erased.any() and torch.all(augmented[erased] == 0.0)  # 0 after normalisation is the mean pixel
 
 
 def test_image_augmentation_is_deterministic_under_a_seed():
-    dm = Digits(augment=["rand_augment", "random_resized_crop", "random_erasing"])
+    dm = Digits(augment=["rand_augment", "random_resized_crop", "random_erasing"])  # per sample, then per batch
     dm.setup()
+    assert dm.image_augment.per_sample and dm.batch_augment is not None
     runs = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        runs.append(_inputs(dm.train_set))
+        runs.append(_trained_on(dm))
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
-def test_mnist_augments_the_stored_pixels_then_resizes(tmp_path):
+def test_mnist_augmentation_at_a_backbone_input_size(tmp_path):
     write_mnist(tmp_path, "MNIST")
     kwargs = {"data_dir": str(tmp_path), "download": False, "val_split": 0.2, "channels": 3, "image_size": 16}
     plain, flipped = MNIST(**kwargs), MNIST(**kwargs, augment=[{"name": "hflip", "p": 1.0}])
-    plain.setup(), flipped.setup()
-    assert _inputs(flipped.train_set, 4).shape == (4, 3, 16, 16)
-    torch.testing.assert_close(_inputs(flipped.train_set, 4), _inputs(plain.train_set, 4).flip(-1))
+    per_sample = MNIST(**kwargs, augment=[{"name": "hflip", "p": 1.0}, "auto_augment"])  # on the stored pixels
+    plain.setup(), flipped.setup(), per_sample.setup()
+    assert _trained_on(flipped, 4).shape == _trained_on(per_sample, 4).shape == (4, 3, 16, 16)
+    torch.testing.assert_close(_trained_on(flipped, 4), _inputs(plain.train_set, 4).flip(-1))
     assert torch.equal(_inputs(flipped.val_set, 6), _inputs(plain.val_set, 6))
     assert torch.equal(_inputs(flipped.test_set, 10), _inputs(plain.test_set, 10))
 
@@ -131,14 +140,6 @@ def test_image_folder_augments_the_training_split_only(tmp_path):
     torch.testing.assert_close(_inputs(flipped.train_set, 12), _inputs(plain.train_set, 12).flip(-1))
     assert torch.equal(_inputs(flipped.val_set, 4), _inputs(plain.val_set, 4))
     assert torch.equal(_inputs(flipped.test_set, 4), _inputs(plain.test_set, 4))
-
-
-def test_cifar10_example_config_is_the_standard_recipe():
-    config = yaml.safe_load((ROOT / "configs" / "data" / "cifar10_augmented.yaml").read_text())
-    dm = CIFAR10(**{**config["init_args"], "download": False})
-    crop, flip = dm.image_augment.before_normalise.transforms
-    assert (type(crop).__name__, crop.size, crop.padding) == ("RandomCrop", (32, 32), [4, 4, 4, 4])
-    assert (type(flip).__name__, flip.p) == ("RandomHorizontalFlip", 0.5)
 
 
 # --- time series ---------------------------------------------------------------------------------------------
