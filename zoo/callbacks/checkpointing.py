@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +32,6 @@ class ZooCheckpoint(ModelCheckpoint):
       run stops; ``zoo fit ... --ckpt_path last`` resumes from it.
     """
 
-    _last_saved_step: Optional[int] = None
-
     # --- last.ckpt at every save point -----------------------------------------------------------
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -46,20 +44,16 @@ class ZooCheckpoint(ModelCheckpoint):
             self._save_last_if_stale(trainer)
 
     def _save_last_if_stale(self, trainer: Trainer) -> None:
-        if not self.save_last or not _fitting(trainer) or self._last_saved_step == trainer.global_step:
+        # Lightning writes last.ckpt whenever it writes a top-k one, so a save at this step means last is current.
+        if not self.save_last or not _fitting(trainer) or self._last_global_step_saved == trainer.global_step:
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
-            self._last_saved_step = trainer.global_step
 
     # --- preemption ------------------------------------------------------------------------------
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         stopped = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
-        if stopped and self.save_last and _fitting(trainer) and self._last_saved_step != trainer.global_step:
+        if stopped and self.save_last and _fitting(trainer) and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             log.warning("stopped at step %d: %s written; resume with --ckpt_path last", trainer.global_step,
                         self.last_model_path)  # fmt: skip

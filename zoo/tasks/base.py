@@ -180,7 +180,7 @@ class ZooTask(LightningModule):
         self._train_loss_sum, self._train_seen = 0.0, 0
 
     def on_train_epoch_end(self) -> None:
-        if not getattr(self, "_train_seen", 0):
+        if not self._train_seen:
             return
         self.log("train/loss", self._train_loss_sum / self._train_seen, on_epoch=True)
         self.log_dict(self.train_metrics.compute(), on_epoch=True)  # synced across processes by torchmetrics
