@@ -8,6 +8,7 @@ and ``input_shape``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -83,6 +84,8 @@ class ZooDataModule(LightningDataModule):
         data_dir: where dataset files are read from (and downloaded to, where a dataset downloads).
         batch_size: samples per training batch (evaluation uses the same).
         num_workers: DataLoader worker processes; 0 loads in the main process.
+        drop_last: drop the last, smaller training batch of each epoch (evaluation keeps every sample); for
+            models whose batch statistics suffer from a tiny last batch (batch norm).
         val_split: fraction of the data held out for validation (where the data has no own split).
         test_split: fraction held out for testing (where the data has no own test split).
         seed: seeds the splits, so they are the same on every run and every process.
@@ -113,6 +116,7 @@ class ZooDataModule(LightningDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -121,6 +125,7 @@ class ZooDataModule(LightningDataModule):
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.drop_last = drop_last
         self.val_split = val_split
         self.test_split = test_split
         self.seed = seed
@@ -195,6 +200,8 @@ class ZooDataModule(LightningDataModule):
                 raise DataError(f"{type(self).__name__}: the training split is empty; check data_dir and the splits")
             self.train_set, self.val_set, self.test_set = train, val, test
             self._check_labels()
+        if stage in (None, "fit"):
+            self._check_batches()
         if stage in (None, "fit") and (self.mixup_alpha or self.cutmix_alpha):
             self.batch_mix = self._batch_mix()
 
@@ -215,6 +222,21 @@ class ZooDataModule(LightningDataModule):
                     f"{type(self).__name__}: {bad.numel()} {split} labels fall outside 0..{n - 1} (e.g. {shown}); "
                     f"labels must be class indices from 0 to num_classes - 1 = {n - 1}: remap them, or check the files"
                 )
+
+    def _check_batches(self) -> None:
+        """With ``drop_last``, a batch larger than a process's share of the training data drops every batch: Lightning
+        would then run epochs of no step and call the run a success."""
+        if not self.drop_last:
+            return
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_process = math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]  (DistributedSampler pads)
+        if self.batch_size > per_process:
+            share = f"{per_process} per process ({world} processes)" if world > 1 else str(per_process)
+            raise DataError(
+                f"{type(self).__name__}: data.batch_size={self.batch_size} is larger than the training split "
+                f"({share} samples), and data.drop_last=true drops that only, partial batch: no epoch would have a "
+                f"training step. Set data.batch_size to at most {per_process}, or data.drop_last=false"
+            )
 
     def _batch_mix(self) -> BatchMix:
         """MixUp / CutMix for this data and task; a ConfigError where labels cannot become class probabilities."""
@@ -252,20 +274,21 @@ class ZooDataModule(LightningDataModule):
         in-memory datasets read at once (:mod:`datamodules.in_memory`)."""
         return collate
 
-    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Optional[Dataset], shuffle: bool, drop_last: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("datamodule.setup() must run before asking for a dataloader")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

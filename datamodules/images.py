@@ -47,6 +47,7 @@ class Digits(ZooDataModule):
         samples_per_class: Optional[int] = None,
         batch_size: int = 64,
         num_workers: int = 0,
+        drop_last: bool = False,
         val_split: float = 0.1,
         test_split: float = 0.2,
         seed: int = 42,
@@ -58,7 +59,7 @@ class Digits(ZooDataModule):
     ) -> None:
         super().__init__(
             "data", batch_size, num_workers, val_split, test_split, seed, num_classes,
-            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
+            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob, drop_last=drop_last,
         )  # fmt: skip
         self.image_augment = build_image_augment(self.augment, (8, 8), channels=1, owner="Digits", per_batch=True)
         if classes is not None:
@@ -243,6 +244,7 @@ class ImageFolder(ZooDataModule):
         std: Optional[list[float]] = None,
         batch_size: int = 64,
         num_workers: int = 0,
+        drop_last: bool = False,
         val_split: float = 0.1,
         test_split: float = 0.2,
         seed: int = 42,
@@ -254,7 +256,7 @@ class ImageFolder(ZooDataModule):
     ) -> None:
         super().__init__(
             data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes,
-            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
+            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob, drop_last=drop_last,
         )  # fmt: skip
         if channels not in (1, 3):
             raise ConfigError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB)")

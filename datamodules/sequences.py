@@ -247,6 +247,7 @@ class TimeSeries(PaddedSequenceDataModule):
         data_dir: str = "data",
         batch_size: int = 32,
         num_workers: int = 0,
+        drop_last: bool = False,
         val_split: float = 0.1,
         seed: int = 42,
         num_classes: Optional[int] = None,
@@ -256,7 +257,7 @@ class TimeSeries(PaddedSequenceDataModule):
     ) -> None:
         super().__init__(
             data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes,
-            augment=augment, mixup_alpha=mixup_alpha, mix_prob=mix_prob,
+            augment=augment, mixup_alpha=mixup_alpha, mix_prob=mix_prob, drop_last=drop_last,
         )  # fmt: skip
         self.series_augment = build_series_augment(self.augment, owner="TimeSeries")
         if normalize not in ("per_channel", "per_series", "none"):

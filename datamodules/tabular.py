@@ -39,12 +39,15 @@ class SklearnTabular(ZooDataModule):
         data_dir: str = "data",
         batch_size: int = 32,
         num_workers: int = 0,
+        drop_last: bool = False,
         val_split: float = 0.15,
         test_split: float = 0.2,
         seed: int = 42,
         num_classes: Optional[int] = None,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes)
+        super().__init__(
+            data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes, drop_last=drop_last
+        )
         self.name = name
         self.task = _SETS[name][1]
 

@@ -136,12 +136,15 @@ class TextClassification(PaddedSequenceDataModule):
         data_dir: str = "data",
         batch_size: int = 32,
         num_workers: int = 0,
+        drop_last: bool = False,
         val_split: float = 0.1,
         test_split: float = 0.2,
         seed: int = 42,
         num_classes: Optional[int] = None,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes)
+        super().__init__(
+            data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes, drop_last=drop_last
+        )
         for name, value, least in (
             ("max_length", max_length, 1), ("min_freq", min_freq, 1), ("max_vocab", max_vocab, 3)
         ):
@@ -343,6 +346,7 @@ class VaderWords(TextClassification):
         data_dir: str = "data/vader_words",
         batch_size: int = 32,
         num_workers: int = 0,
+        drop_last: bool = False,
         val_split: float = 0.1,
         test_split: float = 0.2,
         seed: int = 42,
@@ -356,7 +360,7 @@ class VaderWords(TextClassification):
         super().__init__(
             files["train"], files["val"], files["test"], "word", "sentiment", tokenizer, max_length,
             data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, val_split=val_split,
-            test_split=test_split, seed=seed, num_classes=num_classes,
+            test_split=test_split, seed=seed, num_classes=num_classes, drop_last=drop_last,
         )  # fmt: skip
         self.threshold = threshold
         self.train_size = train_size

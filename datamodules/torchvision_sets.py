@@ -57,6 +57,7 @@ class _Classic(ZooDataModule):
         std: Optional[list[float]] = None,
         batch_size: int = 64,
         num_workers: int = 0,
+        drop_last: bool = False,
         val_split: float = 0.1,
         seed: int = 42,
         num_classes: Optional[int] = None,
@@ -67,7 +68,7 @@ class _Classic(ZooDataModule):
     ) -> None:
         super().__init__(
             data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes,
-            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
+            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob, drop_last=drop_last,
         )  # fmt: skip
         self.download = download
         if image_size is not None and image_size < 1:

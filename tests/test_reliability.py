@@ -261,6 +261,24 @@ def test_labels_outside_the_classes_are_named_before_training():
         Labelled().setup("fit")
 
 
+def test_a_batch_larger_than_the_data_with_drop_last_is_named_before_training(workdir: Path, capsys):
+    wine = ["--config", "configs/experiments/breast_cancer_mlp.yaml", "--data.name=wine", *TINY]
+    err = error_of(capsys, "fit", *wine, "--data.batch_size=200", "--data.drop_last=true")
+    # wine: 178 samples, 65 % of them (115) for training
+    assert "data.batch_size=200 is larger than the training split (115 samples)" in err
+    assert "data.drop_last=false" in err
+    assert not (workdir / "runs").exists() or not list((workdir / "runs").rglob("*.ckpt"))
+
+
+def test_drop_last_drops_only_the_last_training_batch():
+    from datamodules import SklearnTabular
+
+    data = SklearnTabular(name="wine", batch_size=50, drop_last=True)
+    data.setup("fit")
+    assert [len(y) for _, y in data.train_dataloader()] == [50, 50]  # 115 samples: the last 15 dropped
+    assert sum(len(y) for _, y in data.val_dataloader()) == len(data.val_set)  # evaluation keeps every sample
+
+
 @pytest.mark.slow
 def test_ddp_process_death_stops_the_other_within_a_minute_and_the_run_resumes(workdir: Path):
     ddp = [*RUN, "--trainer", "configs/trainer/ddp_cpu.yaml", "--trainer.max_epochs=3"]
