@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
@@ -288,7 +289,21 @@ class ZooDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True, drop_last=self.drop_last)
+        return self._loader(self.train_set, shuffle=True, drop_last=self.drop_last or self._last_batch_of_one())
+
+    def _last_batch_of_one(self) -> bool:
+        """Whether each epoch would end on a training batch of one sample, which batch norm cannot train on
+        (PyTorch stops mid-epoch: "Expected more than 1 value per channel"); such a batch is dropped."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_process = math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]
+        if per_process % self.batch_size != 1 or per_process == 1:
+            return False
+        rank_zero_info(
+            f"{type(self).__name__}: {per_process} training samples per process make batches of "
+            f"{self.batch_size} end on one of a single sample, which is dropped each epoch (batch norm cannot "
+            f"train on one sample); another data.batch_size avoids it"
+        )
+        return True
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -279,6 +279,17 @@ def test_drop_last_drops_only_the_last_training_batch():
     assert sum(len(y) for _, y in data.val_dataloader()) == len(data.val_set)  # evaluation keeps every sample
 
 
+def test_an_epoch_never_ends_on_a_batch_of_one_sample(workdir: Path, caplog):
+    # breast_cancer: 369 training samples = 2 x 184 + 1; the MLP recipe has batch norm, which cannot train on one
+    # sample: PyTorch stopped the run at the end of the first epoch.
+    from cli import main
+
+    main(["fit", "--config", "configs/experiments/breast_cancer_mlp.yaml", *TINY, "--trainer.limit_train_batches=1.0",
+          "--data.batch_size=184"])  # fmt: skip
+    assert "369 training samples per process make batches of 184 end on one of a single sample" in caplog.text
+    assert list((workdir / "runs").rglob("last.ckpt"))
+
+
 @pytest.mark.slow
 def test_ddp_process_death_stops_the_other_within_a_minute_and_the_run_resumes(workdir: Path):
     ddp = [*RUN, "--trainer", "configs/trainer/ddp_cpu.yaml", "--trainer.max_epochs=3"]
