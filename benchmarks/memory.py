@@ -3,7 +3,10 @@
 Each side runs in a fresh ``python -m benchmarks.memory --child ...`` process that imports only what that side
 needs, trains, and reports its resident set after the imports and its peak (``VmHWM``). The plain side imports
 torch and the zoo's registry (for the same network); the zoo side imports the task and Lightning, and with
-``defaults`` the CLI that builds ``zoo fit``'s Trainer. Data: in-memory, the digits' shape (1,257 training
+``defaults`` the CLI that builds ``zoo fit``'s Trainer. A third side, the plain loop after ``import
+lightning.pytorch``, splits the difference into what Lightning's import costs any program (it imports
+torchmetrics, which imports scipy, torchvision and transformers at once: Lightning-AI/torchmetrics#3457) and
+what the zoo adds on top, both reported. Data: in-memory, the digits' shape (1,257 training
 images 1x8x8) for the CNN recipe, random CIFAR-shaped images for ResNet-18; both sides evaluate two
 validation batches after each epoch (``zoo fit``'s checkpoint and early stopping need ``val/loss``).
 """
@@ -45,7 +48,9 @@ def child(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
 
     from benchmarks.twins import fit_plain, loader, plain_twin, recipe, synthetic_classification
 
-    if side != "plain":
+    if side == "plain_lightning":
+        import lightning.pytorch  # noqa: F401  (and with it torchmetrics, which imports scipy, torchvision, transformers)
+    elif side != "plain":
         from benchmarks.twins import fit_zoo, zoo_classifier, zoo_trainer  # noqa: F401
         from zoo.tasks import Classifier  # noqa: F401  (Lightning and torchmetrics)
         if side == "zoo_defaults":
@@ -58,7 +63,7 @@ def child(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
     val = loader(synthetic_classification(batch * 2, shape, 10, seed=1), batch, False)  # zoo fit's callbacks need it
     spec = recipe(path)
     torch.manual_seed(0)
-    if side == "plain":
+    if side.startswith("plain"):
         net, optimizer, loss_fn = plain_twin(spec, shape, 10)
         fit_plain(net, optimizer, loader(data, batch, True), epochs, val, loss_fn=loss_fn)
     else:
@@ -80,7 +85,7 @@ def run(mode: str) -> list[Figure]:
     figures = []
     for model in ("cnn", "resnet18") if size["resnet"] else ("cnn",):
         epochs = size["cnn_epochs"] if model == "cnn" else 1
-        sides = ("zoo", "plain", "zoo_defaults") if size["cli"] else ("zoo", "plain")
+        sides = ("zoo", "plain", "plain_lightning") + (("zoo_defaults",) if size["cli"] else ())
         runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for _ in range(size["repeats"]):  # interleaved; the smallest peak of each side counts
             for side in runs:
@@ -98,6 +103,16 @@ def run(mode: str) -> list[Figure]:
                 of_which_imports=z["rss_after_imports_mib"] - p["rss_after_imports_mib"],
                 modules_zoo=z["modules"], modules_plain=p["modules"],
             ))  # fmt: skip
+        # What importing Lightning costs a plain loop: the share of the difference above that is not the zoo's.
+        lit = low["plain_lightning"]
+        figures.append(added(
+            f"{model}: peak RSS plain loop with Lightning imported - plain", lit["peak_rss_mib"], p["peak_rss_mib"],
+            per=1, scale=1, unit="MiB", side_unit="MiB", modules=lit["modules"],
+        ))  # fmt: skip
+        figures.append(added(
+            f"{model}: peak RSS zoo (bare Trainer) - plain loop with Lightning imported", low["zoo"]["peak_rss_mib"],
+            lit["peak_rss_mib"], per=1, scale=1, unit="MiB", side_unit="MiB", at_most=LIMIT_MIB,
+        ))  # fmt: skip
     return figures
 
 

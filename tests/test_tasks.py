@@ -168,6 +168,35 @@ def test_classifier_learns_separable_data():
     assert after["val/loss"] < 0.4
 
 
+@pytest.mark.parametrize("task", ["classifier", "regressor"])
+def test_training_metrics_cover_every_batch_of_the_epoch(task, monkeypatch):
+    # The task updates its training metrics for several batches at once; with 3 a time, an epoch of 7 batches
+    # flushes after batches 3 and 6, and the last batch at the epoch's end.
+    import torchmetrics.functional as M
+
+    import zoo.tasks.base
+
+    monkeypatch.setattr(zoo.tasks.base, "TRAIN_METRICS_BATCHES", 3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(70, 4, generator=g)
+    y = torch.randint(0, 3, (70,), generator=g) if task == "classifier" else torch.randn(70, generator=g)
+    model = (make_classifier if task == "classifier" else make_regressor)(optimizer=partial(torch.optim.SGD, lr=0.0))
+    trainer = tiny_trainer(max_epochs=1)
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=10))
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    logged = trainer.callback_metrics
+    if task == "classifier":
+        assert float(logged["train/acc"]) == pytest.approx(float(M.accuracy(out, y, "multiclass", num_classes=3,
+                                                                            average="micro")), abs=1e-6)
+        assert float(logged["train/f1"]) == pytest.approx(float(M.f1_score(out, y, "multiclass", num_classes=3,
+                                                                          average="macro")), abs=1e-6)
+    else:
+        assert float(logged["train/mae"]) == pytest.approx(float(M.mean_absolute_error(out.squeeze(-1), y)), abs=1e-6)
+    assert not model._train_metrics_buffer
+
+
 # --- Regressor ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("num_targets", [None, 0])
 def test_regressor_without_targets_points_to_classifier(num_targets):
