@@ -106,8 +106,8 @@ def datamodule(path: str, **overrides: Any) -> Any:
     return getattr(importlib.import_module(module), name)(**{**(data.get("init_args") or {}), **overrides})
 
 
-def zoo_classifier(spec: dict[str, Any], input_shape: Sequence[int], num_classes: int) -> Any:
-    """A ``zoo.tasks.Classifier`` from a :func:`recipe`."""
+def zoo_classifier(spec: dict[str, Any], input_shape: Sequence[int], num_classes: int, **task: Any) -> Any:
+    """A ``zoo.tasks.Classifier`` from a :func:`recipe`, with other task arguments in ``task``."""
     from functools import partial
 
     from zoo.tasks import Classifier
@@ -115,7 +115,7 @@ def zoo_classifier(spec: dict[str, Any], input_shape: Sequence[int], num_classes
     return Classifier(
         backbone=spec["backbone"], backbone_kwargs=spec["backbone_kwargs"], num_classes=num_classes,
         input_shape=tuple(input_shape), label_smoothing=spec["label_smoothing"],
-        optimizer=partial(spec["optimizer"], **spec["optimizer_kwargs"]),
+        optimizer=partial(spec["optimizer"], **spec["optimizer_kwargs"]), **task,
     )  # fmt: skip
 
 
