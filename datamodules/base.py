@@ -294,6 +294,8 @@ class ZooDataModule(LightningDataModule):
     def _last_batch_of_one(self) -> bool:
         """Whether each epoch would end on a training batch of one sample, which batch norm cannot train on
         (PyTorch stops mid-epoch: "Expected more than 1 value per channel"); such a batch is dropped."""
+        if self.train_set is None:
+            return False  # _loader names the missing setup()
         world = self.trainer.world_size if self.trainer is not None else 1
         per_process = math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]
         if per_process % self.batch_size != 1 or per_process == 1:

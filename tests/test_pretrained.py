@@ -411,7 +411,11 @@ def test_the_real_network_probe_gives_up_quickly():
 
 
 def test_a_hanging_name_lookup_is_abandoned_after_the_timeout(monkeypatch):
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))  # DNS ignores timeouts
+    def hang(*args, **kwargs):  # DNS ignores timeouts
+        time.sleep(30)
+        raise OSError("name lookup timed out")  # as a real lookup ends (a None would break the probe's thread)
+
+    monkeypatch.setattr(socket, "create_connection", hang)
     start = time.monotonic()
     assert adapters.host_reachable("https://huggingface.co", timeout=0.5) is False
     assert time.monotonic() - start < 2
