@@ -33,7 +33,7 @@ from benchmarks.twins import fit_plain, fit_zoo, loader, plain_twin, recipe, zoo
 NAME = "efficiency"
 THREADS = 2
 SIZES = {
-    "full": {"cnn_epochs": 5, "resnet_steps": 6, "repeats": 2, "options": True, "resnet": True,
+    "full": {"cnn_epochs": 5, "resnet_steps": 6, "repeats": 3, "options": True, "resnet": True,
              "ceiling_batches": (64, 256, 1024)},
     "short": {"cnn_epochs": 2, "resnet_steps": 2, "repeats": 1, "options": False, "resnet": True,
               "ceiling_batches": (64, 256)},

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from datamodules.augment import AugmentSpec, BatchMix, check_mix
@@ -64,6 +63,8 @@ def split_indices(
 def _split(
     n: int, val_split: float, test_split: float, seed: int, stratify: Optional[Sequence[int]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split  # here: scikit-learn and pandas cost ~60 MiB and 0.2 s
+
     idx = np.arange(n)
     labels = np.asarray(stratify) if stratify is not None else None
     test = np.array([], dtype=int)
