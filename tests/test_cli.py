@@ -100,6 +100,11 @@ def test_typo_in_yaml_file_names_key(workdir: Path, capsys: pytest.CaptureFixtur
     assert "max_epoch" in err and "Did you mean 'max_epochs'" in err
 
 
+def test_typo_in_a_command_line_option_names_the_close_match(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--trainer.max_epohcs=1")
+    assert "unrecognized arguments: --trainer.max_epohcs=1" in err and "Did you mean --trainer.max_epochs " in err
+
+
 def test_wrong_type_names_key(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     err = error_of(capsys, "fit", *DIGITS_CNN, "--data.batch_size=many")
     assert "batch_size" in err and "int" in err

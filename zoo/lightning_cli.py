@@ -4,17 +4,12 @@ importing Lightning)."""
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import inspect
 import json
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
-from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import (
@@ -30,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from datamodules.base import ZooDataModule
+from zoo.arguments import RawHelp, ZooArgumentParser
 from zoo.callbacks.checkpointing import ZooCheckpoint
 from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFiniteLoss
@@ -38,52 +34,6 @@ from zoo.checkpoints import AtomicCheckpointIO
 from zoo.commands import DESCRIPTION
 from zoo.errors import ConfigError, ZooError
 from zoo.tasks.base import ZooTask
-
-
-class ZooArgumentParser(LightningArgumentParser):
-    """The CLI's parser: errors are one short message with close matches, not the whole usage text."""
-
-    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
-        if not self.exit_on_error:  # jsonargparse's inner parsers raise, and their callers try alternatives
-            super().error(message, ex)
-        hint = _close_match_hint(message)
-        sys.stderr.write(f"zoo: error: {message.strip()}{hint}\nRun with --help to see the accepted keys.\n")
-        sys.exit(2)
-
-
-def _close_match_hint(message: str) -> str:
-    """'Did you mean ...' for jsonargparse's unknown-key messages, from the keys that place accepts."""
-    found = re.search(r"(?:Group '([\w.]+)' does not accept option|[Oo]ption) '([\w.]+)'", message)
-    if not found:
-        return ""
-    group, key = found.group(1) or "", found.group(2)
-    if "." in key:
-        group, key = key.rsplit(".", 1)
-    candidates: set[str] = set()
-    for cls_path in re.findall(r"class_path '([\w.]+)'", message):
-        candidates |= _init_params(cls_path)
-    known = {
-        "trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping, "finetuning": FineTuning
-    }  # fmt: skip
-    if group.split(".")[-1] in known:
-        candidates |= _params_of(known[group.split(".")[-1]])
-    close = difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.6)
-    return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _params_of(obj: Any) -> set[str]:
-    try:
-        return set(inspect.signature(obj).parameters) - {"self"}
-    except (TypeError, ValueError):
-        return set()
-
-
-def _init_params(class_path: str) -> set[str]:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return _params_of(getattr(__import__(module, fromlist=[name]), name))
-    except (ImportError, AttributeError):
-        return set()
 
 
 class ZooCLI(LightningCLI):
@@ -103,7 +53,7 @@ class ZooCLI(LightningCLI):
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # tasks build their own named parameter groups
             parser_class=ZooArgumentParser,
-            parser_kwargs={"description": DESCRIPTION, "formatter_class": _RawHelp},
+            parser_kwargs={"description": DESCRIPTION, "formatter_class": RawHelp},
             save_config_kwargs={"overwrite": True},
             save_config_callback=ZooSaveConfig,
             seed_everything_default=42,
@@ -445,7 +395,3 @@ def peer_died(exc: BaseException) -> bool:
 
 def _has(callbacks: list[Any], kind: type) -> bool:
     return any(isinstance(c, kind) for c in callbacks)
-
-
-class _RawHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """Keeps the description's examples on their own lines."""

@@ -1,0 +1,76 @@
+"""How the zoo's CLI reads arguments and reports a bad one: one short message with the close matches of a
+mistyped key, exit code 2, and help text that keeps its examples' lines."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import re
+import sys
+from typing import Any, NoReturn, Optional
+
+from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser
+
+from zoo.callbacks.finetuning import FineTuning
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """The CLI's parser: errors are one short message with close matches, not the whole usage text."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        if not self.exit_on_error:  # jsonargparse's inner parsers raise, and their callers try alternatives
+            super().error(message, ex)
+        hint = _close_match_hint(message) or self._unrecognized_hint(message)
+        sys.stderr.write(f"zoo: error: {message.strip()}{hint}\nRun with --help to see the accepted keys.\n")
+        sys.exit(2)
+
+    def _unrecognized_hint(self, message: str) -> str:
+        """'Did you mean ...' for a mistyped command-line option (``--trainer.max_epohcs``), among this parser's."""
+        found = re.search(r"unrecognized arguments: (--[\w.]+)", message)
+        if not found:
+            return ""
+        close = difflib.get_close_matches(found.group(1), sorted(self._option_string_actions), n=3, cutoff=0.8)
+        return f"\n  Did you mean {' or '.join(close)}?" if close else ""
+
+
+def _close_match_hint(message: str) -> str:
+    """'Did you mean ...' for jsonargparse's unknown-key messages, from the keys that place accepts."""
+    found = re.search(r"(?:Group '([\w.]+)' does not accept option|[Oo]ption) '([\w.]+)'", message)
+    if not found:
+        return ""
+    group, key = found.group(1) or "", found.group(2)
+    if "." in key:
+        group, key = key.rsplit(".", 1)
+    candidates: set[str] = set()
+    for cls_path in re.findall(r"class_path '([\w.]+)'", message):
+        candidates |= _init_params(cls_path)
+    known = {
+        "trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping, "finetuning": FineTuning
+    }  # fmt: skip
+    if group.split(".")[-1] in known:
+        candidates |= _params_of(known[group.split(".")[-1]])
+    close = difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.6)
+    return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _params_of(obj: Any) -> set[str]:
+    try:
+        return set(inspect.signature(obj).parameters) - {"self"}
+    except (TypeError, ValueError):
+        return set()
+
+
+def _init_params(class_path: str) -> set[str]:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return _params_of(getattr(__import__(module, fromlist=[name]), name))
+    except (ImportError, AttributeError):
+        return set()
+
+
+class RawHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """Keeps the description's examples on their own lines."""
