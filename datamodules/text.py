@@ -142,9 +142,8 @@ class TextClassification(PaddedSequenceDataModule):
         seed: int = 42,
         num_classes: Optional[int] = None,
     ) -> None:
-        super().__init__(
-            data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes, drop_last=drop_last
-        )
+        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes,
+                         drop_last=drop_last)  # fmt: skip
         for name, value, least in (
             ("max_length", max_length, 1), ("min_freq", min_freq, 1), ("max_vocab", max_vocab, 3)
         ):
