@@ -250,17 +250,17 @@ def test_mixup_of_padded_series_keeps_every_real_step():
         BatchMix(2, cutmix_alpha=1.0)((x, torch.tensor([0, 1, 0, 1])))
 
 
-class _Targets(Callback):
-    """Keeps the targets each training and validation batch reached the model with."""
+class BatchesSeen(Callback):
+    """Keeps one part of each training and validation batch as it reached the model (0: inputs, 1: targets)."""
 
-    def __init__(self) -> None:
-        self.train, self.val = [], []
+    def __init__(self, part: int) -> None:
+        self.part, self.train, self.val = part, [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.train.append(batch[1])
+        self.train.append(batch[self.part])
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self.val.append(batch[1])
+        self.val.append(batch[self.part])
 
 
 def _fit(model, dm, *callbacks) -> None:
@@ -276,7 +276,7 @@ def _classifier(**kwargs) -> Classifier:
 
 
 def test_training_batches_are_mixed_validation_batches_are_not():
-    dm, seen = Digits(batch_size=32, mixup_alpha=0.4, cutmix_alpha=1.0), _Targets()
+    dm, seen = Digits(batch_size=32, mixup_alpha=0.4, cutmix_alpha=1.0), BatchesSeen(part=1)
     _fit(_classifier(num_classes=10), dm, seen)
     assert len(seen.train) == 2 and len(seen.val) == 4  # 2 sanity-check batches, then 2 of validation
     for target in seen.train:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -17,7 +17,7 @@ from datamodules.augment import IMAGE_AUGMENTS, build_image_augment
 from datamodules.augment_batch import BatchAugment, ColorJitter, Erasing, batch_twin
 from datamodules.augment_warp import Crop, Flip, ResizedCrop, Rotation, Warp, unit_grid
 from tests.conftest import ROOT
-from tests.test_augment import _classifier, _fit
+from tests.test_augment import BatchesSeen, _classifier, _fit
 
 BLACK = torch.zeros(1, 3, 1, 1)
 
@@ -208,21 +208,8 @@ def test_what_runs_per_sample_and_what_per_batch():
 
 
 # --- in training only ---------------------------------------------------------------------------------------
-class _Inputs(Callback):
-    """Keeps the inputs each training and validation batch reached the model with."""
-
-    def __init__(self) -> None:
-        self.train, self.val = [], []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.train.append(batch[0])
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self.val.append(batch[0])
-
-
 def test_training_batches_are_augmented_on_the_device_validation_batches_are_not():
-    dm, seen = Digits(batch_size=32, augment=[{"name": "rotation", "degrees": 30}, "hflip"]), _Inputs()
+    dm, seen = Digits(batch_size=32, augment=[{"name": "rotation", "degrees": 30}, "hflip"]), BatchesSeen(part=0)
     _fit(_classifier(num_classes=10), dm, seen)
     train, val = dm.train_set.tensors[0], dm.val_set.tensors[0][:64]
     assert len(seen.train) == 2 and all(x.shape == (32, 1, 8, 8) for x in seen.train)
