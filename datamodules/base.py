@@ -230,8 +230,7 @@ class ZooDataModule(LightningDataModule):
         would then run epochs of no step and call the run a success."""
         if not self.drop_last:
             return
-        world = self.trainer.world_size if self.trainer is not None else 1
-        per_process = math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]  (DistributedSampler pads)
+        world, per_process = self._training_share()
         if self.batch_size > per_process:
             share = f"{per_process} per process ({world} processes)" if world > 1 else str(per_process)
             raise DataError(
@@ -239,6 +238,12 @@ class ZooDataModule(LightningDataModule):
                 f"({share} samples), and data.drop_last=true drops that only, partial batch: no epoch would have a "
                 f"training step. Set data.batch_size to at most {per_process}, or data.drop_last=false"
             )
+
+    def _training_share(self) -> tuple[int, int]:
+        """The number of processes, and the training samples each one reads an epoch (DistributedSampler pads
+        the split to a multiple of the processes)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return world, math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]
 
     def _batch_mix(self) -> BatchMix:
         """MixUp / CutMix for this data and task; a ConfigError where labels cannot become class probabilities."""
@@ -297,8 +302,7 @@ class ZooDataModule(LightningDataModule):
         (PyTorch stops mid-epoch: "Expected more than 1 value per channel"); such a batch is dropped."""
         if self.train_set is None:
             return False  # _loader names the missing setup()
-        world = self.trainer.world_size if self.trainer is not None else 1
-        per_process = math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]
+        per_process = self._training_share()[1]
         if per_process % self.batch_size != 1 or per_process == 1:
             return False
         rank_zero_info(

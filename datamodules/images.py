@@ -97,21 +97,23 @@ class Digits(ZooDataModule):
         mean, std = fit_standardizer(x[train], dim=(0, 2, 3))
         self.stats = {"mean": float(mean), "std": float(std)}  # kept in checkpoints, for new images
         augment = self.image_augment
-        per_sample = self._augmented(x[train], y[train]) if augment is not None and augment.per_sample else None
         # (16 p - mean) / std, for p = pixel / 16 in [0, 1]: the normalisation as the augmentations see it
         pixels_mean, pixels_std = [self.stats["mean"] / 16.0], [self.stats["std"] / 16.0]
+        per_sample = None
+        if augment is not None and augment.per_sample:
+            per_sample = self._augmented(x[train], y[train], pixels_mean, pixels_std)
         self.batch_augment = augment.batched(pixels_mean, pixels_std) if augment is not None else None
         x = (x - mean) / std
         train_set, val_set, test_set = (BatchedTensorDataset(x[i], y[i]) for i in (train, val, test))
         return per_sample or train_set, val_set, test_set
 
-    def _augmented(self, x: torch.Tensor, y: torch.Tensor) -> Dataset:
+    def _augmented(self, x: torch.Tensor, y: torch.Tensor, mean: list[float], std: list[float]) -> Dataset:
         """Training images augmented on read, by the augmentations that run per sample: pixels scaled from 0-16
-        to [0, 1] (the range torchvision's colour operations assume), augmented, then standardised with the
-        same statistics as the other splits."""
+        to [0, 1] (the range torchvision's colour operations assume), augmented, then standardised by ``mean``
+        and ``std`` in those units (the other splits' statistics)."""
         from torchvision.transforms import v2
 
-        normalise = v2.Normalize([self.stats["mean"] / 16.0], [self.stats["std"] / 16.0])
+        normalise = v2.Normalize(mean, std)
         return Augmented(TensorDataset(x / 16.0, y), self.image_augment.around(normalise))  # type: ignore[union-attr]
 
     def state_dict(self) -> dict[str, Any]:
