@@ -23,8 +23,13 @@ from zoo.errors import ConfigError
 CONFIG_KEY = "zoo_config"  # the resolved CLI config, as YAML text
 
 
-def read_checkpoint(path: str) -> dict[str, Any]:
+def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
     """The checkpoint's contents, loaded without running any pickled code.
+
+    Args:
+        path: the checkpoint file.
+        mmap: map the file instead of reading it: tensors are read only when touched, so asking a large
+            checkpoint for its hyperparameters or run id costs almost nothing.
 
     Raises:
         ConfigError: the file is missing, truncated or corrupt, holds code (a pickle payload or a class
@@ -33,7 +38,7 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path}: no such file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001  (every failure of the safe loader means the same to a user)
         said = " ".join(str(err).split())
         if "weights_only" in said.lower() or "unsupported global" in said.lower():

@@ -118,7 +118,7 @@ class ZooCLI(LightningCLI):
         from zoo.checkpoints import read_checkpoint, task_class
 
         try:
-            hparams = dict(read_checkpoint(str(path)).get("hyper_parameters") or {})
+            hparams = dict(read_checkpoint(str(path), mmap=True).get("hyper_parameters") or {})
             if "_class_path" in hparams:
                 task_class({"hyper_parameters": hparams}, str(path))
         except ZooError as err:

@@ -115,13 +115,13 @@ def store_run_id(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
 
 def stored_run_id(ckpt_path: str) -> Optional[str]:
     """The W&B run id a checkpoint stores, or None (no such file, not readable, or no W&B run)."""
-    import torch
+    from zoo.checkpoints import read_checkpoint
+    from zoo.errors import ZooError
 
     try:  # memory-mapped: a large checkpoint's tensors are not read just for this string
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001  (Lightning reports a bad checkpoint itself, when it loads it)
+        run_id = read_checkpoint(ckpt_path, mmap=True).get(RUN_ID_KEY)
+    except ZooError:  # the checkpoint's own load reports it
         return None
-    run_id = ckpt.get(RUN_ID_KEY) if isinstance(ckpt, dict) else None
     return run_id if isinstance(run_id, str) and run_id else None
 
 
