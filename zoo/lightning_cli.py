@@ -191,9 +191,10 @@ class ZooCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         if trainer_config.get("enable_model_summary", True) is not False and not _has(user, ModelSummary):
             callbacks.append(RichModelSummary(max_depth=1))
-        if trainer_config.get("logger") not in (None, False) and not _has(user, LearningRateMonitor):
+        logged = trainer_config.get("logger") not in (None, False)
+        if logged and not _has(user, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-        if trainer_config.get("logger") not in (None, False) and not _has(user, GradNormMonitor):
+        if logged and not _has(user, GradNormMonitor):
             callbacks.append(GradNormMonitor())
         if trainer_config.get("limit_val_batches") == 0:
             callbacks = _without_validation(callbacks)
@@ -201,7 +202,7 @@ class ZooCLI(LightningCLI):
             callbacks.append(StopOnNonFiniteLoss())
         # The run's pictures by default where there is a run folder (a logger), unless turned off or the user's own.
         wants_pictures = self._get(self.config_init, "pictures", True) is not False
-        if wants_pictures and trainer_config.get("logger") not in (None, False) and not _has(user, RunPictures):
+        if wants_pictures and logged and not _has(user, RunPictures):
             callbacks.append(RunPictures())
         _check_precision(trainer_config)
         plugins = trainer_config.get("plugins") or []
@@ -243,7 +244,6 @@ class ZooCLI(LightningCLI):
         print(f"{summary}\nmetrics written to {path}")
 
 
-
 class ZooSaveConfig(SaveConfigCallback):
     """Saves the resolved config into the run's own folder and hands it to every logger that takes it."""
 
@@ -264,17 +264,21 @@ class ZooSaveConfig(SaveConfigCallback):
         for logger in trainer.loggers:
             log_config = getattr(logger, "log_resolved_config", None)
             if callable(log_config):
-                log_config(self.parser.dump(self.config, skip_none=False, format="yaml"))
+                log_config(self._yaml())
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         # Every checkpoint carries its resolved config: `zoo predict / export / report` need only its path.
         from zoo.checkpoints import CONFIG_KEY
         from zoo.loggers import store_run_id
 
-        if getattr(self, "_config_yaml", None) is None:  # dumping costs ~60 ms: once per run, not per checkpoint
-            self._config_yaml = self.parser.dump(self.config, skip_none=False, format="yaml")
-        checkpoint[CONFIG_KEY] = self._config_yaml
+        checkpoint[CONFIG_KEY] = self._yaml()
         store_run_id(trainer, checkpoint)  # so `zoo fit --ckpt_path` continues the same W&B run
+
+    def _yaml(self) -> str:
+        """The resolved config as YAML, dumped once per run (~60 ms), for the loggers and every checkpoint."""
+        if getattr(self, "_config_yaml", None) is None:
+            self._config_yaml = self.parser.dump(self.config, skip_none=False, format="yaml")
+        return self._config_yaml
 
 
 def run_folder(trainer: Trainer) -> str:
