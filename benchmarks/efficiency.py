@@ -16,8 +16,8 @@ both memory formats, against the same peak. It bounds what any loop can reach on
 
 Options, measured on the zoo side: the memory format (the default, ``auto``, trains convolutional image models
 in ``channels_last``; ``contiguous`` is the other choice) and bf16 autocast (``Trainer(precision="bf16-mixed")``;
-only where the CPU computes bf16 natively), each as a speed-up over the zoo's fp32 default. The zoo's default must not be slower than plain fp32 (zoo / plain >= 0.95, the parity
-tolerance).
+only where the CPU computes bf16 natively), each as a speed-up over the zoo's fp32 default. The zoo's default
+must not be slower than plain fp32 (zoo / plain >= 0.95, the parity tolerance).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.common import Figure, Stopwatch, best, bf16_native, interleave, ratio, set_threads, single
-from benchmarks.parity import CNN_RECIPE, RESNET_BATCH, RESNET_RECIPE, cifar_shaped, digits_data, training_loop
-from benchmarks.twins import fit_plain, fit_zoo, loader, plain_twin, recipe, zoo_classifier, zoo_trainer
+from benchmarks.parity import CNN_RECIPE, RESNET_BATCH, RESNET_RECIPE, cifar_shaped, digits_data, plain_side, zoo_side
+from benchmarks.twins import plain_twin, recipe
 
 NAME = "efficiency"
 THREADS = 2
@@ -110,22 +110,12 @@ def ceiling(spec: dict[str, Any], shape: tuple[int, ...], classes: int, batches:
 def variants(spec: dict[str, Any], data: Any, shape: tuple[int, ...], classes: int, batch: int, epochs: int,
              options: bool) -> dict[str, Callable[[], dict[str, Any]]]:  # fmt: skip
     """The sides to interleave: plain fp32, the zoo's default, and the zoo with each option."""
+    args = (spec, data, shape, classes, batch, epochs)
 
     def zoo(memory_format: str = "auto", precision: str = "32-true") -> Callable[[], dict[str, Any]]:
-        def side() -> dict[str, Any]:
-            torch.manual_seed(0)
-            task = zoo_classifier(spec, shape, classes, memory_format=memory_format)
-            trainer = zoo_trainer(max_epochs=epochs, precision=precision)
-            return training_loop(fit_zoo(task, trainer, loader(data, batch, True, 0)))
+        return zoo_side(*args, precision=precision, memory_format=memory_format)
 
-        return side
-
-    def plain() -> dict[str, Any]:
-        torch.manual_seed(0)
-        net, optimizer, loss_fn = plain_twin(spec, shape, classes)
-        return fit_plain(net, optimizer, loader(data, batch, True, 0), epochs, loss_fn=loss_fn)
-
-    sides = {"plain fp32": plain, "zoo fp32": zoo()}
+    sides = {"plain fp32": plain_side(*args), "zoo fp32": zoo()}
     if options:
         sides["zoo contiguous"] = zoo(memory_format="contiguous")
         if bf16_native():

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from statistics import mean
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -219,22 +219,38 @@ def training_loop(result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "seconds": result["loop_seconds"], "fit_seconds": result["seconds"]}
 
 
-def throughput(name: str, spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], num_classes: int,
-               batch_size: int, epochs: int, repeats: int, warmup: bool = True) -> list[Figure]:  # fmt: skip
-    """Training samples per second in the training loop, zoo (bare Trainer) against plain, interleaved; best run
-    of each. The zoo's one-off ``fit`` set-up (~10 ms) is reported beside it, not counted."""
+def zoo_side(spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
+             epochs: int, precision: str = "32-true", **task: Any) -> Callable[[], dict[str, Any]]:  # fmt: skip
+    """One timed run of a recipe's Classifier under the bare Trainer (other task arguments in ``task``)."""
 
-    def zoo() -> dict[str, Any]:
+    def side() -> dict[str, Any]:
         torch.manual_seed(0)
-        task = zoo_classifier(spec, input_shape, num_classes)
-        result = fit_zoo(task, zoo_trainer(max_epochs=epochs), loader(data, batch_size, True, 0))
-        return {**training_loop(result), "channels_last": task.channels_last}
+        model = zoo_classifier(spec, input_shape, num_classes, **task)
+        trainer = zoo_trainer(max_epochs=epochs, precision=precision)
+        result = fit_zoo(model, trainer, loader(data, batch_size, True, 0))
+        return {**training_loop(result), "channels_last": model.channels_last}
 
-    def plain() -> dict[str, Any]:
+    return side
+
+
+def plain_side(spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], num_classes: int,
+               batch_size: int, epochs: int) -> Callable[[], dict[str, Any]]:  # fmt: skip
+    """One timed run of the recipe's plain twin, on the same data in the same order."""
+
+    def side() -> dict[str, Any]:
         torch.manual_seed(0)
         net, optimizer, loss_fn = plain_twin(spec, input_shape, num_classes)
         return fit_plain(net, optimizer, loader(data, batch_size, True, 0), epochs, loss_fn=loss_fn)
 
+    return side
+
+
+def throughput(name: str, spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], num_classes: int,
+               batch_size: int, epochs: int, repeats: int, warmup: bool = True) -> list[Figure]:  # fmt: skip
+    """Training samples per second in the training loop, zoo (bare Trainer) against plain, interleaved; best run
+    of each. The zoo's one-off ``fit`` set-up (~10 ms) is reported beside it, not counted."""
+    args = (spec, data, input_shape, num_classes, batch_size, epochs)
+    zoo, plain = zoo_side(*args), plain_side(*args)
     runs = interleave({"zoo": zoo, "plain": plain}, repeats=repeats, threads=THREADS, warmup=warmup)
     z, p = best(runs["zoo"]), best(runs["plain"])
     samples = epochs * len(data)  # type: ignore[arg-type]
