@@ -74,9 +74,12 @@ def _show_zoo_logs() -> None:
     """The zoo's own INFO messages (weights loaded, heads re-initialised, ...) on stderr, once."""
     import logging
 
+    class CurrentStderr(logging.StreamHandler):  # the stderr of now, not of the first call (tests, notebooks)
+        stream = property(lambda self: sys.stderr, lambda self, value: None)
+
     zoo_logger = logging.getLogger("zoo")
     if not zoo_logger.handlers:
-        handler = logging.StreamHandler()
+        handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("zoo: %(message)s"))
         zoo_logger.addHandler(handler)
         zoo_logger.setLevel(logging.INFO)

@@ -4,8 +4,10 @@ every checkpoint finite."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -111,6 +113,74 @@ def test_nan_loss_stops_at_once_naming_the_step_and_every_checkpoint_stays_finit
             if tensor.is_floating_point():
                 assert torch.isfinite(tensor).all(), f"{path.name}: {name}"
     assert read_checkpoint(str(workdir / CKPTS.format(0) / "last.ckpt"))["global_step"] == 3
+
+
+def _all_finite(folder: Path) -> None:
+    for path in folder.iterdir():
+        for name, tensor in read_checkpoint(str(path))["state_dict"].items():
+            if tensor.is_floating_point():
+                assert torch.isfinite(tensor).all(), f"{path.name}: {name}"
+
+
+def test_a_finite_loss_whose_update_makes_weights_non_finite_stops_naming_the_step(workdir: Path):
+    huge = ["--config", "configs/experiments/digits_mlp.yaml", *TINY, "--trainer.max_epochs=20",
+            "--trainer.limit_train_batches=1", "--model.init_args.optimizer.init_args.lr=1e6"]  # fmt: skip
+    result = run_zoo("fit", *huge, cwd=workdir)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "tensor(s) non-finite" in result.stderr and "Traceback" not in result.stderr
+    assert re.search(r"the optimizer step to step \d+ \(epoch \d+\)", result.stderr)
+    _all_finite(workdir / CKPTS.format(0))
+
+
+def test_an_overflowing_hyperparameter_stops_with_a_message(workdir: Path):
+    result = run_zoo("fit", *RUN, "--model.init_args.optimizer.init_args.lr=1e300", cwd=workdir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "the optimizer step at epoch 0, step 0 overflowed" in result.stderr
+
+
+def test_a_non_finite_val_loss_stops_before_that_validations_checkpoints(workdir: Path):
+    result = run_zoo("fit", *RUN, *probe("PoisonBatch", epoch=1, batch=0, stage="val"), cwd=workdir)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "zoo: error: val/loss is nan after epoch 1, step 6" in result.stderr
+    assert read_checkpoint(str(workdir / CKPTS.format(0) / "last.ckpt"))["global_step"] == 3  # epoch 0's
+    _all_finite(workdir / CKPTS.format(0))
+
+
+def test_no_checkpoint_is_written_with_non_finite_weights():
+    from types import SimpleNamespace
+
+    from zoo.callbacks.checkpointing import ZooCheckpoint
+    from zoo.errors import TrainingError
+
+    module = torch.nn.BatchNorm1d(3)
+    ZooCheckpoint().on_save_checkpoint(SimpleNamespace(), module, {})  # finite: written (no error)
+    module.running_var[1] = float("inf")  # a buffer, as batch norm's statistics go first
+    with pytest.raises(TrainingError, match=r"1 tensor\(s\) of the model are non-finite, e.g. running_var"):
+        ZooCheckpoint().on_save_checkpoint(SimpleNamespace(current_epoch=2, global_step=7), module, {})
+
+
+@pytest.mark.parametrize(
+    "how", [["--data.init_args.val_split=0"], ["--trainer.max_steps=2"]], ids=["no_validation_split", "stops_before_it"]
+)
+def test_no_validation_metric_yet_trains_on_with_one_message(workdir: Path, capsys, how):
+    from cli import main
+
+    main(["fit", "--config", "configs/experiments/digits_mlp.yaml", *TINY, "--trainer.max_epochs=2", *how])
+    err = capsys.readouterr().err
+    assert err.count("no val/loss yet") == 1 and "early stopping waits for it" in err
+    assert "testing the last weights" in err
+    run = workdir / "runs/digits_mlp/version_0"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert set(json.loads((run / "test_metrics.json").read_text())) == {"test/acc", "test/f1", "test/loss"}
+
+
+def test_a_mistyped_early_stopping_monitor_is_still_refused(workdir: Path, capsys):
+    from cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/experiments/digits_mlp.yaml", *TINY, "--early_stopping.monitor=val/los"])
+    assert exit_info.value.code == 2
+    assert "early_stopping.monitor='val/los' is not a logged metric; the run logs val/acc" in capsys.readouterr().err
 
 
 # --- checkpoint files: whole or absent ------------------------------------------------------------------

@@ -1,16 +1,21 @@
 """Reading what `zoo fit` wrote (a checkpoint's task, its resolved config and its data facts), and writing
 checkpoints so that a kill at any moment leaves the newest one loadable.
 
-Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain Python values only, so a
-tampered file cannot run code. A zoo checkpoint carries everything needed to use the model again (the
-task's hyperparameters, the resolved config under ``zoo_config``, the datamodule's state such as class
-names), so `zoo predict`, `zoo export` and `zoo report` need only its path.
+A checkpoint is data. It is read with ``torch.load(weights_only=True)`` (tensors and plain Python values only),
+its stored config with ``yaml.safe_load``, and every class it names anywhere (a ``class_path``, nested values
+included, or an import path where a callable is expected) must be on :data:`TRUSTED`, checked before anything
+is built. ``trust_remote_code`` is never taken from a checkpoint. A zoo checkpoint carries everything needed to
+use the model again (the task's hyperparameters, the resolved config under ``zoo_config``, the datamodule's
+state such as class names), so `zoo predict`, `zoo export` and `zoo report` need only its path.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,13 +23,32 @@ import torch
 import yaml
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ZooError
+
+log = logging.getLogger(__name__)
 
 CONFIG_KEY = "zoo_config"  # the resolved CLI config, as YAML text
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format: a zip archive
+# The classes (and callables) a checkpoint may name: the zoo's own, torch's optimizers and schedulers, and the two
+# Lightning names LightningCLI itself stores. Rebuilding a model or its data from a checkpoint builds nothing else.
+TRUSTED_MODULES = ("zoo", "datamodules", "torch.optim")  # with their submodules
+TRUSTED = frozenset({"lightning.pytorch.cli.ReduceLROnPlateau", "lightning.pytorch.cli.instantiate_module"})
+# Keys that hold a class path in what LightningCLI stores: a config's ``class_path``, a task's ``_class_path``
+# and the ``_instantiator`` Lightning's ``load_from_checkpoint`` would call.
+CLASS_KEYS = ("class_path", "_class_path", "_instantiator")
+REMOTE_CODE_KEY = "trust_remote_code"
+
+
+def trusted(path: Any) -> bool:
+    """Whether a checkpoint may name ``path`` (a dotted class or function path)."""
+    if not isinstance(path, str):
+        return False
+    return path in TRUSTED or any(path.startswith(f"{module}.") for module in TRUSTED_MODULES)
 
 
 def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint's contents, loaded without running any pickled code.
+    """The checkpoint's contents, checked to be data: loaded without running any pickled code, every class it
+    names trusted (:func:`check_is_data`), any ``trust_remote_code`` in it turned off.
 
     Args:
         path: the checkpoint file.
@@ -32,11 +56,17 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
             checkpoint for its hyperparameters or run id costs almost nothing.
 
     Raises:
-        ConfigError: the file is missing, truncated or corrupt, holds code (a pickle payload or a class
-            the safe loader refuses), or is not a Lightning checkpoint.
+        ConfigError: the file is missing, not a checkpoint, truncated or corrupt, holds code (a pickle payload,
+            a class the safe loader refuses, a YAML tag, a class path outside :data:`TRUSTED`), or is not a
+            Lightning checkpoint.
     """
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if head != ZIP_MAGIC:
+        raise ConfigError(f"{path}: not a zoo checkpoint ({os.path.getsize(path)} bytes, not a file torch.save "
+                          "wrote); use a .ckpt file that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/")  # fmt: skip
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001  (every failure of the safe loader means the same to a user)
@@ -49,8 +79,111 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {path}: cannot read it ({type(err).__name__}: {said[:200]}); it may be "
                           "truncated or corrupt") from None  # fmt: skip
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"checkpoint {path}: not a Lightning checkpoint (no state_dict)")
+        raise ConfigError(f"{path}: not a zoo checkpoint (no state_dict); use a .ckpt file that `zoo fit` wrote")
+    check_is_data(ckpt, path)
     return ckpt
+
+
+def check_is_data(ckpt: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint that names a class or callable outside :data:`TRUSTED` anywhere: its hyperparameters,
+    its stored config's model and data, callback and datamodule states, nested dicts and lists. Turn off (with
+    a warning) every ``trust_remote_code`` it stores: only the user's own config or command line may set it.
+
+    The stored config's ``trainer`` section is a record of the run that no command rebuilds, so the user's own
+    callbacks there do not make their checkpoint unusable.
+    """
+    for key, value in ckpt.items():
+        if key in ("state_dict", "optimizer_states"):
+            continue  # tensors and optimizer numbers: the safe loader lets nothing else through
+        if key == CONFIG_KEY:
+            config = _stored_config(value, path)
+            _check_tree({k: v for k, v in config.items() if k != "trainer"}, CONFIG_KEY, path)
+            continue
+        _check_tree(value, key, path)
+    for where in distrust_remote_code(ckpt.get("hyper_parameters"), "hyper_parameters"):
+        log.warning("%s stores %s: true; a checkpoint cannot allow remote code, so it is off. Set it in your own "
+                    "config or command line if you trust that code", path, where)  # fmt: skip
+
+
+def _stored_config(text: Any, path: str) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise ConfigError(f"{path}: its stored config ({CONFIG_KEY}) is not YAML text; not a zoo checkpoint")
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # a !!python/... tag is refused by safe_load: nothing was built
+        said = " ".join(str(err).split())
+        raise ConfigError(f"{path}: refused, its stored config ({CONFIG_KEY}) is not plain YAML ({said[:160]}); "
+                          "a zoo checkpoint's config holds no tags. Only load checkpoints you trust") from None  # fmt: skip
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: its stored config ({CONFIG_KEY}) is not a mapping; not a zoo checkpoint")
+    return config
+
+
+def _check_tree(value: Any, where: str, path: str, owner: Optional[type] = None) -> None:
+    """Walk ``value``: every class path under :data:`CLASS_KEYS` must be trusted, and so must every string given
+    where a class expects a callable or a class, which jsonargparse would import. ``owner`` is the class whose
+    arguments ``value`` holds (``init_args``); a task's hyperparameters name theirs under ``_class_path``."""
+    if isinstance(value, Mapping):
+        for key in CLASS_KEYS:
+            if key in value and not trusted(value[key]):
+                _refuse(f"{where}.{key}", value[key], path)
+        cls = _import_trusted(value["class_path"]) if "class_path" in value else None
+        if "_class_path" in value:
+            owner = _import_trusted(value["_class_path"])
+        imports = _imported_arguments(owner)
+        for key, item in value.items():
+            if key in imports:
+                for name in item if isinstance(item, (list, tuple)) else [item]:
+                    if isinstance(name, str) and not trusted(name):
+                        _refuse(f"{where}.{key}", name, path)
+            _check_tree(item, f"{where}.{key}", path, cls if key in ("init_args", "dict_kwargs") else None)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_tree(item, f"{where}[{index}]", path)
+
+
+def _refuse(where: str, name: Any, path: str) -> None:
+    raise ConfigError(
+        f"{path}: refused, {where} names {name!r}, which a checkpoint may not build (a checkpoint is data: it may "
+        f"name only the zoo's classes, torch.optim and its schedulers). Only use checkpoints that `zoo fit` wrote"
+    )
+
+
+def _import_trusted(name: Any) -> Optional[type]:
+    """The trusted class ``name`` names, to read its signature (importing a trusted module runs no stranger's code)."""
+    module, _, attr = str(name).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attr, None)
+    except ImportError:
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _imported_arguments(cls: Optional[type]) -> set[str]:
+    """The arguments of ``cls`` typed as a callable or a class: jsonargparse imports a string given there."""
+    if cls is None:
+        return set()
+    try:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in parameters if any(t in str(p.annotation) for t in ("Callable", "type[", "Type["))}
+
+
+def distrust_remote_code(tree: Any, where: str) -> list[str]:
+    """Set every true ``trust_remote_code`` in ``tree`` to False, in place; returns where each one was."""
+    found = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == REMOTE_CODE_KEY and value:
+                tree[key] = False
+                found.append(f"{where}.{key}")
+            else:
+                found += distrust_remote_code(value, f"{where}.{key}")
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            found += distrust_remote_code(value, f"{where}[{index}]")
+    return found
 
 
 def _zoo_class(class_path: Any, package: str, base: type, path: str, what: str) -> type:
@@ -114,7 +247,12 @@ def load_datamodule(ckpt: dict[str, Any], path: str, instead: str) -> Any:
         raise ConfigError(f"{path} has no resolved config to rebuild its data from (it was written before "
                           f"checkpoints carried one, or not by `zoo fit`); {instead}")  # fmt: skip
     cls = _zoo_class(data["class_path"], "datamodules", ZooDataModule, path, "datamodule")
-    datamodule = cls(**(data.get("init_args") or {}))
+    try:
+        datamodule = cls(**(data.get("init_args") or {}))
+    except ZooError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot rebuild its data {data['class_path']}: {err}") from None
     datamodule.load_state_dict(datamodule_state(ckpt))
     return datamodule
 
@@ -122,7 +260,11 @@ def load_datamodule(ckpt: dict[str, Any], path: str, instead: str) -> Any:
 def run_config(ckpt: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The resolved CLI config the checkpoint was trained with (None for checkpoints written before it was saved)."""
     text = ckpt.get(CONFIG_KEY)
-    return yaml.safe_load(text) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        return None
+    config = yaml.safe_load(text)  # read_checkpoint refused anything but plain YAML
+    distrust_remote_code(config, CONFIG_KEY)
+    return config
 
 
 def datamodule_state(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -140,13 +282,68 @@ def class_names(ckpt: dict[str, Any]) -> Optional[list[str]]:
     return [str(n) for n in names] if names else None
 
 
+def newest_checkpoint(folders: list[Path]) -> Optional[Path]:
+    """The checkpoint to resume from: the newest ``last*.ckpt`` in ``folders``, or where a run has none (killed
+    before it wrote one), its newest ``best-*.ckpt``. Files are written whole (:class:`AtomicCheckpointIO`), and a
+    killed write's ``.partial`` file is never a candidate."""
+    found = []
+    for folder in folders:
+        last = [p for p in folder.glob("last*.ckpt") if p.is_file()]
+        found += last or [p for p in folder.glob("best*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def check_same_experiment(ckpt: dict[str, Any], path: str, config: dict[str, Any]) -> None:
+    """Refuse to resume a fit from a checkpoint of another experiment: its task, backbone or data class differs
+    from the config's."""
+    stored = {
+        "task": (ckpt.get("hyper_parameters") or {}).get("_class_path"),
+        "backbone": (ckpt.get("hyper_parameters") or {}).get("backbone"),
+        "data": ((run_config(ckpt) or {}).get("data") or {}).get("class_path"),
+    }
+    model, data = config.get("model") or {}, config.get("data") or {}
+    asked = {"task": model.get("class_path"), "backbone": (model.get("init_args") or {}).get("backbone"),
+             "data": data.get("class_path")}  # fmt: skip
+    differ = [key for key in stored if stored[key] and asked[key] and stored[key] != asked[key]]
+    if differ:
+        was = ", ".join(f"{key} {stored[key]}" for key in differ)
+        now = ", ".join(f"{key} {asked[key]}" for key in differ)
+        raise ConfigError(f"{path} is another experiment's checkpoint: it was trained with {was}, this config has "
+                          f"{now}. Resume with the config it was trained with, or drop --ckpt_path to train this one "
+                          "from scratch (model.backbone: zoo/<checkpoint> starts from its trained backbone)")  # fmt: skip
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove what killed checkpoint writes left under ``folder`` (``.<name>.partial-<pid>`` files whose writer
+    is gone); a live writer's file (another run of the same tree) is kept. Returns the files removed."""
+    removed = []
+    for partial in folder.rglob(".*.partial-*") if folder.is_dir() else []:
+        pid = partial.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        partial.unlink(missing_ok=True)
+        removed.append(partial)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's
+        return True
+    return True
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint files written whole or not at all, and read without running code.
 
     A checkpoint is written to a hidden file beside its target, flushed to disk (fsync), then renamed over the
     target: a kill at any moment leaves either the previous file or the new one, never half of one (Lightning
     truncates the target and writes into it). A partial file left by a killed writer is removed by the next
-    write of the same checkpoint. Reading goes through :func:`read_checkpoint` (``weights_only=True``).
+    checkpoint write in that folder, and when a fit of that experiment starts (:func:`remove_stale_partials`).
+    Reading goes through :func:`read_checkpoint` (``weights_only=True``).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
@@ -154,8 +351,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote storage (s3://, gs://): fsspec's own writer, as Lightning does
             return super().save_checkpoint(checkpoint, path, storage_options)
         target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f".{target.name}.partial-*"):
-            stale.unlink(missing_ok=True)
+        remove_stale_partials(target.parent)
         partial = target.parent / f".{target.name}.partial-{os.getpid()}"
         try:
             with open(partial, "wb") as f:

@@ -28,7 +28,7 @@ from datamodules.base import ZooDataModule
 from zoo.arguments import RawHelp, ZooArgumentParser
 from zoo.callbacks.checkpointing import ZooCheckpoint
 from zoo.callbacks.finetuning import FineTuning
-from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFiniteLoss
+from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite, ZooEarlyStopping
 from zoo.callbacks.pictures import RunPictures, run_dir_of
 from zoo.checkpoints import AtomicCheckpointIO
 from zoo.commands import DESCRIPTION
@@ -85,7 +85,7 @@ class ZooCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(FineTuning, "finetuning")
-        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(ZooEarlyStopping, "early_stopping")
         parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.patience": 10})
         parser.add_argument(
             "--test_after_fit",
@@ -103,32 +103,44 @@ class ZooCLI(LightningCLI):
 
     # --- instantiation ---------------------------------------------------------------------------
     def _parse_ckpt_path(self) -> None:
-        """Like LightningCLI's (the checkpoint's model hyperparameters enter the config), but the file is read
-        without running code, its task class must be a zoo task, and ``fit --ckpt_path last`` finds the newest
-        ``last.ckpt`` of this config's runs."""
+        """Like LightningCLI's (the checkpoint's model hyperparameters enter the config), but the file is read as
+        data (:func:`zoo.checkpoints.read_checkpoint`), ``--ckpt_path last`` is this config's own newest
+        checkpoint, a fit resumes only the experiment it was trained as, and ``trust_remote_code`` stays what
+        the user's own config says."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
-        config = self.config[subcommand]
-        if subcommand == "fit" and config.get("ckpt_path") == "last":
-            config["ckpt_path"] = resolve_last_checkpoint(config)
-        path = config.get("ckpt_path")
-        if not path or path in ("best", "last", "hpc") or "://" in str(path):
-            return
-        from zoo.checkpoints import read_checkpoint, task_class
+        from zoo.checkpoints import check_same_experiment, read_checkpoint, remove_stale_partials, task_class
 
+        config = self.config[subcommand]
+        if subcommand == "fit":
+            removed = [p for folder in checkpoint_folders(config)[0] for p in remove_stale_partials(folder)]
+            if removed:
+                print(f"removed {len(removed)} partial checkpoint file(s) that killed writes left, e.g. {removed[0]}",
+                      file=sys.stderr)  # fmt: skip
         try:
-            hparams = dict(read_checkpoint(str(path), mmap=True).get("hyper_parameters") or {})
+            if config.get("ckpt_path") == "last":
+                config["ckpt_path"] = resolve_last_checkpoint(config, fresh_if_none=subcommand == "fit")
+            path = config.get("ckpt_path")
+            if not path or path in ("best", "hpc") or "://" in str(path):
+                return
+            ckpt = read_checkpoint(str(path), mmap=True)
+            hparams = dict(ckpt.get("hyper_parameters") or {})
             if "_class_path" in hparams:
-                task_class({"hyper_parameters": hparams}, str(path))
+                task_class(ckpt, str(path))
+            if subcommand == "fit":
+                check_same_experiment(ckpt, str(path), _plain(config))
         except ZooError as err:
             self._parser(subcommand).error(str(err))
         hparams.pop("_instantiator", None)
         if not hparams:
             return
+        own = _get(config, "model.init_args.backbone_kwargs.trust_remote_code")
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        if own:  # the user's own word, which the checkpoint's stored (and refused) value must not replace
+            self.config[subcommand]["model"]["init_args"]["backbone_kwargs"]["trust_remote_code"] = own
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
@@ -198,8 +210,8 @@ class ZooCLI(LightningCLI):
             callbacks.append(GradNormMonitor())
         if trainer_config.get("limit_val_batches") == 0:
             callbacks = _without_validation(callbacks)
-        if not _has(user, StopOnNonFiniteLoss):
-            callbacks.append(StopOnNonFiniteLoss())
+        if not _has(user, StopOnNonFinite):
+            callbacks.append(StopOnNonFinite())
         # The run's pictures by default where there is a run folder (a logger), unless turned off or the user's own.
         wants_pictures = self._get(self.config_init, "pictures", True) is not False
         if wants_pictures and logged and not _has(user, RunPictures):
@@ -223,6 +235,9 @@ class ZooCLI(LightningCLI):
             return
         ckpt = self.trainer.checkpoint_callback
         ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
+        if ckpt_path is None and ckpt is not None and ckpt.monitor:
+            print(f"testing the last weights: no best checkpoint by {ckpt.monitor} (it was never logged)",
+                  file=sys.stderr)  # fmt: skip
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
         self._write_metrics("test")
 
@@ -338,25 +353,76 @@ def zoo_error_in(exc: BaseException) -> Optional[ZooError]:
     return None
 
 
-def resolve_last_checkpoint(config: Any) -> Optional[str]:
-    """``--ckpt_path last``: the newest ``last*.ckpt`` among the runs of this config's logger name (each run
+def resolve_last_checkpoint(config: Any, fresh_if_none: bool = True) -> Optional[str]:
+    """``--ckpt_path last``: the newest checkpoint of this config's own runs (:func:`checkpoint_folders`; each run
     writes into a new ``version_<n>``, so Lightning's own lookup, in the new run's folder, finds nothing).
-    None, with a note, when there is none yet: the same command starts a fresh run, then resumes it."""
-    trainer = config.get("trainer") or {}
-    dirpath = (config.get("checkpoint") or {}).get("dirpath")
-    logger = trainer.get("logger")
-    logger = logger[0] if isinstance(logger, list) and logger else logger
-    init_args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
-    root = Path(init_args.get("save_dir") or trainer.get("default_root_dir") or "runs")
-    name = init_args.get("name") or init_args.get("project")
-    search = Path(dirpath) if dirpath else (root / str(name) if name else root)
-    found = [p for p in search.glob("**/last*.ckpt") if p.is_file()] if search.is_dir() else []
-    if not found:
-        print(f"--ckpt_path last: no last.ckpt under {search}/ yet, starting a fresh run", file=sys.stderr)
+
+    Args:
+        fresh_if_none: with no checkpoint yet, return None with a note (a fit starts fresh, so the same command
+            serves a job that may be preempted); otherwise (evaluation) refuse.
+    """
+    from zoo.checkpoints import newest_checkpoint
+
+    folders, where = checkpoint_folders(config)
+    found = newest_checkpoint(folders)
+    if found is None:
+        if not fresh_if_none:
+            raise ConfigError(f"--ckpt_path last: this config's runs ({where}) hold no checkpoint; train it with "
+                              "`zoo fit` first, or give the checkpoint's path")  # fmt: skip
+        print(f"--ckpt_path last: no checkpoint of this config in {where} yet, starting a fresh run", file=sys.stderr)
         return None
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    print(f"resuming from {newest}", file=sys.stderr)
-    return str(newest)
+    print(f"resuming from {found}", file=sys.stderr)
+    return str(found)
+
+
+def checkpoint_folders(config: Any) -> tuple[list[Path], str]:
+    """The folders this config's runs write checkpoints into, and how to name them in a message:
+    ``checkpoint.dirpath``; else ``<save_dir>/<name>/version_*/checkpoints`` of its (first) logger, with the
+    logger's own default name where the config gives none (``lightning_logs``; W&B's project); else, with no
+    logger, ``<default_root_dir>/checkpoints``. Never another experiment's folder."""
+    dirpath = _get(config, "checkpoint.dirpath")
+    if dirpath:
+        return [Path(dirpath)], f"{dirpath}/"
+    root = _get(config, "trainer.default_root_dir") or "runs"
+    logger = _get(config, "trainer.logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    if logger is None or logger is False:
+        return [Path(root) / "checkpoints"], f"{root}/checkpoints/"
+    init_args = (logger.get("init_args") if hasattr(logger, "get") else None) or {}
+    name = init_args.get("name") or init_args.get("project")
+    if not name:
+        name = _default_name(logger.get("class_path")) if hasattr(logger, "get") else "lightning_logs"
+    experiment = Path(init_args.get("save_dir") or root) / str(name)
+    return sorted(experiment.glob("*/checkpoints")), f"{experiment}/*/checkpoints/"
+
+
+def _default_name(class_path: Any) -> str:
+    """A logger class's default experiment name: its ``name`` argument's default, else its ``project``'s."""
+    import importlib
+    import inspect
+
+    module, _, attr = str(class_path).rpartition(".")
+    try:
+        parameters = inspect.signature(getattr(importlib.import_module(module), attr)).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return "lightning_logs"
+    for key in ("name", "project"):
+        default = parameters[key].default if key in parameters else None
+        if isinstance(default, str) and default:
+            return default
+    return "lightning_logs"
+
+
+def _get(config: Any, dotted: str) -> Any:
+    """``config["a"]["b"]`` for ``"a.b"``, None where a level is missing (configs are dicts or Namespaces)."""
+    for key in dotted.split("."):
+        config = config.get(key) if hasattr(config, "get") else None
+    return config
+
+
+def _plain(config: Any) -> Any:
+    """A jsonargparse Namespace as nested dicts."""
+    return config.as_dict() if hasattr(config, "as_dict") else config
 
 
 def _without_validation(callbacks: list[Any]) -> list[Any]:

@@ -293,13 +293,11 @@ def read_zoo_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, torch.Tens
 
 @functools.lru_cache(maxsize=1)  # the registry entry, the backbone and its preprocessing read the same file
 def _read_zoo_checkpoint(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError(f"checkpoint {path}: cannot read it ({type(err).__name__}: {str(err)[:200]}); "
-                          "it may be truncated or corrupt") from None  # fmt: skip
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "backbone" not in hparams or not isinstance(ckpt.get("state_dict"), dict):
+    from zoo.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(path)  # data only: every class it names trusted, no remote code
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "backbone" not in hparams:
         raise ConfigError(f"checkpoint {path}: not a zoo checkpoint (no model hyper_parameters with a backbone); use "
                           "one that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/*.ckpt")  # fmt: skip
     state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}

@@ -1,14 +1,22 @@
-"""Callbacks that watch training: gradient norms, and a stop on a non-finite loss."""
+"""Callbacks that watch training: gradient norms, a stop on anything non-finite, and early stopping that waits
+for a validation metric instead of failing without one."""
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections import defaultdict
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping
+from torch import nn
 from torch.optim import Optimizer
 
-from zoo.errors import TrainingError
+from zoo.errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
 
 
 class GradNormMonitor(Callback):
@@ -49,12 +57,18 @@ class GradNormMonitor(Callback):
         pl_module.log_dict(values, on_step=True, on_epoch=False)
 
 
-class StopOnNonFiniteLoss(Callback):
-    """Stops training at the first NaN or infinite training loss, before its backward pass and update.
+class StopOnNonFinite(Callback):
+    """Stops training with exit code 1 at the first non-finite value, naming the epoch and step: a NaN or infinite
+    training loss (before its backward pass and update), weights that a step made non-finite, or a
+    non-finite ``val/loss``.
 
-    The weights in memory and every checkpoint on disk stay finite (Lightning would train on, and its next
-    ``last.ckpt`` would hold NaN weights). The message names the epoch, step and batch.
+    With the check in :class:`~zoo.callbacks.checkpointing.ZooCheckpoint` that refuses to write non-finite
+    weights, every checkpoint on disk stays finite (Lightning would train on, and its next ``last.ckpt`` would
+    hold NaN weights).
     """
+
+    HINT = ("Try a lower learning rate, gradient_clip_val, precision 32-true, or check the data for NaN / inf "
+            "values; resume from the last checkpoint with --ckpt_path last")  # fmt: skip
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
         if bool(torch.isfinite(loss)):
@@ -63,6 +77,78 @@ class StopOnNonFiniteLoss(Callback):
         raise TrainingError(
             f"the training loss is {loss.item()} at epoch {trainer.current_epoch}, step {trainer.global_step} "
             f"(batch {batch} of the epoch); training stopped before this step's update, so the weights and "
-            "checkpoints stay finite. Try a lower learning rate, gradient_clip_val, precision 32-true, or check "
-            "the data for NaN / inf values; resume from the last checkpoint with --ckpt_path last"
+            f"checkpoints stay finite. {self.HINT}"
         )
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        bad = non_finite_tensors(pl_module)
+        if bad:
+            raise TrainingError(
+                f"the optimizer step to step {trainer.global_step} (epoch {trainer.current_epoch}) made {len(bad)} "
+                f"tensor(s) non-finite, e.g. {', '.join(bad[:3])}, from a finite loss: the update is too "
+                f"large. Training stopped; no checkpoint holds these weights. {self.HINT}"
+            )
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is not None and not bool(torch.isfinite(loss)):
+            raise TrainingError(
+                f"val/loss is {float(loss)} after epoch {trainer.current_epoch}, step {trainer.global_step}, with "
+                f"finite weights: the model overflows on the validation data. Training stopped before this "
+                f"validation's checkpoints. {self.HINT}"
+            )
+
+
+def non_finite_tensors(module: nn.Module) -> list[str]:
+    """The names of ``module``'s floating-point parameters and buffers (batch norm's running statistics) that
+    hold a NaN or an infinity; one fused max-abs pass when all are finite, the common case."""
+    named = [(n, t) for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_floating_point()]
+    tensors = [t.detach() for _, t in named]
+    if not tensors or bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, norm_type=float("inf")))):
+        return []
+    return [name for name, t in named if not torch.isfinite(t).all()]
+
+
+class ZooEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping (every argument the same) that waits while no validation metric exists yet,
+    with one message, instead of stopping the run.
+
+    No validation split, no validation batches, a run stopped before its first validation (``max_steps``): each
+    leaves ``val/*`` unset, and training goes on (or ends) normally. A monitor that is missing while other
+    validation metrics exist is a mistyped name, refused with the names there are.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._monitor_logged(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._monitor_logged(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    def _monitor_logged(self, trainer: Trainer) -> bool:
+        metrics = trainer.callback_metrics
+        if self.monitor in metrics or trainer.sanity_checking:
+            return True
+        stage = self.monitor.partition("/")[0]
+        logged = sorted(k for k in metrics if k.startswith(f"{stage}/"))
+        if logged:
+            raise ConfigError(f"early_stopping.monitor={self.monitor!r} is not a logged metric; the run logs "
+                              f"{', '.join(logged)}")  # fmt: skip
+        no_validation_yet(trainer, self.monitor)
+        return False
+
+
+_TOLD: weakref.WeakSet = weakref.WeakSet()  # the trainers already told there is no validation metric
+
+
+def no_validation_yet(trainer: Trainer, monitor: str) -> None:
+    """Say once per run that ``monitor`` does not exist yet, and what the run does without it."""
+    if trainer in _TOLD:
+        return
+    _TOLD.add(trainer)
+    if trainer.is_global_zero:
+        log.warning("no %s yet (no validation data, no validation batches, or no validation run so far): early "
+                    "stopping waits for it, and the checkpoints keep the latest weights (last.ckpt)", monitor)  # fmt: skip

@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, TrainingError
 from zoo.registry import create_backbone
 
 STAGES = ("train", "val", "test")
@@ -275,7 +275,20 @@ class ZooTask(LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             # lightning.pytorch.cli.ReduceLROnPlateau takes `monitor` in its init_args; torch's follows the task.
             config["monitor"] = self._checked_monitor(getattr(scheduler, "monitor", None) or self.monitor)
+            config["strict"] = False  # like early stopping, it waits while there is no validation metric yet
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().optimizer_step(*args, **kwargs)
+        except RuntimeError as err:  # e.g. lr=1e300: a hyperparameter float32 cannot hold
+            if "overflow" not in str(err):
+                raise
+            raise TrainingError(
+                f"the optimizer step at epoch {self.current_epoch}, step {self.global_step} overflowed ({err}): a "
+                "hyperparameter is too large for the parameters' precision. Lower the learning rate "
+                "(model.optimizer.init_args.lr) or the other optimizer settings"
+            ) from None
 
     def _total_steps(self) -> int:
         steps = self.trainer.estimated_stepping_batches
