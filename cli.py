@@ -96,7 +96,7 @@ def main(args: Optional[list[str]] = None) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from zoo.errors import TrainingError
-    from zoo.lightning_cli import ZooCLI, peer_died, zoo_error_in
+    from zoo.lightning_cli import ZooCLI, end_distributed, peer_died, zoo_error_in
 
     try:
         if argv and argv[0] == "models":
@@ -116,6 +116,7 @@ def main(args: Optional[list[str]] = None) -> None:
             predict_files(argv[1:])
             return
         ZooCLI(args=args)
+        end_distributed()
     except SIGTERMException:
         # Lightning exits 0 on SIGTERM (#19916); a scheduler must see the job did not finish.
         sys.stderr.write("zoo: stopped by SIGTERM; last.ckpt holds the latest step, resume with --ckpt_path last\n")

@@ -49,3 +49,18 @@ def run_zoo(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
         [sys.executable, str(ROOT / "cli.py"), *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+# Under feature_loss every parameter of every backbone gets a gradient of at least ~4e-3 somewhere; float32
+# rounding noise is ~1e-7 of the values. A gradient below this floor is no evidence the parameter is reached.
+GRAD_FLOOR = 1e-4
+
+
+def feature_loss(features: torch.Tensor) -> torch.Tensor:
+    """A scalar every feature moves, for checking that gradients reach a backbone: a fixed random projection.
+
+    Not ``features.pow(2).mean()`` or ``.sum()``: after a final LayerNorm those are constant (up to the norm's
+    eps), so their gradients are rounding noise, ~1e-8 for the ViTs and the class-token transformer.
+    """
+    weights = torch.randn(features.shape, generator=torch.Generator().manual_seed(0), dtype=features.dtype)
+    return (features * weights.to(features.device)).sum()

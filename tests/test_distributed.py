@@ -192,6 +192,34 @@ def test_checkpoint_written_under_ddp_tests_in_one_process_with_the_same_metrics
     assert single["test/loss"] == pytest.approx(under_ddp["test/loss"], rel=1e-5)
 
 
+# What a finished run leaves behind: the gloo worker threads and the TCPStore server, at exit.
+AFTER_MAIN = """
+import os, sys
+import torch.distributed as dist
+from cli import main
+
+main(sys.argv[1:])
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("left after main:", dist.is_initialized(), sorted(n for n in names if "gloo" in n or "tcpstore" in n))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
+def test_a_finished_ddp_run_destroys_its_process_group_before_exit(workdir: Path):
+    # Lightning leaves a gloo group to interpreter shutdown, where its threads can abort the process (SIGABRT).
+    import os
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", AFTER_MAIN, "fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY,
+         "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=1"],
+        cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 1/1" in result.stderr  # a process group was set up (gloo, one process)
+    assert "left after main: False []" in result.stdout, result.stdout[-2000:]
+
+
 # --- the launchers ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_torchrun_launches_the_ddp_cpu_recipe(workdir: Path):

@@ -159,6 +159,48 @@ def test_testing_the_best_checkpoint_keeps_every_epoch_of_the_curves() -> None:
     assert resumed.history["val/loss"] == {0.0: 1.0, 1.0: 0.5}
 
 
+def _curves(fig) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """Every labelled line of a learning-curves figure: (panel title, label) -> (epochs, values)."""
+    return {
+        (ax.get_title(), line.get_label()): (list(map(float, line.get_xdata())), list(map(float, line.get_ydata())))
+        for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_")
+    }  # fmt: skip
+
+
+def test_end_of_fit_curves_are_the_ones_report_draws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import zoo.plots
+    from zoo.callbacks.pictures import RunPictures
+    from zoo.tasks import Classifier
+
+    drawn = []  # the figures behind learning_curves.png: the callback's at the end of fit, then the report's
+
+    def spy(*args, **kwargs):
+        drawn.append(plot_learning_curves(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(zoo.plots, "plot_learning_curves", spy)
+    torch.manual_seed(0)
+    model = Classifier(backbone="mlp", backbone_kwargs={"hidden_sizes": [8]}, input_shape=(6,), num_classes=3)
+    data = DataLoader(TensorDataset(torch.randn(48, 6), torch.randint(0, 3, (48,))), batch_size=8)
+    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=CSVLogger(tmp_path), callbacks=[RunPictures()],
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, data, data)
+    report([trainer.log_dir, "--output", str(tmp_path / "report"), "--plots", "learning_curves"])
+    fitted, reported = (_curves(fig) for fig in drawn)
+    # Training is logged after validation, at the epoch's very end: each epoch's values under their own epoch.
+    for key in [("loss", "train"), ("scores (higher is better)", "train/acc"), ("loss", "val")]:
+        assert fitted[key][0] == [0.0, 1.0], key
+    assert fitted.keys() == reported.keys()
+    for key, (epochs, values) in reported.items():
+        assert fitted[key][0] == epochs, key
+        assert fitted[key][1] == pytest.approx(values, rel=1e-6), key
+
+
 def test_report_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ZooError, match="no such folder"):
         report([str(tmp_path / "nowhere")])

@@ -5,6 +5,7 @@ The registry-wide interface tests in test_backbones.py cover ``vit_tiny`` and ``
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,15 +112,34 @@ def test_each_image_is_encoded_on_its_own():
     torch.testing.assert_close(changed[0], batch[0])
 
 
+def _patch_influence(encode, x: torch.Tensor, patch: int = 2) -> torch.Tensor:
+    """How far ``encode(x)`` moves when one ``patch`` x ``patch`` patch of ``x`` is shifted by 1: (H/patch, W/patch)."""
+    base = encode(x)
+    influence = torch.zeros(x.shape[-2] // patch, x.shape[-1] // patch)
+    for i, j in np.ndindex(*influence.shape):
+        moved = x.clone()
+        moved[..., i * patch : (i + 1) * patch, j * patch : (j + 1) * patch] += 1.0
+        influence[i, j] = (encode(moved) - base).abs().max()
+    return influence
+
+
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_features_see_every_patch_without_a_mask(pool):
     torch.manual_seed(0)
     model = ViTBackbone(**MICRO, pool=pool).eval()
-    x = torch.randn(1, 1, 8, 8, requires_grad=True)
-    model.forward_features(x).sum().backward()
-    # Gradient per 2x2 patch: (1, 1, 8, 8) -> (4, 4); every patch reaches the features through attention.
-    per_patch = x.grad.abs().reshape(4, 2, 4, 2).sum(dim=(1, 3))
-    assert (per_patch > 0).all(), per_patch
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        features = _patch_influence(model.forward_features, x)
+        # The class token has no pixels of its own: it hears of a patch through attention only, so a masked-out
+        # patch shows here even with mean pooling, where the patch's own token would still reach the mean.
+        class_token = _patch_influence(lambda t: model.forward_tokens(t)[:, 0], x)
+        keep = torch.ones_like(x)
+        keep[..., 2:4, 4:6] = 0  # the control: patch (1, 2) never reaches the model, and the measure says so
+        blind = _patch_influence(lambda t: model.forward_features(t * keep), x)
+    # A shifted patch moves them by 0.02-0.2 here, rounding noise by ~1e-7.
+    assert (features > 1e-3).all(), features
+    assert (class_token > 1e-3).all(), class_token
+    assert blind[1, 2] == 0 and (blind > 1e-3).sum() == 15, blind
 
 
 # --- errors a user sees -------------------------------------------------------------------------------

@@ -454,6 +454,19 @@ def _check_precision(trainer_config: dict[str, Any]) -> None:
         )
 
 
+def end_distributed() -> None:
+    """Destroys the process group a distributed run set up, while the interpreter is still whole.
+
+    Lightning destroys NCCL groups at exit but leaves gloo ones to interpreter shutdown, where gloo's worker
+    threads can still hold tensors whose release needs the GIL, and the process aborts (SIGABRT) after a
+    successful run. Called after a run that finished: destroying is local, so no peer is waited for.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def peer_died(exc: BaseException) -> bool:
     """Whether a distributed collective failed because another process is gone (killed, crashed, OOM)."""
     import torch.distributed as dist

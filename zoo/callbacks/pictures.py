@@ -64,8 +64,15 @@ class RunPictures(Callback):
         if batch_idx == 0:  # after every epoch-start hook (fine-tuning multipliers, schedulers) has run
             self._record_learning_rates(trainer)
 
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record_finished_training_epoch(trainer)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._record(trainer, ("train/", "finetune/"))
+        # Logged at this epoch's start (FineTuning): read before the next epoch's start logs the next value.
+        self._record(trainer, ("finetune/",))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record_finished_training_epoch(trainer)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -145,14 +152,24 @@ class RunPictures(Callback):
         self.history = defaultdict(dict, {k: dict(v) for k, v in (state_dict.get("history") or {}).items()})
 
     # --- helpers ---------------------------------------------------------------------------------
-    def _record(self, trainer: Trainer, prefixes: tuple[str, ...]) -> None:
-        epoch = float(trainer.current_epoch)
+    def _record(self, trainer: Trainer, prefixes: tuple[str, ...], epoch: Optional[int] = None) -> None:
+        epoch = float(trainer.current_epoch if epoch is None else epoch)
         for name, value in trainer.callback_metrics.items():
             if name.startswith(prefixes) and not name.endswith("_step"):
                 try:
                     self.history[name][epoch] = float(value)
                 except (TypeError, ValueError):  # a non-scalar someone logged; not a curve
                     continue
+
+    def _record_finished_training_epoch(self, trainer: Trainer) -> None:
+        """The training metrics of the epoch that just ended, under that epoch, as the loggers got them.
+
+        Lightning calls a callback's ``on_train_epoch_end`` before the task's, where the task logs its epoch
+        loss and metrics, and hands them to the loggers (``metrics.csv``) after both: the next epoch's start,
+        or the end of training, is the first hook that sees them. Read earlier, each epoch got the one before's.
+        """
+        if trainer.current_epoch > 0:  # counts finished epochs by now
+            self._record(trainer, ("train/",), epoch=trainer.current_epoch - 1)
 
     def _record_learning_rates(self, trainer: Trainer) -> None:
         """Each group's LR under the LearningRateMonitor's names (``lr-AdamW/head``), as `zoo report` reads them."""
