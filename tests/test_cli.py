@@ -12,6 +12,7 @@ import torch
 
 from cli import main
 from tests.conftest import ROOT, TINY, run_zoo
+from zoo.arguments import HELP_HINT
 
 DIGITS_CNN = ["--config", "configs/experiments/digits_cnn.yaml"]
 
@@ -103,6 +104,18 @@ def test_typo_in_yaml_file_names_key(workdir: Path, capsys: pytest.CaptureFixtur
 def test_typo_in_a_command_line_option_names_the_close_match(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     err = error_of(capsys, "fit", *DIGITS_CNN, "--trainer.max_epohcs=1")
     assert "unrecognized arguments: --trainer.max_epohcs=1" in err and "Did you mean --trainer.max_epochs " in err
+
+
+def test_only_errors_about_keys_point_to_help(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    # --help lists the keys and their types: it helps with a mistyped key, not with data or a backbone's name.
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--trainer.max_epohcs=1")
+    assert err.rstrip().endswith(HELP_HINT)
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--data.batch_size=many")
+    assert err.rstrip().endswith(HELP_HINT)
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--data.init_args.batch_size=0")  # a DataError
+    assert err.rstrip() == "zoo: error: data.batch_size=0 must be at least 1"
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--model.init_args.backbone=cnnn")  # a ConfigError
+    assert "unknown backbone 'cnnn'" in err and "--help" not in err
 
 
 def test_wrong_type_names_key(workdir: Path, capsys: pytest.CaptureFixture) -> None:
