@@ -20,6 +20,11 @@ LIGHTNING_COMMANDS = {
     "predict": "predictions for new files, from a checkpoint alone: zoo predict --ckpt_path X INPUT",
 }
 
+# Printed by Lightning on every run and saying nothing about it: an advertisement for its cloud logger (logged
+# at INFO level), and a FutureWarning from its own CombinedLoader, which builds torch's deprecated LeafSpec.
+LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
 # The names tests and scripts import from here; built on first use (they need Lightning).
 _LAZY = ("ZooCLI", "follow_backbone_preprocessing", "resolve_last_checkpoint", "run_folder")
 
@@ -70,6 +75,20 @@ def list_models(pattern: str = "*") -> None:
     print("Parameter counts are for each backbone's default input shape; the head is not included.")
 
 
+def _quiet_lightning() -> None:
+    """Without the two messages Lightning prints on every run (LITLOGGER_TIP, LEAFSPEC_WARNING), matched exactly,
+    so that every other message still shows."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_the_litlogger_tip)
+    warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+
+
+def _not_the_litlogger_tip(record: Any) -> bool:
+    return not record.getMessage().startswith(LITLOGGER_TIP)
+
+
 def _show_zoo_logs() -> None:
     """The zoo's own INFO messages (weights loaded, heads re-initialised, ...) on stderr, once."""
     import logging
@@ -90,6 +109,7 @@ def main(args: Optional[list[str]] = None) -> None:
         print_help()
         return
     _show_zoo_logs()
+    _quiet_lightning()
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from zoo.errors import TrainingError

@@ -193,6 +193,16 @@ def test_help_lists_commands(tmp_path: Path) -> None:
         assert command in result.stdout
 
 
+def test_a_run_prints_no_lightning_tips_warnings_or_version_number(workdir: Path) -> None:
+    shown = ["--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=true"]
+    result = run_zoo("fit", "--config", "configs/experiments/digits_mlp.yaml", *TINY, *shown, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    said = result.stdout + result.stderr
+    assert "Trainable params" in said and "Epoch 0/0" in said  # the summary and the progress bar are there
+    for noise in ("litlogger", "Tip:", "already configured with model summary", "LeafSpec", "v_num"):
+        assert noise not in said
+
+
 def test_predict_returns_class_probabilities(workdir: Path) -> None:
     from cli import ZooCLI
 
