@@ -193,6 +193,49 @@ def test_help_lists_commands(tmp_path: Path) -> None:
         assert command in result.stdout
 
 
+def test_zoo_alone_prints_the_help_and_an_error(tmp_path: Path) -> None:
+    result = run_zoo(cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    help_text = run_zoo("--help", cwd=tmp_path).stdout
+    assert result.stderr.startswith(help_text)  # every command, the zoo's own too
+    assert "lr-find" in help_text and "export" in help_text
+    assert result.stderr.endswith("\nzoo: error: no command given; choose one above, e.g. zoo fit --config CONFIG\n")
+
+
+def _project_version() -> str:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_version_names_the_zoo_torch_and_lightning_without_importing_torch() -> None:
+    from importlib import metadata
+
+    script = "import sys, cli; cli.main(['--version']); print('torch imported:', 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"zoo {_project_version()}", f"torch {metadata.version('torch')}", f"lightning {metadata.version('lightning')}",
+        "torch imported: False",
+    ]
+    assert torch.__version__.startswith(metadata.version("torch"))
+
+
+def test_version_of_a_source_tree_that_is_not_installed(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from importlib import metadata
+
+    installed = metadata.version
+
+    def version(name: str) -> str:
+        if name == "zoo":
+            raise metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    zoo("--version")
+    assert capsys.readouterr().out.splitlines()[0] == f"zoo {_project_version()}"
+
+
 def test_a_run_prints_no_lightning_tips_warnings_or_version_number(workdir: Path) -> None:
     shown = ["--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=true"]
     result = run_zoo("fit", "--config", "configs/experiments/digits_mlp.yaml", *TINY, *shown, cwd=workdir)
