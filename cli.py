@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, TextIO
 
 from zoo.commands import COMMAND_MODULES, DESCRIPTION, EXTRA_COMMANDS
 
@@ -19,6 +20,11 @@ LIGHTNING_COMMANDS = {
     "test": "one evaluation pass over the test set: zoo test --config CONFIG --ckpt_path X",
     "predict": "predictions for new files, from a checkpoint alone: zoo predict --ckpt_path X INPUT",
 }
+
+# Printed by Lightning on every run and saying nothing about it: an advertisement for its cloud logger (logged
+# at INFO level), and a FutureWarning from its own CombinedLoader, which builds torch's deprecated LeafSpec.
+LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 # The names tests and scripts import from here; built on first use (they need Lightning).
 _LAZY = ("ZooCLI", "follow_backbone_preprocessing", "resolve_last_checkpoint", "run_folder")
@@ -32,16 +38,46 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'cli' has no attribute {name!r}")
 
 
-def print_help() -> None:
+def print_help(file: Optional[TextIO] = None) -> None:
     """The top-level help, without importing Lightning (`zoo COMMAND --help` shows a command's options)."""
+    file = file or sys.stdout
     commands = ",".join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])
-    print(f"usage: zoo [-h] {{{commands}}} ...\n\n{DESCRIPTION.split(chr(10) + chr(10) + 'Zoo commands')[0]}\n")
-    print("Lightning commands (zoo COMMAND --help lists every option, -c/--config reads YAML):")
+    print(f"usage: zoo [-h] [--version] {{{commands}}} ...\n", file=file)
+    print(f"{DESCRIPTION.split(chr(10) + chr(10) + 'Zoo commands')[0]}\n", file=file)
+    print("Lightning commands (zoo COMMAND --help lists every option, -c/--config reads YAML):", file=file)
     for name, text in LIGHTNING_COMMANDS.items():
-        print(f"  {name:9s}{text}")
-    print("\nZoo commands:")
+        print(f"  {name:9s}{text}", file=file)
+    print("\nZoo commands:", file=file)
     for name, text in EXTRA_COMMANDS.items():
-        print(f"  {name:9s}{text}")
+        print(f"  {name:9s}{text}", file=file)
+    print("\nzoo --version prints the versions of the zoo, torch and Lightning.", file=file)
+
+
+def versions() -> str:
+    """`zoo --version`: the zoo's version and those of torch and Lightning, read from the installed packages'
+    metadata (importing torch would take seconds)."""
+    from importlib import metadata
+
+    def installed(name: str) -> Optional[str]:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    zoo_version = installed("zoo") or _source_version() or "unknown"
+    return "\n".join(
+        [f"zoo {zoo_version}", *(f"{name} {installed(name) or 'not installed'}" for name in ("torch", "lightning"))]
+    )
+
+
+def _source_version() -> Optional[str]:
+    """The version in pyproject.toml beside this file, for a source tree that is not installed."""
+    try:
+        text = Path(__file__).with_name("pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def list_models(pattern: str = "*") -> None:
@@ -70,6 +106,20 @@ def list_models(pattern: str = "*") -> None:
     print("Parameter counts are for each backbone's default input shape; the head is not included.")
 
 
+def _quiet_lightning() -> None:
+    """Without the two messages Lightning prints on every run (LITLOGGER_TIP, LEAFSPEC_WARNING), matched exactly,
+    so that every other message still shows."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_the_litlogger_tip)
+    warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+
+
+def _not_the_litlogger_tip(record: Any) -> bool:
+    return not record.getMessage().startswith(LITLOGGER_TIP)
+
+
 def _show_zoo_logs() -> None:
     """The zoo's own INFO messages (weights loaded, heads re-initialised, ...) on stderr, once."""
     import logging
@@ -92,7 +142,15 @@ def main(args: Optional[list[str]] = None) -> None:
     if argv in (["-h"], ["--help"]):
         print_help()
         return
+    if argv == ["--version"]:
+        print(versions())
+        return
+    if not argv:  # as argparse does without its required argument: usage and an error, exit code 2
+        print_help(sys.stderr)
+        sys.stderr.write("\nzoo: error: no command given; choose one above, e.g. zoo fit --config CONFIG\n")
+        sys.exit(2)
     _show_zoo_logs()
+    _quiet_lightning()
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from zoo.errors import TrainingError

@@ -64,7 +64,8 @@ def _rows(path: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
 def read_texts(path: str, text_column: str, label_column: Optional[str]) -> tuple[list[str], list[str]]:
     """The texts and their labels (as strings: ``1`` in JSON and ``"1"`` in a CSV are the same class).
 
-    ``label_column=None`` reads texts only (new texts to predict); their labels come back empty.
+    ``label_column=None`` reads texts only (new texts to predict); their labels come back empty. A blank text
+    or label is refused in labelled data, with its file and line.
     """
     columns, rows = _rows(path)
     missing = [c for c in (text_column, label_column) if c is not None and c not in columns]
@@ -76,8 +77,12 @@ def read_texts(path: str, text_column: str, label_column: Optional[str]) -> tupl
     texts, labels = [], []
     for lineno, row in rows:
         text, label = row.get(text_column), row.get(label_column) if label_column is not None else ""
-        if text is None or (label_column is not None and (label is None or str(label).strip() == "")):
-            empty = label_column if text is not None else text_column
+        # Labelled data needs both: a blank text has nothing to learn from, a blank label names no class. A new
+        # text to predict may be blank (its row still gets its prediction), but it must be there.
+        labelled = label_column is not None
+        pairs = ((text_column, text), (label_column, label))
+        empty = next((c for c, v in pairs if v is None or (labelled and str(v).strip() == "")), None)
+        if empty is not None:
             raise DataError(f"{path}, line {lineno}: no value in column {empty!r}")
         texts.append(str(text))
         labels.append(str(label).strip())

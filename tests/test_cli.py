@@ -12,6 +12,7 @@ import torch
 
 from cli import main
 from tests.conftest import ROOT, TINY, run_zoo
+from zoo.arguments import HELP_HINT
 
 DIGITS_CNN = ["--config", "configs/experiments/digits_cnn.yaml"]
 
@@ -105,6 +106,18 @@ def test_typo_in_a_command_line_option_names_the_close_match(workdir: Path, caps
     assert "unrecognized arguments: --trainer.max_epohcs=1" in err and "Did you mean --trainer.max_epochs " in err
 
 
+def test_only_errors_about_keys_point_to_help(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    # --help lists the keys and their types: it helps with a mistyped key, not with data or a backbone's name.
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--trainer.max_epohcs=1")
+    assert err.rstrip().endswith(HELP_HINT)
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--data.batch_size=many")
+    assert err.rstrip().endswith(HELP_HINT)
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--data.init_args.batch_size=0")  # a DataError
+    assert err.rstrip() == "zoo: error: data.batch_size=0 must be at least 1"
+    err = error_of(capsys, "fit", *DIGITS_CNN, "--model.init_args.backbone=cnnn")  # a ConfigError
+    assert "unknown backbone 'cnnn'" in err and "--help" not in err
+
+
 def test_wrong_type_names_key(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     err = error_of(capsys, "fit", *DIGITS_CNN, "--data.batch_size=many")
     assert "batch_size" in err and "int" in err
@@ -178,6 +191,59 @@ def test_help_lists_commands(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("fit", "validate", "test", "predict", "models"):
         assert command in result.stdout
+
+
+def test_zoo_alone_prints_the_help_and_an_error(tmp_path: Path) -> None:
+    result = run_zoo(cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    help_text = run_zoo("--help", cwd=tmp_path).stdout
+    assert result.stderr.startswith(help_text)  # every command, the zoo's own too
+    assert "lr-find" in help_text and "export" in help_text
+    assert result.stderr.endswith("\nzoo: error: no command given; choose one above, e.g. zoo fit --config CONFIG\n")
+
+
+def _project_version() -> str:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_version_names_the_zoo_torch_and_lightning_without_importing_torch() -> None:
+    from importlib import metadata
+
+    script = "import sys, cli; cli.main(['--version']); print('torch imported:', 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"zoo {_project_version()}", f"torch {metadata.version('torch')}", f"lightning {metadata.version('lightning')}",
+        "torch imported: False",
+    ]
+    assert torch.__version__.startswith(metadata.version("torch"))
+
+
+def test_version_of_a_source_tree_that_is_not_installed(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from importlib import metadata
+
+    installed = metadata.version
+
+    def version(name: str) -> str:
+        if name == "zoo":
+            raise metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    zoo("--version")
+    assert capsys.readouterr().out.splitlines()[0] == f"zoo {_project_version()}"
+
+
+def test_a_run_prints_no_lightning_tips_warnings_or_version_number(workdir: Path) -> None:
+    shown = ["--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=true"]
+    result = run_zoo("fit", "--config", "configs/experiments/digits_mlp.yaml", *TINY, *shown, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    said = result.stdout + result.stderr
+    assert "Trainable params" in said and "Epoch 0/0" in said  # the summary and the progress bar are there
+    for noise in ("litlogger", "Tip:", "already configured with model summary", "LeafSpec", "v_num"):
+        assert noise not in said
 
 
 def test_predict_returns_class_probabilities(workdir: Path) -> None:

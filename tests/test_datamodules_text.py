@@ -86,7 +86,7 @@ def test_numeric_labels_sort_numerically(tmp_path):
 def test_word_vocab_is_built_from_the_training_split_only(tmp_path):
     rows = [(f"the Word{i} sat", i % 2) for i in range(20)]  # every row has a word of its own
     train = write(tmp_path / "train.csv", rows)
-    test = write(tmp_path / "test.csv", [("the zebra sat.", 1), ("", 0)])
+    test = write(tmp_path / "test.csv", [("the zebra sat.", 1)])
     dm = TextClassification(train_file=train, test_file=test, val_split=0.25)
     vocab = dm.vocab
     assert vocab is not None and vocab["<pad>"] == 0 and vocab["<unk>"] == 1 and dm.vocab_size == len(vocab)
@@ -96,9 +96,10 @@ def test_word_vocab_is_built_from_the_training_split_only(tmp_path):
     dm.setup()
     for i, ids in zip(val_idx, _ids(dm.val_set)):  # the carved validation rows' own words are <unk> too
         assert f"word{i}" not in vocab and ids == [vocab["the"], 1, vocab["sat"]]
-    zebra, empty = _ids(dm.test_set)
+    (zebra,) = _ids(dm.test_set)
     assert zebra == [vocab["the"], 1, vocab["sat"], 1]  # a word only the test file has, and '.', are <unk>
-    assert empty == [1]  # an empty text is one <unk>, so that every text has a real step
+    # An empty text (refused in labelled files, kept in files to predict) is one <unk>: every text has a step.
+    assert [ids.tolist() for ids in dm.encode(["", " "])] == [[1], [1]]
 
 
 def test_min_freq_max_vocab_and_case(tmp_path):
@@ -205,6 +206,17 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "e.csv").write_text("text,label\nhello,1\nshort\n")
     with pytest.raises(DataError, match=r"e.csv, line 3: no value in column 'label'"):
         TextClassification(train_file=str(tmp_path / "e.csv")).num_classes
+
+
+def test_blank_texts_are_refused_with_their_file_and_line(tmp_path):
+    (tmp_path / "empty.csv").write_text("text,label\nhello,1\n,0\nbye,0\n")
+    with pytest.raises(DataError, match=r"empty.csv, line 3: no value in column 'text'"):
+        TextClassification(train_file=str(tmp_path / "empty.csv")).num_classes
+    (tmp_path / "spaces.jsonl").write_text('{"text": "hello", "label": 1}\n{"text": " \\t ", "label": 0}\n')
+    with pytest.raises(DataError, match=r"spaces.jsonl, line 2: no value in column 'text'"):
+        TextClassification(train_file=str(tmp_path / "spaces.jsonl")).num_classes
+    texts, _ = read_texts(str(tmp_path / "empty.csv"), "text", None)  # to predict: every row gets a prediction
+    assert texts == ["hello", "", "bye"]
 
 
 def test_bad_arguments_are_config_errors(tmp_path):

@@ -4,7 +4,9 @@ on the digits MLP, a few seconds each."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,19 @@ def test_batch_size_finder_writes_a_power_of_two_under_the_cap(workdir: Path, ca
     written = yaml.safe_load((workdir / OUT / "lr_find.yaml").read_text())
     assert written["data"]["init_args"]["batch_size"] == found
     assert written["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(result["suggestion"])
+
+
+def test_the_tuners_temporary_checkpoints_leave_no_weights_only_notice(workdir: Path) -> None:
+    messages = io.StringIO()
+    handler = logging.StreamHandler(messages)  # on Lightning's own logger: it may not pass messages to the root
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    try:
+        lr_find("--batch_size_finder", "--max_batch_size", "4")
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    said = messages.getvalue()
+    assert said.count("Restored all states from the checkpoint") == 2  # both tuners saved and restored one
+    assert "weights_only" not in said
 
 
 def test_discriminative_rates_keep_their_ratios_and_frozen_groups_stay_still(workdir: Path) -> None:

@@ -4,11 +4,13 @@ mistyped key, exit code 2, and help text that keeps its examples' lines."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import difflib
 import inspect
 import re
 import sys
-from typing import Any, NoReturn, Optional
+from typing import Any, Iterator, NoReturn, Optional
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import Trainer
@@ -17,15 +19,30 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from zoo.callbacks.finetuning import FineTuning
 
+HELP_HINT = "Run with --help to see the accepted keys."
+# True while a parser reads the command line and config files (a subcommand's parser reports its errors inside
+# the root parser's call): those errors are about keys and values, which --help lists. Errors reported after
+# parsing (a data file, an unknown backbone) come with their own fix.
+_parsing = contextvars.ContextVar("zoo_parsing", default=False)
+
 
 class ZooArgumentParser(LightningArgumentParser):
     """The CLI's parser: errors are one short message with close matches, not the whole usage text."""
+
+    def parse_args(self, *args: Any, **kwargs: Any) -> Any:
+        with _reading_arguments():
+            return super().parse_args(*args, **kwargs)
+
+    def parse_object(self, *args: Any, **kwargs: Any) -> Any:
+        with _reading_arguments():
+            return super().parse_object(*args, **kwargs)
 
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse's inner parsers raise, and their callers try alternatives
             super().error(message, ex)
         hint = _close_match_hint(message) or self._unrecognized_hint(message)
-        sys.stderr.write(f"zoo: error: {message.strip()}{hint}\nRun with --help to see the accepted keys.\n")
+        suffix = f"\n{HELP_HINT}" if _parsing.get() else ""
+        sys.stderr.write(f"zoo: error: {message.strip()}{hint}{suffix}\n")
         sys.exit(2)
 
     def _unrecognized_hint(self, message: str) -> str:
@@ -35,6 +52,15 @@ class ZooArgumentParser(LightningArgumentParser):
             return ""
         close = difflib.get_close_matches(found.group(1), sorted(self._option_string_actions), n=3, cutoff=0.8)
         return f"\n  Did you mean {' or '.join(close)}?" if close else ""
+
+
+@contextlib.contextmanager
+def _reading_arguments() -> Iterator[None]:
+    token = _parsing.set(True)
+    try:
+        yield
+    finally:
+        _parsing.reset(token)
 
 
 def _close_match_hint(message: str) -> str:

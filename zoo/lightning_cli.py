@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     ProgressBar,
     RichModelSummary,
-    RichProgressBar,
 )
 from lightning.pytorch.callbacks.model_summary import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -30,6 +29,7 @@ from zoo.callbacks.checkpointing import ZooCheckpoint
 from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite, ZooEarlyStopping
 from zoo.callbacks.pictures import RunPictures, run_dir_of
+from zoo.callbacks.progress import ZooProgressBar
 from zoo.checkpoints import AtomicCheckpointIO
 from zoo.commands import DESCRIPTION
 from zoo.errors import ConfigError, ZooError
@@ -200,9 +200,11 @@ class ZooCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, FineTuning)]
         # Rich progress and summary by default, unless turned off or replaced by the user's own.
         if trainer_config.get("enable_progress_bar", True) is not False and not _has(user, ProgressBar):
-            callbacks.append(RichProgressBar())
+            callbacks.append(ZooProgressBar())
         if trainer_config.get("enable_model_summary", True) is not False and not _has(user, ModelSummary):
             callbacks.append(RichModelSummary(max_depth=1))
+        if _has([*user, *callbacks], ModelSummary):  # else Lightning logs on every run that it skips its own
+            trainer_config["enable_model_summary"] = False
         logged = trainer_config.get("logger") not in (None, False)
         if logged and not _has(user, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))

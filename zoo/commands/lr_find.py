@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 from pathlib import Path
@@ -120,13 +121,14 @@ def lr_find(opts: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     tuner = Tuner(trainer)
 
-    batch_size = find_batch_size(tuner, model, datamodule, opts.max_batch_size) if opts.batch_size_finder else None
-    multipliers = group_multipliers(model, trainer.callbacks)
-    with quiet_cli(), lr_multipliers(trainer, multipliers), recorded_losses(model) as raw:
-        # update_attr=False: the zoo's tasks keep the LR in the optimizer's config, not in a self.lr to update.
-        finder = tuner.lr_find(model, datamodule=datamodule, min_lr=opts.min_lr, max_lr=opts.max_lr,
-                               num_training=opts.num_training, mode=opts.mode,
-                               early_stop_threshold=opts.early_stop_threshold, update_attr=False)  # fmt: skip
+    with whole_state_saves(trainer):
+        batch_size = find_batch_size(tuner, model, datamodule, opts.max_batch_size) if opts.batch_size_finder else None
+        multipliers = group_multipliers(model, trainer.callbacks)
+        with quiet_cli(), lr_multipliers(trainer, multipliers), recorded_losses(model) as raw:
+            # update_attr=False: the zoo's tasks keep the LR in the optimizer's config, not in a self.lr to update.
+            finder = tuner.lr_find(model, datamodule=datamodule, min_lr=opts.min_lr, max_lr=opts.max_lr,
+                                   num_training=opts.num_training, mode=opts.mode,
+                                   early_stop_threshold=opts.early_stop_threshold, update_attr=False)  # fmt: skip
     lrs = [float(v) for v in finder.results["lr"]]
     if len(raw) != len(lrs):  # not one loss per recorded LR (gradient accumulation?): Lightning's own curve
         raw, losses = [], [float(v) for v in finder.results["loss"]]
@@ -229,6 +231,22 @@ def group_multipliers(model: Any, callbacks: list[Any]) -> dict[str, float]:
         frozen = name in backbone and name not in trainable
         multipliers[name] = multipliers[name + NO_DECAY] = 0.0 if frozen else finetuning.lr_multiplier(name, backbone)
     return multipliers if any(m != 1.0 for m in multipliers.values()) else {}
+
+
+@contextlib.contextmanager
+def whole_state_saves(trainer: Any) -> Iterator[None]:
+    """``trainer.save_checkpoint`` with ``weights_only=False`` given, as Lightning's tuners leave it unsaid.
+
+    Each tuner saves the whole run (weights, optimizer, loops, callbacks) to a temporary checkpoint and
+    restores it when done, which needs every part of it; Lightning 2.6 logs a ``weights_only`` left unset as
+    "`weights_only` was not set, defaulting to `False`", which reads as if a file were loaded unsafely. (The
+    file is read back through the zoo's AtomicCheckpointIO, with ``weights_only=True``.)
+    """
+    trainer.save_checkpoint = functools.partial(trainer.save_checkpoint, weights_only=False)
+    try:
+        yield
+    finally:
+        del trainer.save_checkpoint  # the class's method again
 
 
 @contextlib.contextmanager
