@@ -14,8 +14,9 @@ from tests.conftest import ROOT
 
 tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
-# Releases published with malicious code: GHSA-w37p-236h-pfx3, Lightning-AI/pytorch-lightning#21691.
-MALICIOUS = {"lightning": ("2.6.2", "2.6.3"), "pytorch-lightning": ("2.6.2", "2.6.3")}
+# Releases published with malicious code (GHSA-w37p-236h-pfx3, Lightning-AI/pytorch-lightning#21691), and the last
+# ones whose checkpoint hyperparameters could run code (GHSA-qqmf-gpg7-g8gw, fixed in 2.6.6).
+MALICIOUS = {name: ("2.6.2", "2.6.3", "2.6.5") for name in ("lightning", "pytorch-lightning")}
 
 
 def specifier_of(name: str) -> SpecifierSet:
@@ -30,6 +31,6 @@ def specifier_of(name: str) -> SpecifierSet:
 def test_lightning_excludes_its_malicious_releases_and_allows_the_installed_one(name: str) -> None:
     allowed = specifier_of(name)
     assert not [v for v in MALICIOUS[name] if v in allowed], allowed
-    assert "2.6.1" in allowed and "2.6.4" in allowed  # only those releases, not their neighbours
+    assert "2.6.6" in allowed and "2.7.0" in allowed
     assert "3.0" not in allowed  # an upper bound: the zoo uses some of Lightning's private APIs
     assert version(name) in allowed, f"{name} {version(name)} is installed but pyproject.toml excludes it"
