@@ -64,3 +64,13 @@ def feature_loss(features: torch.Tensor) -> torch.Tensor:
     """
     weights = torch.randn(features.shape, generator=torch.Generator().manual_seed(0), dtype=features.dtype)
     return (features * weights.to(features.device)).sum()
+
+
+def tiny_fit(factory: pytest.TempPathFactory, experiment: str) -> Path:
+    """The working directory of one tiny `zoo fit` of ``configs/experiments/<experiment>.yaml`` (its run in
+    ``runs/<experiment>/version_0``), for a module-scoped fixture: a real checkpoint, config and metrics."""
+    cwd = factory.mktemp(experiment)
+    (cwd / "configs").symlink_to(ROOT / "configs")
+    done = run_zoo("fit", "--config", f"configs/experiments/{experiment}.yaml", *TINY, cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cwd

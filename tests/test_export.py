@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 from cli import main as zoo_main
-from tests.conftest import ROOT, TINY, run_zoo
+from tests.conftest import run_zoo, tiny_fit
 from zoo.backbones.base import Backbone
 from zoo.checkpoints import CONFIG_KEY, load_task
 from zoo.commands.export import export_checkpoint
@@ -119,11 +119,7 @@ def test_every_format_loads_again_and_matches_pytorch(case: str, tmp_path: Path)
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The working directory of one tiny `zoo fit` of the digits CNN: a real checkpoint, config and metrics."""
-    cwd = tmp_path_factory.mktemp("fit")
-    (cwd / "configs").symlink_to(ROOT / "configs")
-    done = run_zoo("fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY, cwd=cwd)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return cwd
+    return tiny_fit(tmp_path_factory, "digits_cnn")
 
 
 def test_cli_exports_a_fitted_run_and_prints_the_checks(fitted: Path) -> None:

@@ -41,7 +41,8 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--finetuning.strategy=freeze_then_unfreeze", "--finetuning.unfreeze_epoch=1"]],
+    [[], pytest.param(["--finetuning.strategy=freeze_then_unfreeze", "--finetuning.unfreeze_epoch=1"],
+                      marks=pytest.mark.slow)],
     ids=["shuffled_dropout", "after_an_unfreeze"],
 )
 def test_sigkill_then_resume_from_last_is_bit_identical_to_an_uninterrupted_run(workdir: Path, extra):
@@ -61,6 +62,7 @@ def test_sigkill_then_resume_from_last_is_bit_identical_to_an_uninterrupted_run(
         assert any(not torch.equal(final[k], saved["state_dict"][k]) for k in backbone)
 
 
+@pytest.mark.slow
 def test_without_rng_states_the_resume_would_differ(workdir: Path):
     # The check above can fail: drop the RNG states from the checkpoint and the resumed run drifts.
     assert run_zoo("fit", *RUN, cwd=workdir).returncode == 0
@@ -249,10 +251,10 @@ def test_untrusted_checkpoints_are_refused_and_never_run(trained: Path, workdir:
     cases = [
         (["fit", *config, f"--ckpt_path={evil}"], "refused, it holds Python objects"),
         (["test", *config, f"--ckpt_path={evil}"], "refused, it holds Python objects"),
-        (["fit", *config, f"--ckpt_path={foreign}"], "its task class is 'os.system'"),
+        (["fit", *config, f"--ckpt_path={foreign}"], "refused, hyper_parameters._class_path names 'os.system'"),
         (["predict", f"--ckpt_path={evil}", "examples/digits"], "refused, it holds Python objects"),
         (["export", f"--ckpt_path={evil}"], "refused, it holds Python objects"),
-        (["predict", f"--ckpt_path={foreign}", "examples/digits"], "its task class is 'os.system'"),
+        (["predict", f"--ckpt_path={foreign}", "examples/digits"], "refused, hyper_parameters._class_path names 'os.system'"),
         (["fit", *config, f"--ckpt_path={truncated}"], "may be truncated or corrupt"),
         (["predict", f"--ckpt_path={truncated}", "examples/digits"], "may be truncated or corrupt"),
     ]

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import TINY, run_zoo
 from tests.test_cli import error_of, zoo
@@ -83,7 +80,11 @@ def test_last_falls_back_to_a_best_checkpoint_and_killed_writes_are_cleaned_up(w
 
 
 # --- SIGTERM during validation ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("epoch", "batch"), [(0, 0), (1, 1), (2, 2)], ids=["first_batch", "mid", "last_batch"])
+@pytest.mark.parametrize(
+    ("epoch", "batch"),
+    [pytest.param(0, 0, marks=pytest.mark.slow), (1, 1), pytest.param(2, 2, marks=pytest.mark.slow)],
+    ids=["first_batch", "mid", "last_batch"],
+)
 def test_sigterm_during_validation_resumes_redoing_it(workdir: Path, epoch, batch):
     run = [*RUN, "--trainer.limit_val_batches=3"]
     assert run_zoo("fit", *run, cwd=workdir).returncode == 0

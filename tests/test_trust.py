@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import ROOT, TINY, run_zoo
+from tests.conftest import ROOT, TINY, tiny_fit
 from tests.test_cli import error_of
 from zoo.checkpoints import CONFIG_KEY, read_checkpoint
 from zoo.errors import ConfigError
@@ -70,11 +70,7 @@ PLACES = {
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny digits MLP run: its last.ckpt is the good checkpoint every crafted one starts from."""
-    root = tmp_path_factory.mktemp("trained")
-    (root / "configs").symlink_to(ROOT / "configs")
-    result = run_zoo("fit", "--config", "configs/experiments/digits_mlp.yaml", *TINY, cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "runs/digits_mlp/version_0"
+    return tiny_fit(tmp_path_factory, "digits_mlp") / "runs/digits_mlp/version_0"
 
 
 def _commands(path: Path, run: Path) -> dict[str, list[str]]:

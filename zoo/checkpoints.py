@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 import torch
 import yaml
@@ -31,7 +31,7 @@ CONFIG_KEY = "zoo_config"  # the resolved CLI config, as YAML text
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format: a zip archive
 # The classes (and callables) a checkpoint may name: the zoo's own, torch's optimizers and schedulers, and the two
 # Lightning names LightningCLI itself stores. Rebuilding a model or its data from a checkpoint builds nothing else.
-TRUSTED_MODULES = ("zoo", "datamodules", "torch.optim")  # with their submodules
+TRUSTED_MODULES = ("zoo", "datamodules", "torch.optim", "timm.optim")  # with their submodules
 TRUSTED = frozenset({"lightning.pytorch.cli.ReduceLROnPlateau", "lightning.pytorch.cli.instantiate_module"})
 # Keys that hold a class path in what LightningCLI stores: a config's ``class_path``, a task's ``_class_path``
 # and the ``_instantiator`` Lightning's ``load_from_checkpoint`` would call.
@@ -39,14 +39,26 @@ CLASS_KEYS = ("class_path", "_class_path", "_instantiator")
 REMOTE_CODE_KEY = "trust_remote_code"
 
 
-def trusted(path: Any) -> bool:
-    """Whether a checkpoint may name ``path`` (a dotted class or function path)."""
+def trusted(path: Any, extra: Collection[str] = ()) -> bool:
+    """Whether a checkpoint may name ``path`` (a dotted class or function path): on :data:`TRUSTED`, or among
+    ``extra``, the classes the user's own config names (:func:`classes_named`)."""
     if not isinstance(path, str):
         return False
-    return path in TRUSTED or any(path.startswith(f"{module}.") for module in TRUSTED_MODULES)
+    return path in TRUSTED or path in extra or any(path.startswith(f"{module}.") for module in TRUSTED_MODULES)
 
 
-def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
+def classes_named(config: Any) -> frozenset[str]:
+    """Every ``class_path`` in a config the user wrote (nested dicts and lists): a checkpoint may name those too,
+    so that resuming or evaluating with one's own optimizer or callback class works."""
+    if isinstance(config, Mapping):
+        own = {config["class_path"]} if isinstance(config.get("class_path"), str) else set()
+        return frozenset(own.union(*(classes_named(v) for v in config.values())))
+    if isinstance(config, (list, tuple)):
+        return frozenset().union(*(classes_named(v) for v in config))
+    return frozenset()
+
+
+def read_checkpoint(path: str, mmap: bool = False, trusted: Collection[str] = ()) -> dict[str, Any]:
     """The checkpoint's contents, checked to be data: loaded without running any pickled code, every class it
     names trusted (:func:`check_is_data`), any ``trust_remote_code`` in it turned off.
 
@@ -54,6 +66,7 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
         path: the checkpoint file.
         mmap: map the file instead of reading it: tensors are read only when touched, so asking a large
             checkpoint for its hyperparameters or run id costs almost nothing.
+        trusted: classes the checkpoint may name beside :data:`TRUSTED`: those of the user's own config.
 
     Raises:
         ConfigError: the file is missing, not a checkpoint, truncated or corrupt, holds code (a pickle payload,
@@ -80,11 +93,11 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
                           "truncated or corrupt") from None  # fmt: skip
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"{path}: not a zoo checkpoint (no state_dict); use a .ckpt file that `zoo fit` wrote")
-    check_is_data(ckpt, path)
+    check_is_data(ckpt, path, trusted)
     return ckpt
 
 
-def check_is_data(ckpt: dict[str, Any], path: str) -> None:
+def check_is_data(ckpt: dict[str, Any], path: str, trusted: Collection[str] = ()) -> None:
     """Refuse a checkpoint that names a class or callable outside :data:`TRUSTED` anywhere: its hyperparameters,
     its stored config's model and data, callback and datamodule states, nested dicts and lists. Turn off (with
     a warning) every ``trust_remote_code`` it stores: only the user's own config or command line may set it.
@@ -97,9 +110,9 @@ def check_is_data(ckpt: dict[str, Any], path: str) -> None:
             continue  # tensors and optimizer numbers: the safe loader lets nothing else through
         if key == CONFIG_KEY:
             config = _stored_config(value, path)
-            _check_tree({k: v for k, v in config.items() if k != "trainer"}, CONFIG_KEY, path)
+            _check_tree({k: v for k, v in config.items() if k != "trainer"}, CONFIG_KEY, path, trusted)
             continue
-        _check_tree(value, key, path)
+        _check_tree(value, key, path, trusted)
     for where in distrust_remote_code(ckpt.get("hyper_parameters"), "hyper_parameters"):
         log.warning("%s stores %s: true; a checkpoint cannot allow remote code, so it is off. Set it in your own "
                     "config or command line if you trust that code", path, where)  # fmt: skip
@@ -119,13 +132,13 @@ def _stored_config(text: Any, path: str) -> dict[str, Any]:
     return config
 
 
-def _check_tree(value: Any, where: str, path: str, owner: Optional[type] = None) -> None:
+def _check_tree(value: Any, where: str, path: str, extra: Collection[str], owner: Optional[type] = None) -> None:
     """Walk ``value``: every class path under :data:`CLASS_KEYS` must be trusted, and so must every string given
     where a class expects a callable or a class, which jsonargparse would import. ``owner`` is the class whose
     arguments ``value`` holds (``init_args``); a task's hyperparameters name theirs under ``_class_path``."""
     if isinstance(value, Mapping):
         for key in CLASS_KEYS:
-            if key in value and not trusted(value[key]):
+            if key in value and not trusted(value[key], extra):
                 _refuse(f"{where}.{key}", value[key], path)
         cls = _import_trusted(value["class_path"]) if "class_path" in value else None
         if "_class_path" in value:
@@ -134,18 +147,20 @@ def _check_tree(value: Any, where: str, path: str, owner: Optional[type] = None)
         for key, item in value.items():
             if key in imports:
                 for name in item if isinstance(item, (list, tuple)) else [item]:
-                    if isinstance(name, str) and not trusted(name):
+                    if isinstance(name, str) and not trusted(name, extra):
                         _refuse(f"{where}.{key}", name, path)
-            _check_tree(item, f"{where}.{key}", path, cls if key in ("init_args", "dict_kwargs") else None)
+            _check_tree(item, f"{where}.{key}", path, extra, cls if key in ("init_args", "dict_kwargs") else None)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_tree(item, f"{where}[{index}]", path)
+            _check_tree(item, f"{where}[{index}]", path, extra)
 
 
 def _refuse(where: str, name: Any, path: str) -> None:
     raise ConfigError(
         f"{path}: refused, {where} names {name!r}, which a checkpoint may not build (a checkpoint is data: it may "
-        f"name only the zoo's classes, torch.optim and its schedulers). Only use checkpoints that `zoo fit` wrote"
+        "name only the zoo's classes, torch's and timm's optimizers and schedulers, and those your own config "
+        "names). Only use checkpoints you trust; for one trained with your own class, give the config you trained "
+        "it with (zoo test / predict --config CONFIG --ckpt_path ...)"
     )
 
 
@@ -339,12 +354,19 @@ def _alive(pid: int) -> bool:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint files written whole or not at all, and read without running code.
 
+    Args:
+        trusted: classes a checkpoint read here may name beside :data:`TRUSTED`: those of the run's own config.
+
     A checkpoint is written to a hidden file beside its target, flushed to disk (fsync), then renamed over the
     target: a kill at any moment leaves either the previous file or the new one, never half of one (Lightning
     truncates the target and writes into it). A partial file left by a killed writer is removed by the next
     checkpoint write in that folder, and when a fit of that experiment starts (:func:`remove_stale_partials`).
     Reading goes through :func:`read_checkpoint` (``weights_only=True``).
     """
+
+    def __init__(self, trusted: Collection[str] = ()) -> None:
+        super().__init__()
+        self.trusted = frozenset(trusted)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         target = Path(path)
@@ -368,7 +390,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only)
-        return read_checkpoint(str(path))
+        return read_checkpoint(str(path), trusted=self.trusted)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -30,7 +30,15 @@ from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite, ZooEarlyStopping
 from zoo.callbacks.pictures import RunPictures, run_dir_of
 from zoo.callbacks.progress import ZooProgressBar
-from zoo.checkpoints import AtomicCheckpointIO
+from zoo.checkpoints import (
+    AtomicCheckpointIO,
+    check_same_experiment,
+    classes_named,
+    newest_checkpoint,
+    read_checkpoint,
+    remove_stale_partials,
+    task_class,
+)
 from zoo.commands import DESCRIPTION
 from zoo.errors import ConfigError, ZooError
 from zoo.tasks.base import ZooTask
@@ -110,8 +118,6 @@ class ZooCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
-        from zoo.checkpoints import check_same_experiment, read_checkpoint, remove_stale_partials, task_class
-
         config = self.config[subcommand]
         if subcommand == "fit":
             removed = [p for folder in checkpoint_folders(config)[0] for p in remove_stale_partials(folder)]
@@ -124,7 +130,7 @@ class ZooCLI(LightningCLI):
             path = config.get("ckpt_path")
             if not path or path in ("best", "hpc") or "://" in str(path):
                 return
-            ckpt = read_checkpoint(str(path), mmap=True)
+            ckpt = read_checkpoint(str(path), mmap=True, trusted=classes_named(_plain(config)))
             hparams = dict(ckpt.get("hyper_parameters") or {})
             if "_class_path" in hparams:
                 task_class(ckpt, str(path))
@@ -222,7 +228,8 @@ class ZooCLI(LightningCLI):
         plugins = trainer_config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # whole files or none, read without running code
-            trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
+            own = classes_named(_plain(self.config.get(str(self.subcommand), self.config)))
+            trainer_config["plugins"] = [*plugins, AtomicCheckpointIO(trusted=own)]
         try:
             return self._instantiate_trainer(trainer_config, callbacks)
         except (MisconfigurationException, ModuleNotFoundError, ValueError) as err:
@@ -363,8 +370,6 @@ def resolve_last_checkpoint(config: Any, fresh_if_none: bool = True) -> Optional
         fresh_if_none: with no checkpoint yet, return None with a note (a fit starts fresh, so the same command
             serves a job that may be preempted); otherwise (evaluation) refuse.
     """
-    from zoo.checkpoints import newest_checkpoint
-
     folders, where = checkpoint_folders(config)
     found = newest_checkpoint(folders)
     if found is None:
