@@ -179,3 +179,22 @@ def test_a_file_that_is_not_a_checkpoint_is_named_with_its_size(tmp_path: Path, 
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=rf"not a zoo checkpoint \({len(content)} bytes"):
         read_checkpoint(str(path))
+
+
+def test_shared_and_deeply_nested_values_neither_hang_nor_crash_the_check():
+    import time
+
+    from zoo.checkpoints import check_is_data
+
+    # 4**29 paths through 30 aliased lists: walked as 30 lists, each once.
+    bomb = ["a0: &a0 [x]", *(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 30))]
+    config = "data:\n  class_path: datamodules.Digits\n  init_args:\n    bomb:\n" + "".join(f"      {b}\n" for b in bomb)
+    start = time.monotonic()
+    check_is_data({CONFIG_KEY: config}, "x.ckpt")
+    assert time.monotonic() - start < 5
+    deep: dict = {}
+    node = deep
+    for _ in range(100_000):
+        node["d"] = node = {}
+    with pytest.raises(ConfigError, match="nest deeper than any zoo checkpoint"):
+        check_is_data({"hyper_parameters": deep}, "x.ckpt")

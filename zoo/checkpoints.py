@@ -105,14 +105,18 @@ def check_is_data(ckpt: dict[str, Any], path: str, trusted: Collection[str] = ()
     The stored config's ``trainer`` section is a record of the run that no command rebuilds, so the user's own
     callbacks there do not make their checkpoint unusable.
     """
-    for key, value in ckpt.items():
-        if key in ("state_dict", "optimizer_states"):
-            continue  # tensors and optimizer numbers: the safe loader lets nothing else through
-        if key == CONFIG_KEY:
-            config = _stored_config(value, path)
-            _check_tree({k: v for k, v in config.items() if k != "trainer"}, CONFIG_KEY, path, trusted)
-            continue
-        _check_tree(value, key, path, trusted)
+    walk = _Walk(path, frozenset(trusted))
+    try:
+        for key, value in ckpt.items():
+            if key in ("state_dict", "optimizer_states"):
+                continue  # tensors and optimizer numbers: the safe loader lets nothing else through
+            if key == CONFIG_KEY:
+                config = _stored_config(value, path)
+                walk.check({k: v for k, v in config.items() if k != "trainer"}, CONFIG_KEY)
+            else:
+                walk.check(value, str(key))
+    except RecursionError:
+        raise ConfigError(f"{path}: refused, its contents nest deeper than any zoo checkpoint's") from None
     for where in distrust_remote_code(ckpt.get("hyper_parameters"), "hyper_parameters"):
         log.warning("%s stores %s: true; a checkpoint cannot allow remote code, so it is off. Set it in your own "
                     "config or command line if you trust that code", path, where)  # fmt: skip
@@ -132,14 +136,27 @@ def _stored_config(text: Any, path: str) -> dict[str, Any]:
     return config
 
 
-def _check_tree(value: Any, where: str, path: str, extra: Collection[str], owner: Optional[type] = None) -> None:
-    """Walk ``value``: every class path under :data:`CLASS_KEYS` must be trusted, and so must every string given
-    where a class expects a callable or a class, which jsonargparse would import. ``owner`` is the class whose
-    arguments ``value`` holds (``init_args``); a task's hyperparameters name theirs under ``_class_path``."""
-    if isinstance(value, Mapping):
+class _Walk:
+    """One walk over a checkpoint's values, each container visited once (YAML aliases and pickle memo entries
+    share them: a crafted file could otherwise make the walk exponential)."""
+
+    def __init__(self, path: str, extra: frozenset[str]) -> None:
+        self.path, self.extra, self.seen = path, extra, set()
+
+    def check(self, value: Any, where: str, owner: Optional[type] = None) -> None:
+        """Every class path under :data:`CLASS_KEYS` must be trusted, and so must every string given where a
+        class expects a callable or a class, which jsonargparse would import. ``owner`` is the class whose
+        arguments ``value`` holds (``init_args``); a task's hyperparameters name theirs under ``_class_path``."""
+        if not isinstance(value, (Mapping, list, tuple)) or id(value) in self.seen:
+            return
+        self.seen.add(id(value))
+        if isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                self.check(item, f"{where}[{index}]")
+            return
         for key in CLASS_KEYS:
-            if key in value and not trusted(value[key], extra):
-                _refuse(f"{where}.{key}", value[key], path)
+            if key in value and not trusted(value[key], self.extra):
+                _refuse(f"{where}.{key}", value[key], self.path)
         cls = _import_trusted(value["class_path"]) if "class_path" in value else None
         if "_class_path" in value:
             owner = _import_trusted(value["_class_path"])
@@ -147,12 +164,9 @@ def _check_tree(value: Any, where: str, path: str, extra: Collection[str], owner
         for key, item in value.items():
             if key in imports:
                 for name in item if isinstance(item, (list, tuple)) else [item]:
-                    if isinstance(name, str) and not trusted(name, extra):
-                        _refuse(f"{where}.{key}", name, path)
-            _check_tree(item, f"{where}.{key}", path, extra, cls if key in ("init_args", "dict_kwargs") else None)
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_tree(item, f"{where}[{index}]", path, extra)
+                    if isinstance(name, str) and not trusted(name, self.extra):
+                        _refuse(f"{where}.{key}", name, self.path)
+            self.check(item, f"{where}.{key}", cls if key in ("init_args", "dict_kwargs") else None)
 
 
 def _refuse(where: str, name: Any, path: str) -> None:
@@ -195,7 +209,7 @@ def distrust_remote_code(tree: Any, where: str) -> list[str]:
                 found.append(f"{where}.{key}")
             else:
                 found += distrust_remote_code(value, f"{where}.{key}")
-    elif isinstance(tree, list):
+    elif isinstance(tree, (list, tuple)):
         for index, value in enumerate(tree):
             found += distrust_remote_code(value, f"{where}[{index}]")
     return found
