@@ -130,7 +130,7 @@ def test_a_finite_loss_whose_update_makes_weights_non_finite_stops_naming_the_st
     result = run_zoo("fit", *huge, cwd=workdir)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "tensor(s) non-finite" in result.stderr and "Traceback" not in result.stderr
-    assert re.search(r"the optimizer step to step \d+ \(epoch \d+\)", result.stderr)
+    assert re.search(r"the training step to step \d+ \(epoch \d+\)", result.stderr)
     _all_finite(workdir / CKPTS.format(0))
 
 

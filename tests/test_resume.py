@@ -45,18 +45,40 @@ def test_a_checkpoint_of_another_experiment_is_refused_naming_both(workdir: Path
     ("logger", "folder"),
     [
         ({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "out"}}, "out/lightning_logs"),
-        ({"class_path": "zoo.loggers.WandbLogger", "init_args": {}}, "runs/zoo"),
+        ({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "out", "name": None}}, "out"),
+        ({"class_path": "zoo.loggers.WandbLogger", "init_args": {"name": "digits_mlp"}}, "runs/zoo"),  # the project
         (True, "runs/lightning_logs"),
     ],
-    ids=["csv_without_name", "wandb_project", "default_logger"],
+    ids=["csv_default_name", "csv_no_name", "wandb_project", "default_logger"],
 )
-def test_last_looks_only_in_its_own_logger_folder(tmp_path: Path, monkeypatch, logger, folder):
+def test_last_looks_where_lightning_writes_this_configs_checkpoints(tmp_path: Path, monkeypatch, logger, folder):
     monkeypatch.chdir(tmp_path)
-    for name in ("other", folder.rpartition("/")[2]):
-        (tmp_path / folder.rpartition("/")[0] / name / "version_0/checkpoints").mkdir(parents=True)
+    for run in (f"{folder}/version_0", f"{folder}/other_experiment/version_0", "runs/digits_mlp/version_0"):
+        (tmp_path / run / "checkpoints").mkdir(parents=True)
     found, _ = checkpoint_folders({"trainer": {"logger": logger}})
     assert found == [Path(folder) / "version_0/checkpoints"]
     assert checkpoint_folders({"trainer": {"logger": None}})[0] == [Path("runs/checkpoints")]
+
+
+def test_experiments_sharing_a_folder_resume_only_their_own(workdir: Path, capsys):
+    zoo("fit", *MLP, "--trainer.logger=false")  # no logger: every experiment's checkpoints in runs/checkpoints
+    capsys.readouterr()
+    zoo("fit", *CNN, "--trainer.logger=false", "--ckpt_path=last")
+    assert "passing over 1 checkpoint(s) of other experiments or unreadable), starting a fresh run" in (
+        capsys.readouterr().err
+    )
+    zoo("fit", *CNN, "--trainer.logger=false", "--ckpt_path=last", "--trainer.max_epochs=2")
+    resumed = capsys.readouterr().err
+    assert "resuming from runs/checkpoints/last-v1.ckpt" in resumed or "resuming from runs/checkpoints/last.ckpt" in resumed
+
+
+def test_last_holds_the_steps_after_the_last_validation(workdir: Path):
+    # Validation after 2 of each epoch's 3 steps: the third step is in last.ckpt all the same.
+    zoo("fit", *MLP, "--trainer.val_check_interval=2", "--trainer.max_epochs=2")
+    last = read_checkpoint(str(workdir / CKPTS.format(0) / "last.ckpt"))
+    assert last["global_step"] == 6
+    zoo("fit", *MLP, "--trainer.check_val_every_n_epoch=5", "--trainer.max_epochs=2")  # no validation at all
+    assert read_checkpoint(str(workdir / CKPTS.format(1) / "last.ckpt"))["global_step"] == 6
 
 
 def test_last_falls_back_to_a_best_checkpoint_and_killed_writes_are_cleaned_up(workdir: Path, capsys):

@@ -62,9 +62,36 @@ PLACES = {
     "hparams_instantiator": _set("hyper_parameters._instantiator", lambda m: "os.system"),
     "stored_config_data": _in_config("data", "evil"),
     "stored_config_model": _in_config("model", "evil"),
+    # A zoo class that is no task, datamodule, optimizer or scheduler: a nested CLI would parse its own arguments.
+    "hparams_a_zoo_class_not_a_model_part": _set(
+        "hyper_parameters.backbone_kwargs.cli",
+        lambda m: {"class_path": "zoo.lightning_cli.ZooCLI", "init_args": {"args": ["--model.init_args.x=1"]}},
+    ),
+    "hparams_attribute_chain": _set(
+        "hyper_parameters.lr_scheduler",
+        lambda m: {"class_path": "torch.optim.lr_scheduler.LambdaLR", "init_args": {"lr_lambda": "zoo.checkpoints.os._exit"}},
+    ),
+    "hparams_chain_as_class": _set("hyper_parameters.optimizer", lambda m: {"class_path": "zoo.checkpoints.os.system"}),
     "callback_state": _set("callbacks.FineTuning.evil", popen),
     "datamodule_state": _set("Digits.evil", lambda m: [popen(m)]),
 }
+
+
+def _shared_with_an_unchecked_place(ckpt: dict, marker: Path) -> str:
+    # The same arguments dict first under a key of no class (seen there first), then where LambdaLR takes them.
+    arguments = {"lr_lambda": "os._exit"}
+    ckpt["hyper_parameters"]["lr_scheduler"] = {"class_path": "torch.optim.lr_scheduler.LambdaLR", "init_args": arguments}
+    ckpt["callbacks"]["FineTuning"]["kept"] = arguments
+    return "hyper_parameters.lr_scheduler.init_args.lr_lambda"
+
+
+def _without_task_class(ckpt: dict, marker: Path) -> str:
+    del ckpt["hyper_parameters"]["_class_path"]  # rebuilt by whatever task the config names: its arguments count
+    ckpt["hyper_parameters"]["lr_scheduler"] = "this.s"
+    return "hyper_parameters.lr_scheduler"
+
+
+PLACES.update(shared_container=_shared_with_an_unchecked_place, hparams_without_task_class=_without_task_class)
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +225,30 @@ def test_shared_and_deeply_nested_values_neither_hang_nor_crash_the_check():
         node["d"] = node = {}
     with pytest.raises(ConfigError, match="nest deeper than any zoo checkpoint"):
         check_is_data({"hyper_parameters": deep}, "x.ckpt")
+    dag: list = ["x"]
+    for _ in range(60):  # 2**60 paths, as pickle's memo can share lists
+        dag = [dag, dag]
+    start = time.monotonic()
+    check_is_data({"hyper_parameters": {"backbone_kwargs": {"zzz": dag}}}, "x.ckpt")
+    assert time.monotonic() - start < 5
+
+
+def test_a_zoo_backbone_chain_that_comes_back_to_itself_is_refused(trained, tmp_path: Path):
+    from zoo.registry import create_backbone
+
+    ckpt = torch.load(trained / "checkpoints/last.ckpt", weights_only=True)
+    first, second = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    for path, other in ((first, second), (second, first)):
+        ckpt["hyper_parameters"]["backbone"] = f"zoo/{other}"
+        torch.save(ckpt, path)
+    with pytest.raises(ConfigError, match="its backbone comes back to itself"):
+        create_backbone(f"zoo/{first}", pretrained=True, input_shape=(1, 8, 8))
+
+
+def test_a_data_state_of_the_wrong_kind_is_refused(trained, workdir: Path, capsys):
+    ckpt = torch.load(trained / "checkpoints/last.ckpt", weights_only=True)
+    ckpt["Digits"] = {"class_names": [str(i) for i in range(10)], "stats": {"mean": "abc", "std": None}}
+    path = workdir / "state.ckpt"
+    torch.save(ckpt, path)
+    err = error_of(capsys, "predict", f"--ckpt_path={path}", str(ROOT / "examples/digits"))
+    assert "its data state's 'stats' is not what a zoo datamodule stores" in err and "Traceback" not in err

@@ -29,22 +29,43 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEY = "zoo_config"  # the resolved CLI config, as YAML text
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format: a zip archive
-# The classes (and callables) a checkpoint may name: the zoo's own, torch's optimizers and schedulers, and the two
-# Lightning names LightningCLI itself stores. Rebuilding a model or its data from a checkpoint builds nothing else.
-TRUSTED_MODULES = ("zoo", "datamodules", "torch.optim", "timm.optim")  # with their submodules
-TRUSTED = frozenset({"lightning.pytorch.cli.ReduceLROnPlateau", "lightning.pytorch.cli.instantiate_module"})
+# The classes a checkpoint may name: a class defined in one of these packages (the zoo's tasks, datamodules and
+# schedules, torch's and timm's optimizers and schedulers, Lightning's ReduceLROnPlateau) and derived from one of
+# TRUSTED_BASES; or one the user's own config names. Rebuilding a model or its data builds nothing else.
+TRUSTED_PACKAGES = ("zoo.tasks", "zoo.schedules", "datamodules", "torch.optim", "timm.optim", "lightning.pytorch.cli")
+INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # the one ``_instantiator`` LightningCLI stores
 # Keys that hold a class path in what LightningCLI stores: a config's ``class_path``, a task's ``_class_path``
 # and the ``_instantiator`` Lightning's ``load_from_checkpoint`` would call.
 CLASS_KEYS = ("class_path", "_class_path", "_instantiator")
 REMOTE_CODE_KEY = "trust_remote_code"
 
 
+def trusted_bases() -> tuple[type, ...]:
+    """What a class a checkpoint names must derive from: a zoo task or datamodule, an optimizer, a scheduler."""
+    from datamodules.base import ZooDataModule
+    from zoo.tasks.base import ZooTask
+
+    return ZooTask, ZooDataModule, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, \
+        torch.optim.lr_scheduler.ReduceLROnPlateau  # fmt: skip
+
+
 def trusted(path: Any, extra: Collection[str] = ()) -> bool:
-    """Whether a checkpoint may name ``path`` (a dotted class or function path): on :data:`TRUSTED`, or among
-    ``extra``, the classes the user's own config names (:func:`classes_named`)."""
+    """Whether a checkpoint may name the class ``path``: one the user's own config names (``extra``, see
+    :func:`classes_named`), or a class defined in a module of :data:`TRUSTED_PACKAGES` (imported only then) that
+    derives from :func:`trusted_bases`. ``module.attribute`` exactly: no attribute chains such as
+    ``zoo.checkpoints.os.system``, no functions."""
     if not isinstance(path, str):
         return False
-    return path in TRUSTED or path in extra or any(path.startswith(f"{module}.") for module in TRUSTED_MODULES)
+    if path in extra:
+        return True
+    module, _, name = path.rpartition(".")
+    if not any(module == p or module.startswith(f"{p}.") for p in TRUSTED_PACKAGES):
+        return False
+    try:
+        found = importlib.import_module(module).__dict__.get(name)  # the module's own name, never an import chain
+    except ImportError:
+        return False
+    return isinstance(found, type) and issubclass(found, trusted_bases()) and found.__module__.startswith(module)
 
 
 def classes_named(config: Any) -> frozenset[str]:
@@ -106,6 +127,10 @@ def check_is_data(ckpt: dict[str, Any], path: str, trusted: Collection[str] = ()
     callbacks there do not make their checkpoint unusable.
     """
     walk = _Walk(path, frozenset(trusted))
+    if isinstance(ckpt.get("hyper_parameters"), Mapping) and "_class_path" not in ckpt["hyper_parameters"]:
+        from zoo.tasks.base import ZooTask
+
+        walk.owners["hyper_parameters"] = ZooTask  # whatever task rebuilds them takes at least its arguments
     try:
         for key, value in ckpt.items():
             if key in ("state_dict", "optimizer_states"):
@@ -137,24 +162,30 @@ def _stored_config(text: Any, path: str) -> dict[str, Any]:
 
 
 class _Walk:
-    """One walk over a checkpoint's values, each container visited once (YAML aliases and pickle memo entries
-    share them: a crafted file could otherwise make the walk exponential)."""
+    """One walk over a checkpoint's values, each container visited once per owner class (YAML aliases and pickle
+    memo entries share containers: a crafted file could otherwise make the walk exponential)."""
 
     def __init__(self, path: str, extra: frozenset[str]) -> None:
-        self.path, self.extra, self.seen = path, extra, set()
+        self.path, self.extra = path, extra
+        self.seen: set[tuple[int, Optional[type]]] = set()
+        self.owners: dict[str, type] = {}  # top-level keys whose values are a class's arguments
 
     def check(self, value: Any, where: str, owner: Optional[type] = None) -> None:
-        """Every class path under :data:`CLASS_KEYS` must be trusted, and so must every string given where a
-        class expects a callable or a class, which jsonargparse would import. ``owner`` is the class whose
-        arguments ``value`` holds (``init_args``); a task's hyperparameters name theirs under ``_class_path``."""
-        if not isinstance(value, (Mapping, list, tuple)) or id(value) in self.seen:
+        """Every class path under :data:`CLASS_KEYS` must be trusted, and no string may stand where a class
+        expects a callable or a class (jsonargparse would import it: a zoo checkpoint stores those as
+        ``class_path`` dicts). ``owner`` is the class whose arguments ``value`` holds (``init_args``); a task's
+        hyperparameters name theirs under ``_class_path``."""
+        owner = owner or self.owners.get(where)
+        if not isinstance(value, (Mapping, list, tuple)) or (id(value), owner) in self.seen:
             return
-        self.seen.add(id(value))
+        self.seen.add((id(value), owner))
         if isinstance(value, (list, tuple)):
             for index, item in enumerate(value):
                 self.check(item, f"{where}[{index}]")
             return
-        for key in CLASS_KEYS:
+        if "_instantiator" in value and value["_instantiator"] != INSTANTIATOR:
+            _refuse(f"{where}._instantiator", value["_instantiator"], self.path)
+        for key in CLASS_KEYS[:2]:
             if key in value and not trusted(value[key], self.extra):
                 _refuse(f"{where}.{key}", value[key], self.path)
         cls = _import_trusted(value["class_path"]) if "class_path" in value else None
@@ -164,7 +195,7 @@ class _Walk:
         for key, item in value.items():
             if key in imports:
                 for name in item if isinstance(item, (list, tuple)) else [item]:
-                    if isinstance(name, str) and not trusted(name, self.extra):
+                    if isinstance(name, str) and name not in self.extra:
                         _refuse(f"{where}.{key}", name, self.path)
             self.check(item, f"{where}.{key}", cls if key in ("init_args", "dict_kwargs") else None)
 
@@ -172,17 +203,20 @@ class _Walk:
 def _refuse(where: str, name: Any, path: str) -> None:
     raise ConfigError(
         f"{path}: refused, {where} names {name!r}, which a checkpoint may not build (a checkpoint is data: it may "
-        "name only the zoo's classes, torch's and timm's optimizers and schedulers, and those your own config "
-        "names). Only use checkpoints you trust; for one trained with your own class, give the config you trained "
-        "it with (zoo test / predict --config CONFIG --ckpt_path ...)"
+        "name only the zoo's tasks and datamodules, torch's and timm's optimizers and schedulers, and the classes "
+        "your own config names). Only use checkpoints you trust; for one trained with your own class, give the "
+        "config you trained it with (zoo test / predict --config CONFIG --ckpt_path ...)"
     )
 
 
 def _import_trusted(name: Any) -> Optional[type]:
-    """The trusted class ``name`` names, to read its signature (importing a trusted module runs no stranger's code)."""
+    """The trusted class ``name`` names, to read its signature: only from :data:`TRUSTED_PACKAGES` (a class of the
+    user's own config is the user's to import)."""
     module, _, attr = str(name).rpartition(".")
+    if not any(module == p or module.startswith(f"{p}.") for p in TRUSTED_PACKAGES):
+        return None
     try:
-        found = getattr(importlib.import_module(module), attr, None)
+        found = importlib.import_module(module).__dict__.get(attr)
     except ImportError:
         return None
     return found if isinstance(found, type) else None
@@ -199,8 +233,13 @@ def _imported_arguments(cls: Optional[type]) -> set[str]:
     return {p.name for p in parameters if any(t in str(p.annotation) for t in ("Callable", "type[", "Type["))}
 
 
-def distrust_remote_code(tree: Any, where: str) -> list[str]:
-    """Set every true ``trust_remote_code`` in ``tree`` to False, in place; returns where each one was."""
+def distrust_remote_code(tree: Any, where: str, seen: Optional[set[int]] = None) -> list[str]:
+    """Set every true ``trust_remote_code`` in ``tree`` to False, in place (each shared container once); returns
+    where each one was."""
+    seen = set() if seen is None else seen
+    if not isinstance(tree, (dict, list, tuple)) or id(tree) in seen:
+        return []
+    seen.add(id(tree))
     found = []
     if isinstance(tree, dict):
         for key, value in tree.items():
@@ -208,10 +247,10 @@ def distrust_remote_code(tree: Any, where: str) -> list[str]:
                 tree[key] = False
                 found.append(f"{where}.{key}")
             else:
-                found += distrust_remote_code(value, f"{where}.{key}")
-    elif isinstance(tree, (list, tuple)):
+                found += distrust_remote_code(value, f"{where}.{key}", seen)
+    else:
         for index, value in enumerate(tree):
-            found += distrust_remote_code(value, f"{where}[{index}]")
+            found += distrust_remote_code(value, f"{where}[{index}]", seen)
     return found
 
 
@@ -282,8 +321,33 @@ def load_datamodule(ckpt: dict[str, Any], path: str, instead: str) -> Any:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path}: cannot rebuild its data {data['class_path']}: {err}") from None
-    datamodule.load_state_dict(datamodule_state(ckpt))
+    state = datamodule_state(ckpt)
+    _check_data_state(state, path)
+    try:
+        datamodule.load_state_dict(state)
+    except (TypeError, KeyError, ValueError) as err:
+        raise ConfigError(f"{path}: its data state does not fit {data['class_path']} ({err!r}); not a checkpoint "
+                          "that `zoo fit` wrote") from None  # fmt: skip
     return datamodule
+
+
+def _check_data_state(state: dict[str, Any], path: str) -> None:
+    """The kinds of value a zoo datamodule stores: class names, numeric statistics, a vocabulary."""
+
+    def numeric(value: Any) -> bool:
+        if isinstance(value, (list, tuple)):
+            return all(numeric(v) for v in value)
+        return isinstance(value, (int, float, torch.Tensor)) and not isinstance(value, bool)
+
+    kinds = {
+        "class_names": lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, (str, int)) for n in v),
+        "stats": lambda v: isinstance(v, dict) and all(numeric(x) for x in v.values()),
+        "vocab": lambda v: isinstance(v, (list, tuple, dict)) and all(isinstance(w, str) for w in v),
+    }
+    for key, fits in kinds.items():
+        if state.get(key) is not None and not fits(state[key]):
+            raise ConfigError(f"{path}: its data state's {key!r} is not what a zoo datamodule stores "
+                              f"({type(state[key]).__name__}); not a checkpoint that `zoo fit` wrote")  # fmt: skip
 
 
 def run_config(ckpt: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -311,15 +375,15 @@ def class_names(ckpt: dict[str, Any]) -> Optional[list[str]]:
     return [str(n) for n in names] if names else None
 
 
-def newest_checkpoint(folders: list[Path]) -> Optional[Path]:
-    """The checkpoint to resume from: the newest ``last*.ckpt`` in ``folders``, or where a run has none (killed
-    before it wrote one), its newest ``best-*.ckpt``. Files are written whole (:class:`AtomicCheckpointIO`), and a
-    killed write's ``.partial`` file is never a candidate."""
+def resumable_checkpoints(folders: list[Path]) -> list[Path]:
+    """The checkpoints to resume from, newest first: each folder's ``last*.ckpt``, or where a run has none (killed
+    before it wrote one), its ``best-*.ckpt``. Files are written whole (:class:`AtomicCheckpointIO`), and a killed
+    write's ``.partial`` file is never a candidate."""
     found = []
     for folder in folders:
         last = [p for p in folder.glob("last*.ckpt") if p.is_file()]
         found += last or [p for p in folder.glob("best*.ckpt") if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def check_same_experiment(ckpt: dict[str, Any], path: str, config: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from zoo.checkpoints import (
     AtomicCheckpointIO,
     check_same_experiment,
     classes_named,
-    newest_checkpoint,
+    resumable_checkpoints,
     read_checkpoint,
     remove_stale_partials,
     task_class,
@@ -364,29 +364,37 @@ def zoo_error_in(exc: BaseException) -> Optional[ZooError]:
 
 def resolve_last_checkpoint(config: Any, fresh_if_none: bool = True) -> Optional[str]:
     """``--ckpt_path last``: the newest checkpoint of this config's own runs (:func:`checkpoint_folders`; each run
-    writes into a new ``version_<n>``, so Lightning's own lookup, in the new run's folder, finds nothing).
+    writes into a new ``version_<n>``, so Lightning's own lookup, in the new run's folder, finds nothing), passing
+    over those of other experiments where several share a folder (no logger, or a shared ``checkpoint.dirpath``).
 
     Args:
         fresh_if_none: with no checkpoint yet, return None with a note (a fit starts fresh, so the same command
             serves a job that may be preempted); otherwise (evaluation) refuse.
     """
     folders, where = checkpoint_folders(config)
-    found = newest_checkpoint(folders)
-    if found is None:
-        if not fresh_if_none:
-            raise ConfigError(f"--ckpt_path last: this config's runs ({where}) hold no checkpoint; train it with "
-                              "`zoo fit` first, or give the checkpoint's path")  # fmt: skip
-        print(f"--ckpt_path last: no checkpoint of this config in {where} yet, starting a fresh run", file=sys.stderr)
-        return None
-    print(f"resuming from {found}", file=sys.stderr)
-    return str(found)
+    own, others = classes_named(_plain(config)), 0
+    for path in resumable_checkpoints(folders):
+        try:
+            check_same_experiment(read_checkpoint(str(path), mmap=True, trusted=own), str(path), _plain(config))
+        except ZooError:
+            others += 1
+            continue
+        print(f"resuming from {path}", file=sys.stderr)
+        return str(path)
+    passed = f" (passing over {others} checkpoint(s) of other experiments or unreadable)" if others else ""
+    if not fresh_if_none:
+        raise ConfigError(f"--ckpt_path last: this config's runs ({where}) hold no checkpoint of it{passed}; train "
+                          "it with `zoo fit` first, or give the checkpoint's path")  # fmt: skip
+    print(f"--ckpt_path last: no checkpoint of this config in {where} yet{passed}, starting a fresh run",
+          file=sys.stderr)  # fmt: skip
+    return None
 
 
 def checkpoint_folders(config: Any) -> tuple[list[Path], str]:
-    """The folders this config's runs write checkpoints into, and how to name them in a message:
-    ``checkpoint.dirpath``; else ``<save_dir>/<name>/version_*/checkpoints`` of its (first) logger, with the
-    logger's own default name where the config gives none (``lightning_logs``; W&B's project); else, with no
-    logger, ``<default_root_dir>/checkpoints``. Never another experiment's folder."""
+    """The folders this config's runs write checkpoints into, as Lightning's ModelCheckpoint places them, and how
+    to name them in a message: ``checkpoint.dirpath``; else ``<save_dir>/<name>/<version>/checkpoints`` of its
+    (first) logger, where ``name`` is the logger's experiment name (W&B: its project; none: no such level);
+    else, with no logger, ``<default_root_dir>/checkpoints``."""
     dirpath = _get(config, "checkpoint.dirpath")
     if dirpath:
         return [Path(dirpath)], f"{dirpath}/"
@@ -395,29 +403,32 @@ def checkpoint_folders(config: Any) -> tuple[list[Path], str]:
     logger = logger[0] if isinstance(logger, list) and logger else logger
     if logger is None or logger is False:
         return [Path(root) / "checkpoints"], f"{root}/checkpoints/"
-    init_args = (logger.get("init_args") if hasattr(logger, "get") else None) or {}
-    name = init_args.get("name") or init_args.get("project")
-    if not name:
-        name = _default_name(logger.get("class_path")) if hasattr(logger, "get") else "lightning_logs"
-    experiment = Path(init_args.get("save_dir") or root) / str(name)
+    if not hasattr(logger, "get"):  # True: Lightning's default, a TensorBoard or CSV logger in <root>/lightning_logs
+        experiment = Path(root) / "lightning_logs"
+    else:
+        init_args = logger.get("init_args") or {}
+        key, default = _experiment_name_argument(logger.get("class_path"))
+        name = init_args[key] if key in init_args else default
+        experiment = Path(init_args.get("save_dir") or root) / (str(name) if name else "")
     return sorted(experiment.glob("*/checkpoints")), f"{experiment}/*/checkpoints/"
 
 
-def _default_name(class_path: Any) -> str:
-    """A logger class's default experiment name: its ``name`` argument's default, else its ``project``'s."""
+def _experiment_name_argument(class_path: Any) -> tuple[str, Any]:
+    """The logger argument that names its experiment folder (``name``; W&B's ``project``) and its default."""
     import importlib
     import inspect
 
+    from lightning.pytorch.loggers import WandbLogger
+
     module, _, attr = str(class_path).rpartition(".")
     try:
-        parameters = inspect.signature(getattr(importlib.import_module(module), attr)).parameters
+        cls = getattr(importlib.import_module(module), attr)  # the user's own config's logger class
+        parameters = inspect.signature(cls).parameters
     except (ImportError, AttributeError, TypeError, ValueError):
-        return "lightning_logs"
-    for key in ("name", "project"):
-        default = parameters[key].default if key in parameters else None
-        if isinstance(default, str) and default:
-            return default
-    return "lightning_logs"
+        return "name", "lightning_logs"
+    key = "project" if isinstance(cls, type) and issubclass(cls, WandbLogger) else "name"
+    default = parameters[key].default if key in parameters else None
+    return key, default if default is not inspect.Parameter.empty else None
 
 
 def _get(config: Any, dotted: str) -> Any:

@@ -288,7 +288,23 @@ def read_zoo_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, torch.Tens
     if not os.path.isfile(path):
         raise ConfigError(f"zoo/{path}: no such checkpoint file")
     stat = os.stat(path)
-    return _read_zoo_checkpoint(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    hparams, state = _read_zoo_checkpoint(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    _check_no_cycle(path, hparams)
+    return hparams, state
+
+
+def _check_no_cycle(path: str, hparams: dict[str, Any]) -> None:
+    """Refuse a chain of ``zoo/`` backbones that comes back to a checkpoint already in it (it would never end)."""
+    from zoo.checkpoints import read_checkpoint
+
+    chain = [os.path.abspath(path)]
+    source, rest = split_source(str(hparams["backbone"]))
+    while source == "zoo" and os.path.isfile(rest):
+        if os.path.abspath(rest) in chain:
+            raise ConfigError(f"zoo/{path}: its backbone comes back to itself ({' -> '.join([*chain, rest])}); "
+                              "not a checkpoint that `zoo fit` wrote")  # fmt: skip
+        chain.append(os.path.abspath(rest))
+        source, rest = split_source(str((read_checkpoint(rest, mmap=True).get("hyper_parameters") or {}).get("backbone")))
 
 
 @functools.lru_cache(maxsize=1)  # the registry entry, the backbone and its preprocessing read the same file

@@ -45,8 +45,13 @@ class ZooCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._monitor_exists(trainer):
             super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_stale(trainer)
+        # Always: steps after the epoch's last validation (val_check_interval), or an epoch without one
+        # (check_val_every_n_epoch), would otherwise be in no checkpoint. A validation at this step saved already.
+        self._save_last_if_stale(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_stale(trainer)  # max_steps or max_time reached inside an epoch
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._monitor_exists(trainer):

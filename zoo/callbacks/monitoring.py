@@ -86,9 +86,10 @@ class StopOnNonFinite(Callback):
         bad = non_finite_tensors(pl_module)
         if bad:
             raise TrainingError(
-                f"the optimizer step to step {trainer.global_step} (epoch {trainer.current_epoch}) made {len(bad)} "
-                f"tensor(s) non-finite, e.g. {', '.join(bad[:3])}, from a finite loss: the update is too "
-                f"large. Training stopped; no checkpoint holds these weights. {self.HINT}"
+                f"the training step to step {trainer.global_step} (epoch {trainer.current_epoch}) made {len(bad)} "
+                f"tensor(s) non-finite, e.g. {', '.join(bad[:3])}, from a finite loss (weights by the update, "
+                f"batch-norm statistics by the forward pass): the steps are too large. Training stopped; no "
+                f"checkpoint holds these values. {self.HINT}"
             )
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
