@@ -53,9 +53,9 @@ def _checkpoint(run_dir: Path, with_config: bool = True, **hparams: Any) -> Path
     ckpt: dict[str, Any] = {"epoch": 3, "global_step": 12, "state_dict": task.state_dict(), "hyper_parameters": hparams}
     if with_config:
         config = {"model": {"class_path": "zoo.tasks.Classifier"},
-                  "data": {"class_path": "datamodules.Toy", "init_args": {"batch_size": 4}}}  # fmt: skip
+                  "data": {"class_path": "datamodules.Digits", "init_args": {"batch_size": 4}}}  # fmt: skip
         ckpt[CONFIG_KEY] = yaml.safe_dump(config)
-        ckpt["Toy"] = {"class_names": CLASSES, "stats": {"mean": 0.5}}  # the datamodule's state
+        ckpt["Digits"] = {"class_names": CLASSES, "stats": {"mean": 0.5}}  # the datamodule's state
     path = run_dir / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)
     torch.save(ckpt, path)
@@ -111,7 +111,7 @@ def test_every_format_loads_again_and_matches_pytorch(case: str, tmp_path: Path)
     assert f"backbone {hparams['backbone']}" in card and "| test/acc | 0.7500 |" in card
     assert "| onnx | model.onnx |" in card and "max abs diff" in card
     if with_config:
-        assert "Classes (3): cat, dog, bird" in card and "datamodules.Toy" in card
+        assert "Classes (3): cat, dog, bird" in card and "datamodules.Digits" in card
     else:
         assert "holds no resolved config" in card and "Classes: not recorded" in card
 
