@@ -13,7 +13,7 @@ from tests.conftest import TINY, run_zoo
 from tests.test_cli import error_of, zoo
 from tests.test_reliability import CKPTS, RUN, assert_same_weights, probe, weights
 from zoo.checkpoints import read_checkpoint
-from zoo.lightning_cli import checkpoint_folders
+from zoo.resume import checkpoint_folders
 
 MLP = ["--config", "configs/experiments/digits_mlp.yaml", *TINY]
 CNN = ["--config", "configs/experiments/digits_cnn.yaml", *TINY]

@@ -375,37 +375,6 @@ def class_names(ckpt: dict[str, Any]) -> Optional[list[str]]:
     return [str(n) for n in names] if names else None
 
 
-def resumable_checkpoints(folders: list[Path]) -> list[Path]:
-    """The checkpoints to resume from, newest first: each folder's ``last*.ckpt``, or where a run has none (killed
-    before it wrote one), its ``best-*.ckpt``. Files are written whole (:class:`AtomicCheckpointIO`), and a killed
-    write's ``.partial`` file is never a candidate."""
-    found = []
-    for folder in folders:
-        last = [p for p in folder.glob("last*.ckpt") if p.is_file()]
-        found += last or [p for p in folder.glob("best*.ckpt") if p.is_file()]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def check_same_experiment(ckpt: dict[str, Any], path: str, config: dict[str, Any]) -> None:
-    """Refuse to resume a fit from a checkpoint of another experiment: its task, backbone or data class differs
-    from the config's."""
-    stored = {
-        "task": (ckpt.get("hyper_parameters") or {}).get("_class_path"),
-        "backbone": (ckpt.get("hyper_parameters") or {}).get("backbone"),
-        "data": ((run_config(ckpt) or {}).get("data") or {}).get("class_path"),
-    }
-    model, data = config.get("model") or {}, config.get("data") or {}
-    asked = {"task": model.get("class_path"), "backbone": (model.get("init_args") or {}).get("backbone"),
-             "data": data.get("class_path")}  # fmt: skip
-    differ = [key for key in stored if stored[key] and asked[key] and stored[key] != asked[key]]
-    if differ:
-        was = ", ".join(f"{key} {stored[key]}" for key in differ)
-        now = ", ".join(f"{key} {asked[key]}" for key in differ)
-        raise ConfigError(f"{path} is another experiment's checkpoint: it was trained with {was}, this config has "
-                          f"{now}. Resume with the config it was trained with, or drop --ckpt_path to train this one "
-                          "from scratch (model.backbone: zoo/<checkpoint> starts from its trained backbone)")  # fmt: skip
-
-
 def remove_stale_partials(folder: Path) -> list[Path]:
     """Remove what killed checkpoint writes left under ``folder`` (``.<name>.partial-<pid>`` files whose writer
     is gone); a live writer's file (another run of the same tree) is kept. Returns the files removed."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Optional
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -30,17 +29,16 @@ from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite, ZooEarlyStopping
 from zoo.callbacks.pictures import RunPictures, run_dir_of
 from zoo.callbacks.progress import ZooProgressBar
-from zoo.checkpoints import (
-    AtomicCheckpointIO,
-    check_same_experiment,
-    classes_named,
-    resumable_checkpoints,
-    read_checkpoint,
-    remove_stale_partials,
-    task_class,
-)
+from zoo.checkpoints import AtomicCheckpointIO, classes_named, read_checkpoint, remove_stale_partials, task_class
 from zoo.commands import DESCRIPTION
 from zoo.errors import ConfigError, ZooError
+from zoo.resume import (
+    as_dict,
+    check_same_experiment,
+    checkpoint_folders,
+    config_value,
+    resolve_last_checkpoint,
+)
 from zoo.tasks.base import ZooTask
 
 
@@ -130,18 +128,18 @@ class ZooCLI(LightningCLI):
             path = config.get("ckpt_path")
             if not path or path in ("best", "hpc") or "://" in str(path):
                 return
-            ckpt = read_checkpoint(str(path), mmap=True, trusted=classes_named(_plain(config)))
+            ckpt = read_checkpoint(str(path), mmap=True, trusted=classes_named(as_dict(config)))
             hparams = dict(ckpt.get("hyper_parameters") or {})
             if "_class_path" in hparams:
                 task_class(ckpt, str(path))
             if subcommand == "fit":
-                check_same_experiment(ckpt, str(path), _plain(config))
+                check_same_experiment(ckpt, str(path), as_dict(config))
         except ZooError as err:
             self._parser(subcommand).error(str(err))
         hparams.pop("_instantiator", None)
         if not hparams:
             return
-        own = _get(config, "model.init_args.backbone_kwargs.trust_remote_code")
+        own = config_value(config, "model.init_args.backbone_kwargs.trust_remote_code")
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
@@ -228,7 +226,7 @@ class ZooCLI(LightningCLI):
         plugins = trainer_config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # whole files or none, read without running code
-            own = classes_named(_plain(self.config.get(str(self.subcommand), self.config)))
+            own = classes_named(as_dict(self.config.get(str(self.subcommand), self.config)))
             trainer_config["plugins"] = [*plugins, AtomicCheckpointIO(trusted=own)]
         try:
             return self._instantiate_trainer(trainer_config, callbacks)
@@ -360,87 +358,6 @@ def zoo_error_in(exc: BaseException) -> Optional[ZooError]:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
-
-
-def resolve_last_checkpoint(config: Any, fresh_if_none: bool = True) -> Optional[str]:
-    """``--ckpt_path last``: the newest checkpoint of this config's own runs (:func:`checkpoint_folders`; each run
-    writes into a new ``version_<n>``, so Lightning's own lookup, in the new run's folder, finds nothing), passing
-    over those of other experiments where several share a folder (no logger, or a shared ``checkpoint.dirpath``).
-
-    Args:
-        fresh_if_none: with no checkpoint yet, return None with a note (a fit starts fresh, so the same command
-            serves a job that may be preempted); otherwise (evaluation) refuse.
-    """
-    folders, where = checkpoint_folders(config)
-    own, others = classes_named(_plain(config)), 0
-    for path in resumable_checkpoints(folders):
-        try:
-            check_same_experiment(read_checkpoint(str(path), mmap=True, trusted=own), str(path), _plain(config))
-        except ZooError:
-            others += 1
-            continue
-        print(f"resuming from {path}", file=sys.stderr)
-        return str(path)
-    passed = f" (passing over {others} checkpoint(s) of other experiments or unreadable)" if others else ""
-    if not fresh_if_none:
-        raise ConfigError(f"--ckpt_path last: this config's runs ({where}) hold no checkpoint of it{passed}; train "
-                          "it with `zoo fit` first, or give the checkpoint's path")  # fmt: skip
-    print(f"--ckpt_path last: no checkpoint of this config in {where} yet{passed}, starting a fresh run",
-          file=sys.stderr)  # fmt: skip
-    return None
-
-
-def checkpoint_folders(config: Any) -> tuple[list[Path], str]:
-    """The folders this config's runs write checkpoints into, as Lightning's ModelCheckpoint places them, and how
-    to name them in a message: ``checkpoint.dirpath``; else ``<save_dir>/<name>/<version>/checkpoints`` of its
-    (first) logger, where ``name`` is the logger's experiment name (W&B: its project; none: no such level);
-    else, with no logger, ``<default_root_dir>/checkpoints``."""
-    dirpath = _get(config, "checkpoint.dirpath")
-    if dirpath:
-        return [Path(dirpath)], f"{dirpath}/"
-    root = _get(config, "trainer.default_root_dir") or "runs"
-    logger = _get(config, "trainer.logger")
-    logger = logger[0] if isinstance(logger, list) and logger else logger
-    if logger is None or logger is False:
-        return [Path(root) / "checkpoints"], f"{root}/checkpoints/"
-    if not hasattr(logger, "get"):  # True: Lightning's default, a TensorBoard or CSV logger in <root>/lightning_logs
-        experiment = Path(root) / "lightning_logs"
-    else:
-        init_args = logger.get("init_args") or {}
-        key, default = _experiment_name_argument(logger.get("class_path"))
-        name = init_args[key] if key in init_args else default
-        experiment = Path(init_args.get("save_dir") or root) / (str(name) if name else "")
-    return sorted(experiment.glob("*/checkpoints")), f"{experiment}/*/checkpoints/"
-
-
-def _experiment_name_argument(class_path: Any) -> tuple[str, Any]:
-    """The logger argument that names its experiment folder (``name``; W&B's ``project``) and its default."""
-    import importlib
-    import inspect
-
-    from lightning.pytorch.loggers import WandbLogger
-
-    module, _, attr = str(class_path).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attr)  # the user's own config's logger class
-        parameters = inspect.signature(cls).parameters
-    except (ImportError, AttributeError, TypeError, ValueError):
-        return "name", "lightning_logs"
-    key = "project" if isinstance(cls, type) and issubclass(cls, WandbLogger) else "name"
-    default = parameters[key].default if key in parameters else None
-    return key, default if default is not inspect.Parameter.empty else None
-
-
-def _get(config: Any, dotted: str) -> Any:
-    """``config["a"]["b"]`` for ``"a.b"``, None where a level is missing (configs are dicts or Namespaces)."""
-    for key in dotted.split("."):
-        config = config.get(key) if hasattr(config, "get") else None
-    return config
-
-
-def _plain(config: Any) -> Any:
-    """A jsonargparse Namespace as nested dicts."""
-    return config.as_dict() if hasattr(config, "as_dict") else config
 
 
 def _without_validation(callbacks: list[Any]) -> list[Any]:
