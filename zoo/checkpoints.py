@@ -58,14 +58,9 @@ def trusted(path: Any, extra: Collection[str] = ()) -> bool:
         return False
     if path in extra:
         return True
-    module, _, name = path.rpartition(".")
-    if not any(module == p or module.startswith(f"{p}.") for p in TRUSTED_PACKAGES):
-        return False
-    try:
-        found = importlib.import_module(module).__dict__.get(name)  # the module's own name, never an import chain
-    except ImportError:
-        return False
-    return isinstance(found, type) and issubclass(found, trusted_bases()) and found.__module__.startswith(module)
+    found = _import_trusted(path)
+    defined_there = found is not None and found.__module__.startswith(path.rpartition(".")[0])
+    return defined_there and issubclass(found, trusted_bases())  # type: ignore[arg-type]
 
 
 def classes_named(config: Any) -> frozenset[str]:
@@ -210,8 +205,9 @@ def _refuse(where: str, name: Any, path: str) -> None:
 
 
 def _import_trusted(name: Any) -> Optional[type]:
-    """The trusted class ``name`` names, to read its signature: only from :data:`TRUSTED_PACKAGES` (a class of the
-    user's own config is the user's to import)."""
+    """The class ``name`` names, imported only from a module of :data:`TRUSTED_PACKAGES` and only as that module's
+    own attribute (never an import chain); None otherwise (a class of the user's own config is the user's to
+    import)."""
     module, _, attr = str(name).rpartition(".")
     if not any(module == p or module.startswith(f"{p}.") for p in TRUSTED_PACKAGES):
         return None
