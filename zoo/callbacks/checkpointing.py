@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from zoo.callbacks.monitoring import no_validation_yet, non_finite_tensors
+from zoo.callbacks.monitoring import non_finite_tensors, not_logged_yet
 from zoo.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,8 @@ class ZooCheckpoint(ModelCheckpoint):
             self._save_last_if_stale(trainer)
 
     def _monitor_exists(self, trainer: Trainer) -> bool:
-        if self.monitor is None or self.monitor in trainer.callback_metrics or trainer.sanity_checking:
-            return True
-        stage = self.monitor.partition("/")[0]
-        if any(k.startswith(f"{stage}/") for k in trainer.callback_metrics):
-            return True  # a mistyped monitor: Lightning's own error names the metrics there are
-        no_validation_yet(trainer, self.monitor)
-        return False
+        # A mistyped monitor counts as existing: Lightning's own error names the metrics there are.
+        return self.monitor is None or not not_logged_yet(trainer, self.monitor)
 
     def _save_last_if_stale(self, trainer: Trainer) -> None:
         # Lightning writes last.ckpt whenever it writes a top-k one, so a save at this step means last is current.

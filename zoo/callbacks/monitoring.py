@@ -130,26 +130,29 @@ class ZooEarlyStopping(EarlyStopping):
             super().on_validation_end(trainer, pl_module)
 
     def _monitor_logged(self, trainer: Trainer) -> bool:
-        metrics = trainer.callback_metrics
-        if self.monitor in metrics or trainer.sanity_checking:
-            return True
-        stage = self.monitor.partition("/")[0]
-        logged = sorted(k for k in metrics if k.startswith(f"{stage}/"))
-        if logged:
+        if not_logged_yet(trainer, self.monitor):
+            return False
+        if self.monitor not in trainer.callback_metrics and not trainer.sanity_checking:
+            stage = self.monitor.partition("/")[0]
+            logged = sorted(k for k in trainer.callback_metrics if k.startswith(f"{stage}/"))
             raise ConfigError(f"early_stopping.monitor={self.monitor!r} is not a logged metric; the run logs "
                               f"{', '.join(logged)}")  # fmt: skip
-        no_validation_yet(trainer, self.monitor)
-        return False
+        return True
 
 
 _TOLD: weakref.WeakSet = weakref.WeakSet()  # the trainers already told there is no validation metric
 
 
-def no_validation_yet(trainer: Trainer, monitor: str) -> None:
-    """Say once per run that ``monitor`` does not exist yet, and what the run does without it."""
-    if trainer in _TOLD:
-        return
-    _TOLD.add(trainer)
-    if trainer.is_global_zero:
+def not_logged_yet(trainer: Trainer, monitor: str) -> bool:
+    """Whether no metric of ``monitor``'s stage (``val/``) exists yet (no validation data or batches, or none run
+    so far), said once per run with what the run does without it. False when ``monitor`` is logged, during the
+    sanity check, and when others of its stage are (a mistyped name: the caller's to refuse)."""
+    metrics = trainer.callback_metrics
+    stage = monitor.partition("/")[0]
+    if monitor in metrics or trainer.sanity_checking or any(k.startswith(f"{stage}/") for k in metrics):
+        return False
+    if trainer not in _TOLD and trainer.is_global_zero:
         log.warning("no %s yet (no validation data, no validation batches, or no validation run so far): early "
                     "stopping waits for it, and the checkpoints keep the latest weights (last.ckpt)", monitor)  # fmt: skip
+    _TOLD.add(trainer)
+    return True
