@@ -113,13 +113,14 @@ def store_run_id(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
         checkpoint[RUN_ID_KEY] = run_id
 
 
-def stored_run_id(ckpt_path: str) -> Optional[str]:
-    """The W&B run id a checkpoint stores, or None (no such file, not readable, or no W&B run)."""
+def stored_run_id(ckpt_path: str, trusted: frozenset[str] = frozenset()) -> Optional[str]:
+    """The W&B run id a checkpoint stores, or None (no such file, not readable, or no W&B run). ``trusted``: the
+    classes of the user's own config, which the checkpoint may name too (see ``zoo.checkpoints.read_checkpoint``)."""
     from zoo.checkpoints import read_checkpoint
     from zoo.errors import ZooError
 
     try:  # memory-mapped: a large checkpoint's tensors are not read just for this string
-        run_id = read_checkpoint(ckpt_path, mmap=True).get(RUN_ID_KEY)
+        run_id = read_checkpoint(ckpt_path, mmap=True, trusted=trusted).get(RUN_ID_KEY)
     except ZooError:  # the checkpoint's own load reports it
         return None
     return run_id if isinstance(run_id, str) and run_id else None
@@ -143,7 +144,12 @@ def continue_stored_run(config: Any) -> Optional[str]:
     loggers = trainer.get("logger")
     loggers = loggers if isinstance(loggers, list) else [loggers]
     targets = [lg for lg in loggers if _is_wandb_logger(lg) and not _named_run(lg)]
-    run_id = stored_run_id(ckpt_path) if targets else None
+    if not targets:
+        return None
+    from zoo.checkpoints import classes_named
+    from zoo.resume import as_dict
+
+    run_id = stored_run_id(ckpt_path, classes_named(as_dict(config)))
     if run_id is None:
         return None
     for logger in targets:

@@ -25,10 +25,11 @@ def resolve_last_checkpoint(config: Any, fresh_if_none: bool = True) -> Optional
             serves a job that may be preempted); otherwise (evaluation) refuse.
     """
     folders, where = checkpoint_folders(config)
-    own, others = classes_named(as_dict(config)), 0
+    plain, others = as_dict(config), 0
+    own = classes_named(plain)
     for path in resumable_checkpoints(folders):
         try:
-            check_same_experiment(read_checkpoint(str(path), mmap=True, trusted=own), str(path), as_dict(config))
+            check_same_experiment(read_checkpoint(str(path), mmap=True, trusted=own), str(path), plain)
         except ZooError:
             others += 1
             continue
