@@ -221,6 +221,30 @@ class ZooTask(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self.shared_step(batch, "test")
 
+    def on_fit_start(self) -> None:
+        # A backbone fitted to the data before training (zoo.backbones.rocket's biases) is fitted here, once: a
+        # checkpoint restores it before this hook, and its `fitted` buffer then says so.
+        fit = getattr(self.backbone, "fit_to_data", None)
+        if callable(fit) and not bool(getattr(self.backbone, "fitted", False)):
+            fit(self._fitting_inputs())
+
+    def _fitting_inputs(self) -> Any:
+        """The training inputs in one seeded order, the same on every process (the training loader's sampler
+        is per process), moved to this model's device."""
+        from torch.utils.data import DataLoader, Subset
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_set", None)
+        if dataset is None:
+            raise ConfigError(
+                f"backbone {self.backbone_name!r} is fitted to the training data before training and needs a zoo "
+                "datamodule (data: in the config) to read it from"
+            )
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(Subset(dataset, order.tolist()), batch_size=64, collate_fn=datamodule.collate_fn())
+        for inputs, _ in loader:
+            yield self.transfer_batch_to_device(inputs, self.device, 0)
+
     def on_train_start(self) -> None:
         batches, accumulate = self.trainer.num_training_batches, self.trainer.accumulate_grad_batches
         if math.isfinite(batches) and accumulate > batches:
