@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cli import main
-from datamodules import Digits, SklearnTabular, TextClassification, TimeSeries
+from datamodules import MNIST, Digits, ImageFolder, SklearnTabular, TextClassification, TimeSeries
 from datamodules.base import BaselineData
 from tests.conftest import TINY
 from zoo.baselines import baselines_of_run, comparison, linear_probe, padded_series, run_baselines
@@ -119,6 +119,42 @@ def test_pixels_baseline_on_digits():
     results = run_baselines(data, "classification")
     assert results["baseline/pixels_logreg/acc"] > 0.9
     assert results["baseline/majority/acc"] < 0.2
+
+
+def test_image_folder_baseline_reads_every_split_at_most_32_pixels_a_side(tmp_path: Path):
+    from PIL import Image
+
+    for c, name in enumerate(["cat", "dog", "eel"]):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            Image.new("RGB", (40, 40), (80 * c,) * 3).save(tmp_path / name / f"{i}.png")
+    datamodule = ImageFolder(data_dir=str(tmp_path), image_size=64, val_split=0.2, test_split=0.2)
+    data = prepared(datamodule)
+    assert data.x_train.shape == (24, 3, 32, 32) and data.x_test.shape == (6, 3, 32, 32)
+    assert data.y_test.tolist() == [datamodule.test_set[i][1] for i in range(6)]  # the model's test split, in order
+    model_view = datamodule.test_set[0][0]  # 64x64, normalised: a uniform image has the same values at 32x32
+    assert np.allclose(data.x_test[0], model_view[:, :32, :32].numpy(), atol=1e-5)
+    assert run_baselines(data, "classification")["baseline/pixels_logreg/acc"] == 1.0
+
+
+def test_torchvision_sets_give_their_prepared_images(tmp_path: Path):
+    from tests.test_datamodules_images import write_mnist
+
+    write_mnist(tmp_path, "MNIST", n_train=30, n_test=10)
+    datamodule = MNIST(data_dir=str(tmp_path), download=False, val_split=0.2)
+    data = prepared(datamodule)
+    assert data.x_train.shape == (30, 1, 28, 28) and sorted(data.y_train.tolist()) == sorted([0, 1, 2] * 10)
+    expected = torch.stack([datamodule.test_set[i][0] for i in range(10)]).numpy()
+    assert np.array_equal(data.x_test, expected) and data.y_test.tolist() == [i % 3 for i in range(10)]
+
+
+def test_large_training_parts_are_a_seeded_subsample():
+    from datamodules.base import capped
+
+    assert capped(50, seed=1, cap=50).tolist() == list(range(50))
+    picked = capped(50, seed=1, cap=10)
+    assert len(set(picked.tolist())) == 10 and picked.tolist() == sorted(picked.tolist())
+    assert picked.tolist() == capped(50, seed=1, cap=10).tolist() != capped(50, seed=2, cap=10).tolist()
 
 
 def test_linear_probe_fits_the_pretrained_backbones_frozen_features(tmp_path: Path):
