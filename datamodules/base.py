@@ -9,6 +9,7 @@ and ``input_shape``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -37,6 +38,40 @@ def labels_of(dataset: Optional[Dataset]) -> Optional[torch.Tensor]:
     else:
         return None
     return labels if labels.dim() == 1 and not labels.is_floating_point() else None
+
+
+@dataclass
+class BaselineData:
+    """The data a cheap baseline learns from and is scored on (:func:`zoo.baselines.run_baselines`).
+
+    The training part is the train and validation splits (all the model may learn from); the test part is the
+    model's test split, in the order its test loader reads it. ``y`` are class indices (ints) for classification,
+    ``(N, num_targets)`` floats in the targets' own units for regression.
+
+    Attributes:
+        kind: ``"table"`` (``x`` 2-D floats, NaN for missing, categorical columns as integer codes listed in
+            ``categorical``), ``"series"`` (a list of ``(T_i, C)`` float arrays, lengths may differ), ``"text"``
+            (a list of str) or ``"image"`` (``(N, ...)`` floats, the prepared, normalised images).
+    """
+
+    kind: str
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+    categorical: Optional[list[int]] = None
+
+
+BASELINE_CAP = 10_000  # training samples a baseline learns from at most, on the large sets
+
+
+def capped(n: int, seed: int, cap: int = BASELINE_CAP, what: str = "baseline") -> np.ndarray:
+    """Sorted indices of a seeded subsample of at most ``cap`` of ``n`` samples (all of them when ``n <= cap``);
+    says so when it subsamples."""
+    if n <= cap:
+        return np.arange(n)
+    rank_zero_info(f"{what}: learns from a seeded subsample of {cap:,} of the {n:,} training samples")
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
 def split_indices(
@@ -320,6 +355,11 @@ class ZooDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+    def baseline_data(self) -> Optional[BaselineData]:
+        """This data for the cheap baselines a test reports beside the model (:mod:`zoo.baselines`), after
+        :meth:`setup`; None (the default) where the data gets no baseline."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the data: class names, and what new inputs need (statistics, vocabulary)."""

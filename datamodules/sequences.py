@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from datamodules.augment import Augmented, AugmentSpec, build_series_augment
-from datamodules.base import ZooDataModule, split_indices
+from datamodules.base import BaselineData, ZooDataModule, split_indices
 from datamodules.in_memory import StackedBatch
 from zoo.errors import ConfigError, DataError
 
@@ -339,6 +339,20 @@ class TimeSeries(PaddedSequenceDataModule):
         else:
             mean, std = np.asarray(self.stats["mean"]), np.asarray(self.stats["std"])
         return torch.from_numpy(np.nan_to_num((series - mean) / std, nan=0.0)).float()
+
+    def baseline_data(self) -> BaselineData:
+        """Every series of the training file (train + validation) and of the test file, normalised as the model
+        sees them, before padding: ``(T_i, C)`` each."""
+        if getattr(self, "stats", None) is None:
+            self.setup("test")  # the normalisation is fitted on the training split when the datasets are built
+        train_x, train_y, test_x, test_y = self._raw
+
+        def series(xs: list[np.ndarray]) -> list[np.ndarray]:
+            return [self._prepare(s).numpy() for s in xs]
+
+        return BaselineData(
+            "series", series(train_x), self._targets(train_y).numpy(), series(test_x), self._targets(test_y).numpy()
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"class_names": self.class_names, "stats": getattr(self, "stats", None)}

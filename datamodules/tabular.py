@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import ZooDataModule, fit_standardizer, split_indices
+from datamodules.base import BaselineData, ZooDataModule, fit_standardizer, split_indices
 from datamodules.in_memory import BatchedTensorDataset
 
 # name -> (loader function in sklearn.datasets, task)
@@ -95,3 +95,11 @@ class SklearnTabular(ZooDataModule):
         mean, std = fit_standardizer(x[train], dim=(0,))
         x = (x - mean) / std
         return tuple(BatchedTensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]
+
+    def baseline_data(self) -> BaselineData:
+        """The raw (unstandardised) features of train + validation and of the test split."""
+        train, val, test = self._splits
+        learn = np.sort(np.concatenate([train, val]))
+        x, y = np.asarray(self._raw.data, dtype=np.float64), np.asarray(self._raw.target)
+        y = y.astype(np.int64) if self.task == "classification" else y.astype(np.float64).reshape(-1, 1)
+        return BaselineData("table", x[learn], y[learn], x[test], y[test])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import split_indices
+from datamodules.base import BaselineData, split_indices
 from datamodules.sequences import PaddedSequenceDataModule, VariableLengthDataset, sorted_labels
 from zoo.errors import ConfigError, DataError
 
@@ -205,6 +205,15 @@ class TextClassification(PaddedSequenceDataModule):
             else:
                 out[split] = (*self._read(path), path)
         return out
+
+    def baseline_data(self) -> BaselineData:
+        """The raw texts: train + validation, and the test split."""
+        data = self._split_data
+        texts = data["train"][0] + data["val"][0]
+        labels = torch.cat([self._targets(data[s][1], data[s][2]) for s in ("train", "val")])
+        test_texts, test_labels, test_path = data["test"]
+        test_y = self._targets(test_labels, test_path).numpy()
+        return BaselineData("text", texts, labels.numpy(), list(test_texts), test_y)
 
     # --- tokens -----------------------------------------------------------------------------------
     def _words(self, text: str) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.augment import AugmentSpec, build_image_augment
-from datamodules.base import ZooDataModule, split_indices
+from datamodules.base import BaselineData, ZooDataModule, capped, split_indices
 from datamodules.in_memory import UInt8Images
 from zoo.errors import ConfigError, DataError
 
@@ -164,6 +164,25 @@ class _Classic(ZooDataModule):
             UInt8Images(x[val], y[val], **read),
             UInt8Images(test_x, test_y, **read),
         )
+
+
+    def baseline_data(self) -> BaselineData:
+        """Train + validation images (a seeded subsample of at most 10,000) and the whole test split, normalised
+        as the model's, at the stored size (no resize to a pretrained backbone's input size) and unaugmented."""
+        if self.train_set is None:
+            self.setup("test")
+        parts = [self.train_set, self.val_set]
+        images = torch.cat([p.images for p in parts])  # type: ignore[union-attr]
+        labels = torch.cat([p.labels for p in parts])  # type: ignore[union-attr]
+        keep = torch.as_tensor(capped(len(labels), self.seed, what=f"{type(self).__name__} baseline"))
+
+        def prepared(images: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            dataset = UInt8Images(images, labels, self.mean, self.std, self.channels)
+            chunks = [range(i, min(i + 1000, len(dataset))) for i in range(0, len(dataset), 1000)]
+            return torch.cat([dataset.__getitems__(c).fields[0] for c in chunks]).numpy(), labels.numpy()
+
+        test: UInt8Images = self.test_set  # type: ignore[assignment]
+        return BaselineData("image", *prepared(images[keep], labels[keep]), *prepared(test.images, test.labels))
 
 
 def _fit_channels(values: Sequence[float], channels: int, converted: bool) -> list[float]:

@@ -31,6 +31,7 @@ TINY = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--pictures=false",  # drawing costs ~1 s a run; tests/test_report.py checks the pictures
+    "--baseline=false",  # fitting baselines costs up to seconds a run; tests/test_baselines.py checks them
 ]
 
 

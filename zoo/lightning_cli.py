@@ -106,6 +106,15 @@ class ZooCLI(LightningCLI):
             help="draw learning curves, learning rates and the test confusion matrix as PNG files into the run "
             "folder, and as images in W&B (zoo.callbacks.pictures.RunPictures); false to skip",
         )
+        parser.add_argument(
+            "--baseline",
+            type=bool,
+            default=True,
+            help="test only (and fit's test): also fit strong cheap baselines on the same splits (majority / mean, "
+            "boosted trees, MiniRocket, TF-IDF or pixel regression by the kind of data, a linear probe of a "
+            "pretrained backbone), write them into test_metrics.json and say whether the model beats them "
+            "(zoo.baselines); false to skip",
+        )
 
     # --- instantiation ---------------------------------------------------------------------------
     def _parse_ckpt_path(self) -> None:
@@ -258,12 +267,17 @@ class ZooCLI(LightningCLI):
         if not self.trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        baselines, compared = {}, ""
+        if stage == "test" and self._get(self.config, "baseline", True):
+            from zoo.baselines import baselines_of_run
+
+            baselines, compared = baselines_of_run(self.trainer, self.model, self.datamodule, metrics)
         out_dir = run_dir_of(self.trainer)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{stage}_metrics.json"
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        path.write_text(json.dumps({**metrics, **baselines}, indent=2, sort_keys=True) + "\n")
         summary = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"{summary}\nmetrics written to {path}")
+        print("\n".join(line for line in (summary, compared, f"metrics written to {path}") if line))
 
 
 class ZooSaveConfig(SaveConfigCallback):
