@@ -75,7 +75,8 @@ def test_table_json_and_picture_from_run_folders(tmp_path: Path) -> None:
 
 def test_one_seed_has_no_std_and_a_failed_run_is_listed(tmp_path: Path) -> None:
     ok = read_run(fake_run(tmp_path, "GunPoint", 0, 0.9, baselines=False), "GunPoint", 0)
-    failed = RunResult("GunPoint", 1, str(tmp_path / "GunPoint/seed_1"), False, log="x/benchmark.log", reason="exit code 1")
+    failed = RunResult("GunPoint", 1, str(tmp_path / "GunPoint/seed_1"), False, log="x/benchmark.log",
+                       reason="exit code 1")  # fmt: skip
     table, _ = write_benchmark(tmp_path, [DataSet("GunPoint")], [ok, failed], "test/acc", "t")
     row = next(line for line in table.splitlines() if line.startswith("| GunPoint"))
     assert "| 90.0 |" in row and row.endswith("| 1/2 |")
