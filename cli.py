@@ -42,14 +42,15 @@ def print_help(file: Optional[TextIO] = None) -> None:
     """The top-level help, without importing Lightning (`zoo COMMAND --help` shows a command's options)."""
     file = file or sys.stdout
     commands = ",".join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])
+    width = max(map(len, [*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])) + 2
     print(f"usage: zoo [-h] [--version] {{{commands}}} ...\n", file=file)
     print(f"{DESCRIPTION.split(chr(10) + chr(10) + 'Zoo commands')[0]}\n", file=file)
     print("Lightning commands (zoo COMMAND --help lists every option, -c/--config reads YAML):", file=file)
     for name, text in LIGHTNING_COMMANDS.items():
-        print(f"  {name:9s}{text}", file=file)
+        print(f"  {name:{width}s}{text}", file=file)
     print("\nZoo commands:", file=file)
     for name, text in EXTRA_COMMANDS.items():
-        print(f"  {name:9s}{text}", file=file)
+        print(f"  {name:{width}s}{text}", file=file)
     print("\nzoo --version prints the versions of the zoo, torch and Lightning.", file=file)
 
 

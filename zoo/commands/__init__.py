@@ -13,6 +13,7 @@ EXTRA_COMMANDS = {
     "export": "ONNX, torch.export, safetensors and a model card: zoo export --ckpt_path X",
     "report": "learning curves and confusion matrix as PNG: zoo report RUN_DIR",
     "lr-find": "learning-rate range test, plot and a config with the suggested LR: zoo lr-find --config CONFIG",
+    "benchmark": "one recipe over data sets x seeds, a table beside baselines and published results: zoo benchmark",
 }
 # Commands implemented in zoo/commands/<name>.py, each a main(argv) imported only when used.
 COMMAND_MODULES = {
@@ -21,6 +22,7 @@ COMMAND_MODULES = {
     "export": "zoo.commands.export",
     "report": "zoo.commands.report",
     "lr-find": "zoo.commands.lr_find",
+    "benchmark": "zoo.commands.benchmark",
 }
 
 DESCRIPTION = """Train, evaluate and use the zoo's models from YAML configs.
@@ -31,7 +33,7 @@ DESCRIPTION = """Train, evaluate and use the zoo's models from YAML configs.
   zoo predict --ckpt_path runs/digits_cnn/version_0/checkpoints/last.ckpt examples/digits --output predictions.csv
 
 Zoo commands beside fit / validate / test / predict:
-""" + "\n".join(f"  {name:8s} {help}" for name, help in EXTRA_COMMANDS.items())
+""" + "\n".join(f"  {name:9s} {help}" for name, help in EXTRA_COMMANDS.items())
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
