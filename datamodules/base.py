@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
 
 from datamodules.augment import AugmentSpec, BatchMix, check_mix
 from datamodules.in_memory import collate
@@ -230,6 +230,13 @@ class ZooDataModule(LightningDataModule):
         return found
 
     def setup(self, stage: Optional[str] = None) -> None:
+        self._build_once()
+        if stage in (None, "fit"):
+            self._check_batches()
+        if stage in (None, "fit") and (self.mixup_alpha or self.cutmix_alpha):
+            self.batch_mix = self._batch_mix()
+
+    def _build_once(self) -> None:
         if self.train_set is None:
             self.num_classes  # noqa: B018  (checks an explicit num_classes against the data first)
             train, val, test = self.build()
@@ -237,10 +244,20 @@ class ZooDataModule(LightningDataModule):
                 raise DataError(f"{type(self).__name__}: the training split is empty; check data_dir and the splits")
             self.train_set, self.val_set, self.test_set = train, val, test
             self._check_labels()
-        if stage in (None, "fit"):
-            self._check_batches()
-        if stage in (None, "fit") and (self.mixup_alpha or self.cutmix_alpha):
-            self.batch_mix = self._batch_mix()
+
+    def split_sizes(self) -> tuple[int, int]:
+        """The number of training and validation samples (the data is read if it was not yet)."""
+        self._build_once()
+        return len(self.train_set), len(self.val_set) if self.val_set is not None else 0  # type: ignore[arg-type]
+
+    def join_validation(self) -> None:
+        """The validation samples join the training split and validation is left empty: on small data a run
+        trains on all of it for a fixed budget rather than select epochs on a few samples (:mod:`zoo.budget`).
+        Statistics fitted on the training split (normalisation, vocabulary) stay as they are."""
+        self._build_once()
+        if self.val_set is not None and len(self.val_set):  # type: ignore[arg-type]
+            self.train_set = ConcatDataset([self.train_set, self.val_set])  # type: ignore[list-item]
+            self.val_set = Subset(self.val_set, [])
 
     def _check_labels(self) -> None:
         """Class labels outside ``[0, num_classes)`` are named before training (they would crash the loss

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -29,6 +29,7 @@ from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite, ZooEarlyStopping
 from zoo.callbacks.pictures import RunPictures, run_dir_of
 from zoo.callbacks.progress import ZooProgressBar
+from zoo.budget import MIN_VAL_SAMPLES, plan
 from zoo.checkpoints import AtomicCheckpointIO, classes_named, read_checkpoint, remove_stale_partials, task_class
 from zoo.commands import DESCRIPTION
 from zoo.errors import ConfigError, ZooError
@@ -98,6 +99,22 @@ class ZooCLI(LightningCLI):
             type=bool,
             default=True,
             help="fit only: test the best checkpoint when training ends and write its metrics as JSON",
+        )
+        parser.add_argument(
+            "--steps",
+            type=Optional[Union[int, Literal["auto"]]],
+            default=None,
+            help="fit only: the training budget in optimizer steps, or 'auto' (10 epochs, within 1,000-10,000 "
+            "steps); the epochs follow from the data's size and the batch size is capped so an epoch has 4 steps "
+            "or more (zoo.budget). Unset: trainer.max_epochs / max_steps as given",
+        )
+        parser.add_argument(
+            "--selection",
+            type=Literal["auto", "best", "last"],
+            default="auto",
+            help="fit only: the weights tested after training. 'best': the checkpoint with the best val/loss; "
+            "'last': the validation split joins the training data and the last weights are kept; 'auto': "
+            f"'best' from {MIN_VAL_SAMPLES} validation samples up, else 'last' (zoo.budget)",
         )
         parser.add_argument(
             "--pictures",
@@ -204,6 +221,8 @@ class ZooCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if self.subcommand == "fit" and isinstance(self.datamodule, ZooDataModule):
+            self._plan_training(trainer_config)
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
@@ -243,6 +262,33 @@ class ZooCLI(LightningCLI):
             # Hardware the run asks for and this machine lacks (accelerator, devices, precision plugins).
             self._parser(self.subcommand).error(f"the trainer settings cannot run here: {err}")
 
+    def _plan_training(self, trainer_config: dict[str, Any]) -> None:
+        """The step budget and the model selection for this data (zoo.budget), applied to the datamodule and the
+        trainer settings, with the reasons printed before training."""
+        datamodule = self.datamodule
+        train_size, val_size = datamodule.split_sizes()
+        if trainer_config.get("limit_val_batches") == 0:
+            val_size = 0  # validation is off: nothing to select on
+        devices, nodes = trainer_config.get("devices"), trainer_config.get("num_nodes") or 1
+        processes = devices * nodes if isinstance(devices, int) and devices > 0 else nodes
+        try:
+            decided = plan(
+                train_size, val_size, datamodule.batch_size, self._get(self.config, "steps"),
+                self._get(self.config, "selection", "auto"), processes=processes,
+                accumulate=trainer_config.get("accumulate_grad_batches") or 1,
+                max_epochs=trainer_config.get("max_epochs"), max_steps=trainer_config.get("max_steps") or -1,
+            )  # fmt: skip
+        except ZooError as err:
+            self._parser(self.subcommand).error(str(err))
+        datamodule.batch_size = decided.batch_size
+        if decided.steps is not None:
+            trainer_config["max_steps"], trainer_config["max_epochs"] = decided.steps, decided.epochs
+        if decided.selection == "last":
+            datamodule.join_validation()
+            trainer_config["limit_val_batches"] = 0
+        for note in decided.notes:
+            print(note, file=sys.stderr)
+
     # --- after each command ----------------------------------------------------------------------
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit", True) or self.datamodule is None:
@@ -254,6 +300,7 @@ class ZooCLI(LightningCLI):
         if ckpt_path is None and ckpt is not None and ckpt.monitor:
             print(f"testing the last weights: no best checkpoint by {ckpt.monitor} (it was never logged)",
                   file=sys.stderr)  # fmt: skip
+        _warn_first_epoch_best(self.trainer)
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
         self._write_metrics("test")
 
@@ -386,6 +433,19 @@ def _without_validation(callbacks: list[Any]) -> list[Any]:
             callback.monitor, callback.save_top_k = None, 1  # one checkpoint, the latest (plus last.ckpt)
         kept.append(callback)
     return kept
+
+
+def _warn_first_epoch_best(trainer: Trainer) -> None:
+    """A best checkpoint from the first of several epochs: nothing after it improved the monitored metric."""
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", "") if ckpt is not None and getattr(ckpt, "monitor", None) else ""
+    if best and trainer.current_epoch > 1 and os.path.basename(best).startswith("best-epoch=0-"):
+        print(
+            f"warning: the best checkpoint by {ckpt.monitor} is from the first epoch of {trainer.current_epoch}: "  # type: ignore[union-attr]
+            "training did not improve on it. The learning rate may be too high (zoo lr-find), or the validation "
+            "split too small or unlike the training data to select on (--selection last)",
+            file=sys.stderr,
+        )
 
 
 def _check_precision(trainer_config: dict[str, Any]) -> None:
