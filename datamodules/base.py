@@ -9,6 +9,7 @@ and ``input_shape``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -20,6 +21,28 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from datamodules.augment import AugmentSpec, BatchMix, check_mix
 from datamodules.in_memory import collate
 from zoo.errors import ConfigError, DataError
+
+
+@dataclass
+class BaselineData:
+    """A datamodule's data as plain arrays, for a classical baseline (gradient boosting) on the same split.
+
+    Attributes:
+        kind: what the arrays hold: ``"table"`` (rows of features).
+        x_train: ``(N, F)`` floats of the training and validation splits together, NaN where a value is missing;
+            categorical columns hold integer codes.
+        y_train: class indices ``(N,)``, or floats ``(N, num_targets)`` in the targets' own units.
+        x_test: the test split, as ``x_train``.
+        y_test: the test split's targets, as ``y_train``.
+        categorical: indices of the categorical columns of ``x`` (None: none).
+    """
+
+    kind: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    categorical: Optional[list[int]] = None
 
 
 def labels_of(dataset: Optional[Dataset]) -> Optional[torch.Tensor]:
@@ -164,6 +187,12 @@ class ZooDataModule(LightningDataModule):
     @property
     def vocab_size(self) -> Optional[int]:
         """Size of the token vocabulary (text data only)."""
+        return None
+
+    @property
+    def categories(self) -> Optional[list[int]]:
+        """Cardinality of each categorical input column, code 0 included (tabular data only; None: no such
+        columns). The backbone embeds them (:class:`zoo.backbones.tabular.TabularMLPBackbone`)."""
         return None
 
     @property
@@ -327,6 +356,10 @@ class ZooDataModule(LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored_state = dict(state_dict)
+
+    def baseline_data(self) -> Optional[BaselineData]:
+        """The data as arrays for a classical baseline on the same split; None where the data has no such form."""
+        return None
 
     def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
         """New inputs read from ``path`` and prepared the way the training data was, for `zoo predict`:
