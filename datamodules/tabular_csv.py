@@ -235,8 +235,9 @@ class TabularCSV(ZooDataModule):
         numeric_keys = all(v is not None for v in values)
         names = sorted(set(keys), key=lambda k: (float(k), k) if numeric_keys else (0.0, k))
         if len(names) < 2:
-            raise DataError(f"{self.train_file}, column {target!r}: every row has the class {names[0]!r}; a classifier "
-                            "needs at least two classes (for numbers to predict, set data.task: regression)")  # fmt: skip
+            raise DataError(f"{self.train_file}, column {target!r}: every row has the class {names[0]!r}; a "
+                            "classifier needs at least two classes (for numbers to predict, set data.task: "
+                            "regression)")  # fmt: skip
         index = {name: k for k, name in enumerate(names)}
         return task, names, np.array([index[k] for k in keys], dtype=np.int64)
 
@@ -386,8 +387,9 @@ class TabularCSV(ZooDataModule):
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
         datasets = []
         for table, rows in self._split_tables():
-            y = torch.from_numpy(self.targets(table, rows))
-            datasets.append(BatchedTensorDataset(self.encode(table, rows), y.float() if self.task == "regression" else y))
+            y = torch.from_numpy(self.targets(table, rows))  # (N,) class indices or (N, 1) values
+            y = y.float() if self.task == "regression" else y
+            datasets.append(BatchedTensorDataset(self.encode(table, rows), y))
         return tuple(datasets)  # type: ignore[return-value]
 
     def baseline_data(self) -> BaselineData:

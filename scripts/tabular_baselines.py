@@ -55,7 +55,8 @@ def run_recipe(path: Path, task: str, seed: int, workdir: Path) -> float:
     args = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / f"configs/recipes/tabular_{task}.yaml"),
             f"--data.train_file={path}", "--data.target_column=target", f"--data.seed={seed}",
             f"--seed_everything={seed}", f"--trainer.logger.init_args.name={name}",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--pictures=false"]  # fmt: skip
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--pictures=false"]  # fmt: skip
     done = subprocess.run(args, cwd=workdir, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"zoo fit failed on {path}:\n{done.stderr[-3000:]}")
@@ -82,14 +83,18 @@ def run_boosting(path: Path, task: str, seed: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tables", nargs="*", choices=[[], *TABLES], help=f"default: all of {list(TABLES)}")
+    parser.add_argument("tables", nargs="*", help=f"some of {list(TABLES)} (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workdir", default=None, help="where the CSVs and runs go (default: a temporary folder)")
     args = parser.parse_args(argv)
+    unknown = [t for t in args.tables if t not in TABLES]
+    if unknown:
+        parser.error(f"unknown tables {unknown}; choose from {list(TABLES)}")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tabular_"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    print(f"| table | metric | tabular recipe | HistGradientBoosting | difference |  (seeds {args.seeds}, in {workdir})")
+    print(f"seeds {args.seeds}, runs in {workdir}\n")
+    print("| table | metric | tabular recipe | HistGradientBoosting | difference |")
     print("|---|---|---|---|---|")
     for name in args.tables or list(TABLES):
         task = TABLES[name][1]
@@ -104,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         diff = statistics.mean(ours) - statistics.mean(boosted)
         metric = "accuracy" if task == "classification" else "R2"
         print(f"| {name} | {metric} | {shown(ours)} | {shown(boosted)} | {diff:+.3f} |", flush=True)
-        print(f"  per seed: recipe {[round(v, 4) for v in ours]}, boosting {[round(v, 4) for v in boosted]}", flush=True)
+        per_seed = f"recipe {[round(v, 4) for v in ours]}, boosting {[round(v, 4) for v in boosted]}"
+        print(f"  per seed: {per_seed}", flush=True)
 
 
 if __name__ == "__main__":

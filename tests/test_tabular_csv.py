@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from datamodules import TabularCSV
+from datamodules.tabular_csv import read_table
 from tests.conftest import TINY, run_zoo
 from zoo.backbones.tabular import embedding_size
 from zoo.errors import ConfigError, DataError
@@ -121,9 +122,8 @@ def test_state_round_trip_reads_new_rows_without_the_training_file(tmp_path: Pat
         assert getattr(restored, fact) == getattr(fitted, fact), fact
     new = _write(tmp_path / "new.csv", ["count", "colour", "x"], [[2, "red", ""], [5, "teal", 1.25]])  # no target
     dataset, _ = restored.predict_inputs(str(new))
-    expected = fitted.encode(fitted._train_table.__class__(str(new), ["x", "colour", "count"],
-                                                           [["", "red", "2"], ["1.25", "teal", "5"]], [2, 3]))  # fmt: skip
-    assert torch.equal(dataset.tensors[0], expected)
+    assert torch.equal(dataset.tensors[0], fitted.encode(read_table(str(new))))
+    assert dataset.tensors[0][:, -1].tolist() == [3.0, 0.0]  # red; teal is unseen
 
 
 # --- errors a user sees ------------------------------------------------------------------------------
@@ -142,12 +142,12 @@ def _bad(tmp_path: Path, case: str) -> tuple[TabularCSV, str]:
         rows[6][0] = "12..5"
         return TabularCSV(str(_write(tmp_path / "typo.csv", ["f", "y"], rows)), "y"), "setup"
     if case == "word in a numeric test column":
-        test = _write(tmp_path / "test.csv", ["x", "colour", "count", "label"], [[0.1, "red", 1, "pos"],
-                                                                                 ["high", "red", 1, "neg"]])  # fmt: skip
+        rows = [[0.1, "red", 1, "pos"], ["high", "red", 1, "neg"]]
+        test = _write(tmp_path / "test.csv", ["x", "colour", "count", "label"], rows)
         return _data(train, test_file=str(test)), "setup"
     if case == "unknown test class":
-        test = _write(tmp_path / "test.csv", ["x", "colour", "count", "label"], [[0.1, "red", 1, "pos"],
-                                                                                 [0.2, "red", 1, "maybe"]])  # fmt: skip
+        rows = [[0.1, "red", 1, "pos"], [0.2, "red", 1, "maybe"]]
+        test = _write(tmp_path / "test.csv", ["x", "colour", "count", "label"], rows)
         return _data(train, test_file=str(test)), "setup"
     if case == "feature absent from predict file":
         _write(tmp_path / "new.csv", ["x", "color", "count"], [[0.1, "red", 1]])

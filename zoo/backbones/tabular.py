@@ -78,7 +78,8 @@ class TabularMLPBackbone(Backbone):
         num_columns = math.prod(input_shape)
         if len(categories) > num_columns or any(n < 1 for n in categories):
             raise ConfigError(f"tabular_mlp: categories={categories} do not fit input_shape={tuple(input_shape)}: "
-                              "one cardinality (at least 1) per categorical column, the last columns of the input")  # fmt: skip
+                              "one cardinality (at least 1) per categorical column, the input's last "
+                              "columns")  # fmt: skip
         self.categories = categories
         self.num_numeric = num_columns - len(categories)
         self.embed = CategoryEmbedding(categories, embedding_dropout) if categories else None
@@ -104,7 +105,8 @@ class TabularMLPBackbone(Backbone):
         exact = _EXACT_CODES.get(x.dtype)
         if exact is not None and max(self.categories) > exact:
             raise ConfigError(f"tabular_mlp: a categorical column has {max(self.categories)} codes, more than "
-                              f"{x.dtype} inputs hold exactly ({exact}); use trainer.precision: bf16-mixed or 32-true")  # fmt: skip
+                              f"{x.dtype} inputs hold exactly ({exact}); use trainer.precision: bf16-mixed or "
+                              "32-true")  # fmt: skip
         codes = x[:, self.num_numeric :].round().long()  # (B, n_categorical)
         return self.blocks(torch.cat([x[:, : self.num_numeric], self.embed(codes).to(x.dtype)], dim=1))
 
