@@ -201,6 +201,8 @@ def test_tabular_mlp_embeds_each_categorical_column_by_the_fastai_rule() -> None
     features.sum().backward()
     grads = model.embed.embeds[0].weight.grad
     assert grads[1].abs().sum() > 0 and grads[2].abs().sum() > 0 and grads[0].abs().sum() == 0
+    outside = model.forward_features(torch.tensor([[0.5, -1.0, -3.0, 30.0], [0.5, -1.0, 0.0, 0.0]]))
+    assert torch.allclose(outside[0], outside[1])  # codes outside a column's range read as 0, unknown
 
 
 def test_categorical_data_with_a_backbone_that_cannot_embed_is_named() -> None:

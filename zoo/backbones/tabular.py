@@ -83,6 +83,8 @@ class TabularMLPBackbone(Backbone):
         self.categories = categories
         self.num_numeric = num_columns - len(categories)
         self.embed = CategoryEmbedding(categories, embedding_dropout) if categories else None
+        # Not in the state dict: it follows from `categories`, which rebuilds the model.
+        self.register_buffer("cardinalities", torch.tensor(categories, dtype=torch.long), persistent=False)
         in_features = self.num_numeric + (self.embed.num_features if self.embed is not None else 0)
         blocks = []
         for width in hidden_sizes:
@@ -108,6 +110,9 @@ class TabularMLPBackbone(Backbone):
                               f"{x.dtype} inputs hold exactly ({exact}); use trainer.precision: bf16-mixed or "
                               "32-true")  # fmt: skip
         codes = x[:, self.num_numeric :].round().long()  # (B, n_categorical)
+        # A code outside a column's range is a category the data never had: code 0, as the datamodule maps those
+        # (random check batches of `zoo export` hold such codes).
+        codes = torch.where((codes >= 0) & (codes < self.cardinalities), codes, torch.zeros_like(codes))
         return self.blocks(torch.cat([x[:, : self.num_numeric], self.embed(codes).to(x.dtype)], dim=1))
 
     def layer_groups(self) -> dict[str, nn.Module]:
