@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from datamodules import TabularCSV
-from datamodules.tabular_csv import read_table
+from datamodules.csv_table import read_table
 from tests.conftest import TINY, run_zoo
 from zoo.backbones.tabular import embedding_size
 from zoo.errors import ConfigError, DataError
