@@ -4,6 +4,7 @@ from datamodules.base import ZooDataModule
 from datamodules.images import Digits, ImageFolder
 from datamodules.sequences import TimeSeries
 from datamodules.tabular import SklearnTabular
+from datamodules.tabular_csv import TabularCSV
 from datamodules.text import TextClassification, VaderWords
 from datamodules.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
 
@@ -15,6 +16,7 @@ __all__ = [
     "ImageFolder",
     "MNIST",
     "SklearnTabular",
+    "TabularCSV",
     "TextClassification",
     "TimeSeries",
     "VaderWords",

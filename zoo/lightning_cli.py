@@ -75,6 +75,7 @@ class ZooCLI(LightningCLI):
             ("num_classes", "num_classes"),
             ("input_shape", "input_shape"),
             ("vocab_size", "vocab_size"),
+            ("categories", "categories"),
             ("num_targets", "num_targets"),
             ("target_mean", "target_mean"),
             ("target_std", "target_std"),

@@ -1,6 +1,6 @@
 """Built-in backbone families; importing this package registers them."""
 
-from zoo.backbones import cnn, conv1d, mlp, resnet, rnn, rocket, transformer, vit  # noqa: F401  (registration side effect)
+from zoo.backbones import cnn, conv1d, mlp, resnet, rnn, rocket, tabular, transformer, vit  # noqa: F401  (registration side effect)
 from zoo.backbones.base import Backbone
 from zoo.backbones.cnn import CNNBackbone
 from zoo.backbones.conv1d import FCN1DBackbone, ResNet1DBackbone
@@ -9,6 +9,7 @@ from zoo.backbones.pretrained import LayerGroup, PretrainedBackbone, preprocessi
 from zoo.backbones.resnet import ResNetBackbone
 from zoo.backbones.rnn import RNNBackbone
 from zoo.backbones.rocket import MiniRocketBackbone
+from zoo.backbones.tabular import TabularMLPBackbone
 from zoo.backbones.transformer import TransformerBackbone
 from zoo.backbones.vit import ViTBackbone
 
@@ -23,6 +24,7 @@ __all__ = [
     "RNNBackbone",
     "ResNet1DBackbone",
     "ResNetBackbone",
+    "TabularMLPBackbone",
     "TransformerBackbone",
     "ViTBackbone",
     "preprocessing_of",

@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from zoo.errors import ConfigError, TrainingError
-from zoo.registry import create_backbone
+from zoo.registry import create_backbone, get_backbone_entry
 
 STAGES = ("train", "val", "test")
 TRAIN_METRICS_BATCHES, TRAIN_METRICS_ELEMENTS = 32, 1 << 18  # training outputs kept before the metrics update
@@ -49,6 +49,9 @@ class ZooTask(LightningModule):
         memory_format: ``auto`` keeps convolutional image models in ``channels_last`` (1.1-1.3x faster training
             measured on CPU, more with AMP on GPUs), others contiguous; or force ``channels_last`` /
             ``contiguous``.
+        categories: the cardinality of each categorical column of tabular data, whose codes are the last
+            columns of the input; linked from the datamodule (:class:`datamodules.TabularCSV`) and passed to the
+            backbone, which embeds them (``tabular_mlp``). None: no categorical columns.
     """
 
     monitor: str = "val/loss"
@@ -66,6 +69,7 @@ class ZooTask(LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         l1_penalty: float = 0.0,
         memory_format: Literal["auto", "channels_last", "contiguous"] = "auto",
+        categories: Optional[list[int]] = None,
     ) -> None:
         super().__init__()
         if input_shape is None:
@@ -78,6 +82,13 @@ class ZooTask(LightningModule):
         data_facts: dict[str, Any] = {"input_shape": self.input_shape}
         if vocab_size is not None:
             data_facts["vocab_size"] = vocab_size
+        if categories:
+            data_facts["categories"] = list(categories)
+            if "categories" not in get_backbone_entry(backbone).parameters():
+                raise ConfigError(
+                    f"the data has {len(categories)} categorical column(s), which backbone {backbone!r} cannot "
+                    "embed; use model.backbone: tabular_mlp, or leave them out of data.feature_columns"
+                )
         self.backbone = create_backbone(backbone, pretrained=pretrained, **data_facts, **(backbone_kwargs or {}))
         self.head_dropout = head_dropout
         self.optimizer_factory = optimizer

@@ -38,6 +38,7 @@ class Regressor(ZooTask):
         num_targets: Optional[int] = None,
         input_shape: Optional[tuple[int, ...]] = None,
         vocab_size: Optional[int] = None,
+        categories: Optional[list[int]] = None,
         head_dropout: float = 0.0,
         loss: Literal["mse", "mae", "huber"] = "mse",
         target_mean: Optional[list[float]] = None,
@@ -49,7 +50,7 @@ class Regressor(ZooTask):
     ) -> None:
         super().__init__(
             backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler,
-            l1_penalty, memory_format,
+            l1_penalty, memory_format, categories,
         )
         self.save_hyperparameters()
         self._prune_hparams()
