@@ -23,28 +23,6 @@ from datamodules.in_memory import collate
 from zoo.errors import ConfigError, DataError
 
 
-@dataclass
-class BaselineData:
-    """A datamodule's data as plain arrays, for a classical baseline (gradient boosting) on the same split.
-
-    Attributes:
-        kind: what the arrays hold: ``"table"`` (rows of features).
-        x_train: ``(N, F)`` floats of the training and validation splits together, NaN where a value is missing;
-            categorical columns hold integer codes.
-        y_train: class indices ``(N,)``, or floats ``(N, num_targets)`` in the targets' own units.
-        x_test: the test split, as ``x_train``.
-        y_test: the test split's targets, as ``y_train``.
-        categorical: indices of the categorical columns of ``x`` (None: none).
-    """
-
-    kind: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    categorical: Optional[list[int]] = None
-
-
 def labels_of(dataset: Optional[Dataset]) -> Optional[torch.Tensor]:
     """A dataset's integer labels without reading its inputs, where it keeps them apart (TensorDataset, a
     ``targets`` list, Subsets of those); None where only reading every sample would tell."""
@@ -412,10 +390,6 @@ class ZooDataModule(LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored_state = dict(state_dict)
-
-    def baseline_data(self) -> Optional[BaselineData]:
-        """The data as arrays for a classical baseline on the same split; None where the data has no such form."""
-        return None
 
     def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
         """New inputs read from ``path`` and prepared the way the training data was, for `zoo predict`:
