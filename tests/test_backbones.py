@@ -38,6 +38,9 @@ def test_forward_and_backward_reach_every_parameter(name):
     model = create_backbone(name)
     features = model.forward_features(_example_input(name))
     assert features.shape == (TINY_BATCH, model.num_features)
+    if not list(model.parameters()):  # a fixed transform fitted to the data (minirocket): no gradient to reach
+        assert not features.requires_grad
+        return
     feature_loss(features).backward()
     for param_name, p in model.named_parameters():
         assert p.grad is not None, f"{param_name} got no gradient"

@@ -247,7 +247,9 @@ def comparison(metrics: dict[str, float], baselines: dict[str, float], task: str
         lines.append(f"  {name:<24}{value:.4f}   ({baselines.get(f'baseline/{name}/seconds', math.nan):.1f} s)")
     best = (max if higher else min)(scores, key=lambda name: scores[name])
     margin = (ours - scores[best]) if higher else (scores[best] - ours)
-    if margin > 0:
+    if abs(margin) < 5e-5:  # the same score, up to float32 (the model's metrics) against float64
+        lines.append(f"the model (test/{metric} {ours:.4f}) ties with the best baseline {best} ({scores[best]:.4f})")
+    elif margin > 0:
         lines.append(f"the model (test/{metric} {ours:.4f}) beats the best baseline {best} ({scores[best]:.4f}) "
                      f"by {margin:.4f}")  # fmt: skip
     else:

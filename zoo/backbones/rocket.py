@@ -16,6 +16,7 @@ whose receptive field lies inside the series.
 
 from __future__ import annotations
 
+import hashlib
 from itertools import combinations
 from typing import Any, Iterable, Optional
 
@@ -31,6 +32,7 @@ from zoo.registry import register_backbone
 
 NUM_KERNELS, KERNEL_LENGTH = 84, 9
 FIT_SAMPLES = 1024  # training series the biases and feature statistics are fitted on, at most
+CACHE_BYTES = 512 << 20  # features kept per series seen, for the epochs after the first: at most this much
 
 
 def _kernels() -> torch.Tensor:
@@ -106,9 +108,13 @@ class MiniRocketBackbone(Backbone):
                 combos[j, k, chosen] = 1.0
         self.register_buffer("combinations", combos)
         self.register_buffer("biases", torch.zeros(self.num_features))
-        self.register_buffer("feature_mean", torch.zeros(self.num_features))
-        self.register_buffer("feature_std", torch.ones(self.num_features))
+        self.standardize = Standardize(self.num_features)
         self.register_buffer("fitted", torch.tensor(False))
+        # The transform is fixed once fitted, so a series' features are computed once: later epochs (and every
+        # evaluation) read them back by the series' content. Emptied whenever the biases change.
+        self._cache: dict[bytes, torch.Tensor] = {}
+        self._cache_bytes = 0
+        self.register_load_state_dict_post_hook(lambda module, _: module.clear_cache())
 
     # --- the transform ------------------------------------------------------------------------------
     def _convolve(self, x: torch.Tensor, j: int) -> torch.Tensor:
@@ -148,7 +154,34 @@ class MiniRocketBackbone(Backbone):
 
     def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x, mask = self._inputs(x, mask)
-        return (self._ppv(x, mask) - self.feature_mean) / self.feature_std
+        return self.standardize(self._cached_ppv(x, mask))
+
+    def clear_cache(self) -> None:
+        """Forget the features computed so far (the biases changed)."""
+        self._cache.clear()
+        self._cache_bytes = 0
+
+    def _cached_ppv(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`_ppv`, computed only for the series not seen before (keyed by their real steps' bytes)."""
+        if not bool(self.fitted):
+            return self._ppv(x, mask)
+        lengths = mask.sum(dim=1).tolist()
+        keys = [
+            hashlib.blake2b(x[i, :, : int(n)].detach().cpu().numpy().tobytes(), digest_size=16).digest()
+            for i, n in enumerate(lengths)
+        ]
+        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        if missing:
+            index = torch.tensor(missing, device=x.device)
+            fresh = self._ppv(x[index], mask[index])
+            for i, features in zip(missing, fresh):
+                if self._cache_bytes + features.nbytes <= CACHE_BYTES:
+                    self._cache[keys[i]] = features
+                    self._cache_bytes += features.nbytes
+            found = dict(zip(missing, fresh))
+        else:
+            found = {}
+        return torch.stack([found[i] if i in found else self._cache[key] for i, key in enumerate(keys)])
 
     def _inputs(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, T)`` with zeros at padded steps, and the mask ``(B, T)``."""
@@ -179,6 +212,7 @@ class MiniRocketBackbone(Backbone):
         steps = max(x.shape[-1] for x in xs)
         x = torch.cat([F.pad(x, (0, steps - x.shape[-1])) for x in xs])[:FIT_SAMPLES]
         mask = torch.cat([F.pad(m, (0, steps - m.shape[-1])) for m in masks])[:FIT_SAMPLES]
+        self.clear_cache()
         generator = torch.Generator().manual_seed(self.seed)
         quantiles = _quantiles(self.num_features).to(x.device)
         start = 0
@@ -189,12 +223,24 @@ class MiniRocketBackbone(Backbone):
                 real = out[k, k][mask[picks[k]]]  # kernel k on its own series, real steps only
                 self.biases[start : start + n] = torch.quantile(real.double(), quantiles[start : start + n].double())
                 start += n
-        self.feature_mean.zero_(), self.feature_std.fill_(1.0)
         features = torch.cat([self._ppv(x[i : i + 64], mask[i : i + 64]) for i in range(0, len(x), 64)])
-        self.feature_mean.copy_(features.mean(0))
-        self.feature_std.copy_(features.std(0).nan_to_num(0.0).clamp_min(1e-2))
+        self.standardize.mean.copy_(features.mean(0))
+        self.standardize.std.copy_(features.std(0).nan_to_num(0.0).clamp_min(1e-2))
         self.fitted.fill_(True)
 
     def layer_groups(self) -> dict[str, nn.Module]:
-        """One group without parameters: the kernels are fixed and the biases fitted, never trained."""
-        return {"transform": self}
+        """One group without parameters (the kernels are fixed, the biases and statistics fitted, never trained):
+        the standardisation the features leave through."""
+        return {"transform": self.standardize}
+
+
+class Standardize(nn.Module):
+    """``(features - mean) / std`` with statistics fitted to the training data and kept as buffers."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
