@@ -162,7 +162,7 @@ def test_no_checkpoint_is_written_with_non_finite_weights():
 
 
 @pytest.mark.parametrize(
-    "how", [["--data.init_args.val_split=0"], ["--trainer.max_steps=2"]], ids=["no_validation_split", "stops_before_it"]
+    "how", [["--data.init_args.val_split=0", "--selection=best"], ["--trainer.max_steps=2"]], ids=["no_validation_split", "stops_before_it"]
 )
 def test_no_validation_metric_yet_trains_on_with_one_message(workdir: Path, capsys, how):
     from cli import main
@@ -333,13 +333,24 @@ def test_labels_outside_the_classes_are_named_before_training():
         Labelled().setup("fit")
 
 
-def test_a_batch_larger_than_the_data_with_drop_last_is_named_before_training(workdir: Path, capsys):
+def test_a_batch_larger_than_the_data_is_capped_before_training(workdir: Path, capsys):
+    from cli import main
+
     wine = ["--config", "configs/experiments/breast_cancer_mlp.yaml", "--data.name=wine", *TINY]
-    err = error_of(capsys, "fit", *wine, "--data.batch_size=200", "--data.drop_last=true")
-    # wine: 178 samples, 65 % of them (115) for training
-    assert "data.batch_size=200 is larger than the training split (115 samples)" in err
-    assert "data.drop_last=false" in err
-    assert not (workdir / "runs").exists() or not list((workdir / "runs").rglob("*.ckpt"))
+    main(["fit", *wine, "--data.batch_size=200", "--data.drop_last=true"])
+    # wine: 178 samples, 65 % (115) for training and 27 for validation, too few to select on: they join (142)
+    assert "data.batch_size 200 -> 35, so that an epoch over 142 samples has 4 or more optimizer steps" in (
+        capsys.readouterr().err
+    )
+    assert list((workdir / "runs").rglob("last.ckpt"))
+
+
+def test_a_batch_larger_than_the_data_with_drop_last_is_named_in_python():
+    from datamodules import SklearnTabular
+    from zoo.errors import DataError
+
+    with pytest.raises(DataError, match=r"data.batch_size=200 is larger than the training split \(115 samples\)"):
+        SklearnTabular(name="wine", batch_size=200, drop_last=True).setup("fit")
 
 
 def test_drop_last_drops_only_the_last_training_batch():
@@ -352,13 +363,13 @@ def test_drop_last_drops_only_the_last_training_batch():
 
 
 def test_an_epoch_never_ends_on_a_batch_of_one_sample(workdir: Path, caplog):
-    # breast_cancer: 369 training samples = 2 x 184 + 1; the MLP recipe has batch norm, which cannot train on one
+    # breast_cancer: 369 training samples = 4 x 92 + 1; the MLP recipe has batch norm, which cannot train on one
     # sample: PyTorch stopped the run at the end of the first epoch.
     from cli import main
 
     main(["fit", "--config", "configs/experiments/breast_cancer_mlp.yaml", *TINY, "--trainer.limit_train_batches=1.0",
-          "--data.batch_size=184"])  # fmt: skip
-    assert "369 training samples per process make batches of 184 end on one of a single sample" in caplog.text
+          "--data.batch_size=92"])  # fmt: skip
+    assert "369 training samples per process make batches of 92 end on one of a single sample" in caplog.text
     assert list((workdir / "runs").rglob("last.ckpt"))
 
 
