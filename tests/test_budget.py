@@ -64,6 +64,7 @@ def test_a_non_positive_step_budget_is_refused():
 SERIES = [
     "fit", "--config", "configs/recipes/series_classification.yaml", "--data.name", "ArrowHead",
     "--model.backbone_kwargs", '{"num_features": 840}', "--trainer.enable_progress_bar=false",
+    "--data.val_split=0.1", "--selection=auto",  # the recipe trains on everything; auto decides the same here
     "--trainer.enable_model_summary=false", "--pictures=false", "--baseline=false",
 ]  # fmt: skip
 
