@@ -322,7 +322,8 @@ class TimeSeries(PaddedSequenceDataModule):
             mean, std = _moments(np.concatenate([train_x[i] for i in train]), axis=0)
         else:
             mean, std = np.zeros(1), np.ones(1)
-        self.stats = {"mean": mean.tolist(), "std": std.tolist()}  # kept in checkpoints, for new series
+        # Kept in checkpoints, for new series: the normalisation, and the channels the model was built for.
+        self.stats = {"mean": mean.tolist(), "std": std.tolist(), "channels": int(train_x[0].shape[1])}
 
         def dataset(series: list[np.ndarray], labels: list[str]) -> VariableLengthDataset:
             return VariableLengthDataset([self._prepare(s) for s in series], self._targets(labels))
@@ -366,8 +367,8 @@ class TimeSeries(PaddedSequenceDataModule):
         if not path.lower().endswith(".ts"):
             raise DataError(f"{path}: this model reads time series; give a .ts file (UEA / UCR format)")
         series, _ = read_ts(path, labelled=False)
-        channels = len(self.stats["mean"]) if self.normalize == "per_channel" else series[0].shape[1]
-        if series[0].shape[1] != channels:
+        channels = self.stats.get("channels") or (len(self.stats["mean"]) if self.normalize == "per_channel" else None)
+        if channels is not None and series[0].shape[1] != channels:
             raise DataError(
                 f"{path}: its series have {series[0].shape[1]} dimensions; the model was trained on {channels}"
             )

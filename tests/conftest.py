@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 # Set before torch loads (and inherited by the `zoo` subprocesses): on a shared 2-core machine,
 # OpenMP threads that spin while waiting made training steps 10-25x slower under load.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A shell starts background jobs with Ctrl-C ignored, and an ignored signal stays ignored in every process they
+# start: the `zoo` subprocesses of the Ctrl-C tests would then train on. A handler here is reset at their exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,35 @@ def test_minirocket_caches_a_series_features_and_forgets_them_with_new_biases():
     assert torch.allclose(backbone(padded[:1], mask[:1]), first[:1])  # padding is not part of a series
     backbone.load_state_dict(backbone.state_dict())
     assert not backbone._cache
+
+
+def test_series_model_refuses_new_series_of_other_dimensions_and_an_unfitted_test(workdir):
+    import aeon
+
+    shipped = Path(aeon.__file__).parent / "datasets" / "data"
+    fit = run_zoo(*SERIES[:4], "BasicMotions", *SERIES[5:], "--steps", "8", cwd=workdir)  # 6 channels
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = workdir / "runs" / "series_classification" / "version_0" / "checkpoints" / "last.ckpt"
+    other = run_zoo("predict", "--ckpt_path", str(ckpt), str(shipped / "GunPoint" / "GunPoint_TEST.ts"), cwd=workdir)
+    assert other.returncode == 2 and "its series have 1 dimensions; the model was trained on 6" in other.stderr
+    unfitted = run_zoo("test", *SERIES[1:4], "BasicMotions", "--baseline=false", cwd=workdir)
+    assert unfitted.returncode == 2
+    assert "backbone 'minirocket' is fitted to the training data when training starts" in unfitted.stderr
+    assert "Traceback" not in unfitted.stderr
+
+
+def test_tree_baseline_survives_empty_and_many_level_columns():
+    from datamodules.base import BaselineData
+    from zoo.baselines import comparison, run_baselines
+
+    rng = np.random.default_rng(0)
+    n = 400
+    city = rng.integers(0, 300, n).astype(float)  # 300 levels: beyond the trees' 255 categories
+    signal = rng.normal(size=n)
+    x = np.column_stack([signal, np.full(n, np.nan), city])  # the middle column is always missing
+    y = (signal > 0).astype(int)
+    data = BaselineData("table", x[:300], y[:300], x[300:], y[300:], categorical=[2])
+    results = run_baselines(data, "classification")
+    assert results["baseline/hist_gradient_boosting/acc"] > 0.9 and "baseline/hist_gradient_boosting/failed" not in results
+    said = comparison({"test/acc": 0.5}, {**results, "baseline/minirocket/failed": 1.0}, "classification")
+    assert "minirocket failed (see above): the comparison is with the others only" in said

@@ -178,6 +178,7 @@ def benchmark(opts: argparse.Namespace, datasets: list[DataSet], overrides: list
     from zoo.benchmark_table import write_benchmark
 
     out = Path(opts.out).resolve()
+    opts.seeds = list(dict.fromkeys(opts.seeds))  # a seed given twice is one run (one folder), counted once
     plan = [(data, seed) for data in datasets for seed in opts.seeds]
     program = zoo_program()
     todo = [(d, s) for d, s in plan if opts.rerun or not _finished(run_folder(out, d.name, s), d.name, s)]

@@ -239,6 +239,23 @@ class ZooTask(LightningModule):
         if callable(fit) and not bool(getattr(self.backbone, "fitted", False)):
             fit(self._fitting_inputs())
 
+    def on_validation_start(self) -> None:
+        self._check_fitted("validate")
+
+    def on_test_start(self) -> None:
+        self._check_fitted("test")
+
+    def on_predict_start(self) -> None:
+        self._check_fitted("predict")
+
+    def _check_fitted(self, command: str) -> None:
+        """A backbone fitted to the data before training that never was scores noise: refused, naming the fix."""
+        if getattr(self.backbone, "fit_to_data", None) is not None and not bool(getattr(self.backbone, "fitted", True)):
+            raise ConfigError(
+                f"backbone {self.backbone_name!r} is fitted to the training data when training starts and this "
+                f"model never trained: give `zoo {command}` a checkpoint of it (--ckpt_path), or train it first"
+            )
+
     def _fitting_inputs(self) -> Any:
         """The training inputs in one seeded order, the same on every process (the training loader's sampler
         is per process), moved to this model's device."""
