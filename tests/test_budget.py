@@ -152,3 +152,28 @@ def test_tree_baseline_survives_empty_and_many_level_columns():
     assert results["baseline/hist_gradient_boosting/acc"] > 0.9 and "baseline/hist_gradient_boosting/failed" not in results
     said = comparison({"test/acc": 0.5}, {**results, "baseline/minirocket/failed": 1.0}, "classification")
     assert "minirocket failed (see above): the comparison is with the others only" in said
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_states_a_budget_and_resolves(recipe, workdir, capsys):
+    import yaml
+
+    from cli import main
+
+    config = yaml.safe_load(recipe.read_text())
+    text = recipe.read_text()
+    assert "zoo fit --config configs/recipes/" in text  # the header says how to run it on one's own data
+    assert config.get("steps") is not None or config["trainer"].get("max_epochs"), "a recipe states its budget"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code == 0
+    assert f"class_path: {config['data']['class_path']}" in capsys.readouterr().out
+
+
+def test_a_trainer_max_epochs_given_with_steps_stays_a_limit():
+    decided = plan(train_size=90, val_size=10, batch_size=16, steps=1000, max_epochs=3)
+    assert (decided.steps, decided.epochs) == (21, 3)  # 3 epochs of 7 steps
+    assert any("capped by trainer.max_epochs" in note for note in decided.notes)

@@ -63,7 +63,8 @@ def plan(
             last weights) or ``auto`` (``best`` from :data:`MIN_VAL_SAMPLES` validation samples up).
         processes: data-parallel processes, each reading its share of a batch's samples.
         accumulate: batches per optimizer step.
-        max_epochs, max_steps: the trainer's, where ``steps`` is None: a run they make too short is named.
+        max_epochs, max_steps: the trainer's. With ``steps``, a ``max_epochs`` that ends the run sooner is kept as
+            a limit; without, a run they make too short is named.
     """
     notes: list[str] = []
     chosen: Literal["best", "last"]
@@ -109,8 +110,11 @@ def plan(
 
         raise ConfigError(f"--steps={steps} must be a positive number of optimizer steps, or auto")
     epochs = math.ceil(steps / per_epoch)
+    capped = ""
+    if max_epochs is not None and 0 < max_epochs < epochs:  # a trainer.max_epochs given as well stays a limit
+        epochs, steps, capped = max_epochs, min(steps, max_epochs * per_epoch), ", capped by trainer.max_epochs"
     notes.append(f"budget: {steps} optimizer steps = {epochs} epochs of {per_epoch} steps ({samples} samples, "
-                 f"batches of {batch_size})")  # fmt: skip
+                 f"batches of {batch_size}){capped}")  # fmt: skip
     if steps < MIN_STEPS:
         notes.append(
             f"budget: {steps} optimizer steps are few to train a network (under {MIN_STEPS}); raise --steps, "
