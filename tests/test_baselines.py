@@ -190,12 +190,20 @@ def test_for_regression_the_sentence_compares_rmse_where_lower_is_better():
     assert text.splitlines()[-1].endswith("does not beat the baseline hist_gradient_boosting (57.0000)")
 
 
-def test_a_failing_baseline_is_a_note_and_the_others_stay(capsys: pytest.CaptureFixture):
+def test_a_failing_baseline_is_a_note_and_the_others_stay(capsys: pytest.CaptureFixture, monkeypatch):
+    import zoo.baselines
+
+    def broken(data, task):
+        raise ValueError("the trees cannot read this table")
+
+    monkeypatch.setattr(zoo.baselines, "_trees", broken)
     x = np.zeros((20, 3))
-    data = BaselineData("table", x, np.arange(20) % 2, np.zeros((5, 4)), np.arange(5) % 2)  # test has a column more
+    data = BaselineData("table", x, np.arange(20) % 2, np.zeros((5, 3)), np.arange(5) % 2)
     results = run_baselines(data, "classification")
-    assert keys_of(results, "majority") and not keys_of(results, "hist_gradient_boosting")
-    assert "baseline hist_gradient_boosting failed and is skipped: ValueError" in capsys.readouterr().err
+    assert keys_of(results, "majority") and results["baseline/hist_gradient_boosting/failed"] == 1.0
+    assert "baseline/hist_gradient_boosting/acc" not in results
+    said = capsys.readouterr().err
+    assert "baseline hist_gradient_boosting failed and is skipped: ValueError: the trees cannot read this table" in said
 
 
 def test_without_aeon_minirocket_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch, capsys):
