@@ -158,19 +158,14 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "recipes").g
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
-def test_every_recipe_states_a_budget_and_resolves(recipe, workdir, capsys):
+def test_every_recipe_states_a_budget_and_how_to_run_it(recipe):
+    """(That each resolves is tests/test_configs.py's.)"""
     import yaml
 
-    from cli import main
-
-    config = yaml.safe_load(recipe.read_text())
     text = recipe.read_text()
+    config = yaml.safe_load(text)
     assert "zoo fit --config configs/recipes/" in text  # the header says how to run it on one's own data
     assert config.get("steps") is not None or config["trainer"].get("max_epochs"), "a recipe states its budget"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(recipe), "--print_config"])
-    assert exit_info.value.code == 0
-    assert f"class_path: {config['data']['class_path']}" in capsys.readouterr().out
 
 
 def test_a_trainer_max_epochs_given_with_steps_stays_a_limit():
