@@ -43,8 +43,7 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
     a local CSV logger, metrics written as JSON, and clear errors for bad configs."""
 
     def __init__(self, args: Any = None, run: bool = True, instantiate: bool = True, **kwargs: Any) -> None:
-        """``instantiate=False`` (with ``run=False``): parse and resolve the config only (:func:`zoo.run.build.parse`)."""
-        self.instantiate = instantiate
+        self.instantiate = instantiate  # False (with run=False): parse and resolve only (zoo.run.build.parse)
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
         kwargs["trainer_defaults"].setdefault(
