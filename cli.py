@@ -2,7 +2,8 @@
 
 `zoo` (the console script) and `python cli.py` are the same program. This file imports only the standard
 library at the top: `zoo --help` answers without loading torch or Lightning, and each command imports what it
-uses (ZooCLI lives in :mod:`zoo.lightning_cli`, the other commands in :mod:`zoo.commands`).
+uses (ZooCLI lives in :mod:`zoo.lightning_cli` over the functions of :mod:`zoo.run`, the other commands in
+:mod:`zoo.commands`).
 """
 
 from __future__ import annotations
@@ -26,15 +27,21 @@ LIGHTNING_COMMANDS = {
 LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
-# The names tests and scripts import from here; built on first use (they need Lightning).
-_LAZY = ("ZooCLI", "follow_backbone_preprocessing", "resolve_last_checkpoint", "run_folder")
+# The names tests and scripts import from here, and the modules that hold them; imported on first use (they
+# need Lightning).
+_LAZY = {
+    "ZooCLI": "zoo.lightning_cli",
+    "follow_backbone_preprocessing": "zoo.run.preflight",
+    "resolve_last_checkpoint": "zoo.resume",
+    "run_folder": "zoo.run.outputs",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import zoo.lightning_cli
+        import importlib
 
-        return getattr(zoo.lightning_cli, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cli' has no attribute {name!r}")
 
 
@@ -154,8 +161,9 @@ def main(args: Optional[list[str]] = None) -> None:
     _quiet_lightning()
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from zoo.errors import TrainingError
-    from zoo.lightning_cli import ZooCLI, end_distributed, peer_died, zoo_error_in
+    from zoo.errors import TrainingError, zoo_error_in
+    from zoo.lightning_cli import ZooCLI
+    from zoo.run.distributed import end_distributed, peer_died
 
     try:
         if argv and argv[0] == "models":

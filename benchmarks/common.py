@@ -267,10 +267,10 @@ def machine() -> dict[str, Any]:
 
 def bf16_native() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it."""
-    import torch
+    from zoo.compat import mkldnn_bf16_supported
 
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 

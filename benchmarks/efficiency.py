@@ -29,6 +29,7 @@ import torch
 from benchmarks.common import Figure, Stopwatch, best, bf16_native, interleave, ratio, set_threads, single
 from benchmarks.parity import CNN_RECIPE, RESNET_BATCH, RESNET_RECIPE, cifar_shaped, digits_data, plain_side, zoo_side
 from benchmarks.twins import plain_twin, recipe
+from zoo.compat import mkldnn_linear
 
 NAME = "efficiency"
 THREADS = 2
@@ -53,7 +54,7 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = MATMUL_N, repeats: 
     products = {"torch.mm": lambda: torch.mm(a, b)}
     if dtype == torch.float32 and torch.backends.mkldnn.is_available():
         am, bm = a.to_mkldnn(), b.to_mkldnn()
-        products["onednn"] = lambda: torch._C._nn.mkldnn_linear(am, bm)
+        products["onednn"] = lambda: mkldnn_linear(am, bm)
     out = {}
     for name, product in products.items():
         for _ in range(2):

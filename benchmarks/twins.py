@@ -173,9 +173,9 @@ def zoo_trainer(max_epochs: int = 1, max_steps: int = -1, defaults: bool = False
 
 
 def cli_trainer(max_epochs: int, max_steps: int = -1, **kw: Any) -> Any:
-    """The Trainer that ``zoo fit`` builds (``cli.ZooCLI.instantiate_trainer``), with its default callbacks and
+    """The Trainer that ``zoo fit`` builds (:func:`zoo.run.build.build`), with its default callbacks and
     CSV logger under ``./runs``, the progress bar and pictures off. The CLI parses a minimal config for it."""
-    from cli import ZooCLI
+    from zoo.run.build import build
 
     args = [
         "--model=zoo.tasks.Classifier", "--model.backbone=mlp", "--data=datamodules.SklearnTabular",
@@ -184,8 +184,7 @@ def cli_trainer(max_epochs: int, max_steps: int = -1, **kw: Any) -> Any:
         "--pictures=false", *[f"--trainer.{k}={v}" for k, v in kw.items()],
     ]  # fmt: skip
     with quiet():
-        cli = ZooCLI(args=args, run=False)
-    return cli.trainer
+        return build(args)[2]
 
 
 def fit_zoo(task: Any, trainer: Any, train: DataLoader, val: Optional[DataLoader] = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 
 from zoo.callbacks.finetuning import FineTuning
+from zoo.compat import option_string_actions
 
 HELP_HINT = "Run with --help to see the accepted keys."
 # True while a parser reads the command line and config files (a subcommand's parser reports its errors inside
@@ -50,7 +51,7 @@ class ZooArgumentParser(LightningArgumentParser):
         found = re.search(r"unrecognized arguments: (--[\w.]+)", message)
         if not found:
             return ""
-        close = difflib.get_close_matches(found.group(1), sorted(self._option_string_actions), n=3, cutoff=0.8)
+        close = difflib.get_close_matches(found.group(1), sorted(option_string_actions(self)), n=3, cutoff=0.8)
         return f"\n  Did you mean {' or '.join(close)}?" if close else ""
 
 

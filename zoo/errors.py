@@ -1,6 +1,10 @@
 """Errors the zoo raises. The CLI turns them into one clear message: exit code 2 for bad input, 1 for a run
 that had to stop."""
 
+from __future__ import annotations
+
+from typing import Optional
+
 
 class ZooError(Exception):
     """Base of the zoo's user-facing errors: the message names the problem and the fix."""
@@ -16,3 +20,15 @@ class DataError(ZooError, ValueError):
 
 class TrainingError(ZooError, RuntimeError):
     """Training had to stop (a non-finite loss): the message names the step and what to try."""
+
+
+def zoo_error_in(exc: BaseException) -> Optional[ZooError]:
+    """The first ZooError in an exception's chain of causes, if any (jsonargparse and Lightning wrap them)."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ZooError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,53 +1,49 @@
 """ZooCLI: LightningCLI with the zoo's defaults, checks and error messages, behind `zoo fit | validate | test |
 predict` (``cli.py`` dispatches to it only for those, so `zoo --help` and the other commands start without
-importing Lightning)."""
+importing Lightning). It adapts the plain functions of :mod:`zoo.run` to LightningCLI's hooks: the config's
+arguments and links are declared here, every check and default is one of those functions."""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Any, Literal, Optional, Union
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import (
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    ProgressBar,
-    RichModelSummary,
-)
-from lightning.pytorch.callbacks.model_summary import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.plugins.io import CheckpointIO
 
 from datamodules.base import ZooDataModule
 from zoo.arguments import RawHelp, ZooArgumentParser
+from zoo.budget import MIN_VAL_SAMPLES
 from zoo.callbacks.checkpointing import ZooCheckpoint
 from zoo.callbacks.finetuning import FineTuning
-from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite, ZooEarlyStopping
-from zoo.callbacks.pictures import RunPictures, run_dir_of
-from zoo.callbacks.progress import ZooProgressBar
-from zoo.budget import MIN_VAL_SAMPLES, plan
-from zoo.checkpoints import AtomicCheckpointIO, classes_named, read_checkpoint, remove_stale_partials, task_class
+from zoo.callbacks.monitoring import ZooEarlyStopping
+from zoo.checkpoints import CONFIG_KEY, classes_named
 from zoo.commands import DESCRIPTION
-from zoo.errors import ConfigError, ZooError
-from zoo.resume import (
-    as_dict,
-    check_same_experiment,
-    checkpoint_folders,
-    config_value,
-    resolve_last_checkpoint,
+from zoo.compat import CheckpointPathHook, config_get, instantiate_trainer, subcommand_parser
+from zoo.errors import ZooError, zoo_error_in
+from zoo.loggers import continue_stored_run, store_run_id
+from zoo.resume import as_dict, config_value
+from zoo.run.callbacks import default_callbacks, default_plugins
+from zoo.run.outputs import run_folder, test_after_fit, write_metrics
+from zoo.run.preflight import (
+    apply_budget,
+    budget_for,
+    check_data_matches,
+    check_precision,
+    checkpoint_hparams,
+    follow_backbone_preprocessing,
+    skip_pretrained_weights,
 )
 from zoo.tasks.base import ZooTask
 
 
-class ZooCLI(LightningCLI):
+class ZooCLI(CheckpointPathHook, LightningCLI):
     """LightningCLI with the zoo's defaults: data facts linked into the model, default callbacks,
     a local CSV logger, metrics written as JSON, and clear errors for bad configs."""
 
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(self, args: Any = None, run: bool = True, instantiate: bool = True, **kwargs: Any) -> None:
+        self.instantiate = instantiate  # False (with run=False): parse and resolve only (zoo.run.build.parse)
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
         kwargs["trainer_defaults"].setdefault(
@@ -134,65 +130,42 @@ class ZooCLI(LightningCLI):
             "(zoo.baselines); false to skip",
         )
 
-    # --- instantiation ---------------------------------------------------------------------------
-    def _parse_ckpt_path(self) -> None:
+    # --- instantiation: each step is a plain function of zoo.run ------------------------------------
+    def parse_checkpoint_path(self) -> None:
         """Like LightningCLI's (the checkpoint's model hyperparameters enter the config), but the file is read as
-        data (:func:`zoo.checkpoints.read_checkpoint`), ``--ckpt_path last`` is this config's own newest
-        checkpoint, a fit resumes only the experiment it was trained as, and ``trust_remote_code`` stays what
-        the user's own config says."""
+        data, ``--ckpt_path last`` is this config's own newest checkpoint, a fit resumes only the experiment it
+        was trained as (:func:`zoo.run.preflight.checkpoint_hparams`), and ``trust_remote_code`` stays what the
+        user's own config says."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         config = self.config[subcommand]
-        if subcommand == "fit":
-            removed = [p for folder in checkpoint_folders(config)[0] for p in remove_stale_partials(folder)]
-            if removed:
-                print(f"removed {len(removed)} partial checkpoint file(s) that killed writes left, e.g. {removed[0]}",
-                      file=sys.stderr)  # fmt: skip
         try:
-            if config.get("ckpt_path") == "last":
-                config["ckpt_path"] = resolve_last_checkpoint(config, fresh_if_none=subcommand == "fit")
-            path = config.get("ckpt_path")
-            if not path or path in ("best", "hpc") or "://" in str(path):
-                return
-            ckpt = read_checkpoint(str(path), mmap=True, trusted=classes_named(as_dict(config)))
-            hparams = dict(ckpt.get("hyper_parameters") or {})
-            if "_class_path" in hparams:
-                task_class(ckpt, str(path))
-            if subcommand == "fit":
-                check_same_experiment(ckpt, str(path), as_dict(config))
+            hparams = checkpoint_hparams(config, subcommand)
         except ZooError as err:
-            self._parser(subcommand).error(str(err))
-        hparams.pop("_instantiator", None)
+            subcommand_parser(self, subcommand).error(str(err))
         if not hparams:
             return
         own = config_value(config, "model.init_args.backbone_kwargs.trust_remote_code")
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         if own:  # the user's own word, which the checkpoint's stored (and refused) value must not replace
             self.config[subcommand]["model"]["init_args"]["backbone_kwargs"]["trust_remote_code"] = own
 
     def before_instantiate_classes(self) -> None:
+        if not self.instantiate:
+            return
         config = self.config.get(str(self.subcommand), self.config)
-        model_args = (config.get("model") or {}).get("init_args")
-        if config.get("ckpt_path") and model_args is not None and model_args.get("pretrained") is not False:
-            # The checkpoint holds every weight: rebuilding the network must not fetch pretrained ones first
-            # (they may not be on this machine at all).
-            from zoo.registry import split_source
-
-            if split_source(str(model_args.get("backbone")))[0] is not None:
-                model_args["pretrained"] = False
+        skip_pretrained_weights(config)
         if self.subcommand == "fit" and config.get("ckpt_path"):
-            from zoo.loggers import continue_stored_run
-
             continue_stored_run(config)  # a resumed fit continues the checkpoint's W&B run
         try:
             follow_backbone_preprocessing(config)
         except ZooError as err:
-            self._parser(self.subcommand).error(str(err))
+            subcommand_parser(self, self.subcommand).error(str(err))
 
     def instantiate_classes(self) -> None:
+        if not self.instantiate:
+            return
         config = self.config.get(str(self.subcommand), self.config)
         model_args = (config.get("model") or {}).get("init_args") or {}
         asked, asked_shape = model_args.get("num_classes"), model_args.get("input_shape")
@@ -203,129 +176,49 @@ class ZooCLI(LightningCLI):
             err = zoo_error_in(exc)
             if err is None:
                 raise
-            self._parser(self.subcommand).error(str(err))
-        found = self.datamodule.num_classes if self.datamodule is not None else None
-        if asked is not None and found is not None and asked != found:
-            source = "the checkpoint's model" if config.get("ckpt_path") else "model.num_classes"
-            self._parser(self.subcommand).error(
-                f"{source} has {asked} classes but the data ({type(self.datamodule).__name__}) has {found}; "
-                "drop model.num_classes (it is linked from the data) or use data with matching classes"
-            )
-        shape = tuple(self.datamodule.input_shape) if self.datamodule is not None and config.get("ckpt_path") else None
-        if asked_shape is not None and shape is not None and tuple(asked_shape) != shape:
-            # e.g. a colour model given greyscale images: the weights would not fit (the first layer's channels).
-            self._parser(self.subcommand).error(
-                f"the checkpoint's model takes inputs of shape {tuple(asked_shape)} but the data "
-                f"({type(self.datamodule).__name__}) gives {shape}; use the data settings it was trained with "
-                "(channels, image_size, ...)"
-            )
+            subcommand_parser(self, self.subcommand).error(str(err))
+        try:
+            check_data_matches(asked, asked_shape, self.datamodule, bool(config.get("ckpt_path")))
+        except ZooError as err:
+            subcommand_parser(self, self.subcommand).error(str(err))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        trainer_config = {**config_get(self, self.config_init, "trainer", default={}), **kwargs}
         if self.subcommand == "fit" and isinstance(self.datamodule, ZooDataModule):
-            self._plan_training(trainer_config)
-        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if trainer_config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        user = trainer_config.get("callbacks") or []
-        user = user if isinstance(user, list) else [user]
-        if _has(user, FineTuning):  # the user's own schedule in trainer.callbacks replaces the finetuning group
-            callbacks = [c for c in callbacks if not isinstance(c, FineTuning)]
-        # Rich progress and summary by default, unless turned off or replaced by the user's own.
-        if trainer_config.get("enable_progress_bar", True) is not False and not _has(user, ProgressBar):
-            callbacks.append(ZooProgressBar())
-        if trainer_config.get("enable_model_summary", True) is not False and not _has(user, ModelSummary):
-            callbacks.append(RichModelSummary(max_depth=1))
-        if _has([*user, *callbacks], ModelSummary):  # else Lightning logs on every run that it skips its own
-            trainer_config["enable_model_summary"] = False
-        logged = trainer_config.get("logger") not in (None, False)
-        if logged and not _has(user, LearningRateMonitor):
-            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-        if logged and not _has(user, GradNormMonitor):
-            callbacks.append(GradNormMonitor())
-        if trainer_config.get("limit_val_batches") == 0:
-            callbacks = _without_validation(callbacks)
-        if not _has(user, StopOnNonFinite):
-            callbacks.append(StopOnNonFinite())
-        # The run's pictures by default where there is a run folder (a logger), unless turned off or the user's own.
-        wants_pictures = self._get(self.config_init, "pictures", True) is not False
-        if wants_pictures and logged and not _has(user, RunPictures):
-            callbacks.append(RunPictures())
-        _check_precision(trainer_config)
-        plugins = trainer_config.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):  # whole files or none, read without running code
-            own = classes_named(as_dict(self.config.get(str(self.subcommand), self.config)))
-            trainer_config["plugins"] = [*plugins, AtomicCheckpointIO(trusted=own)]
+            sizes = self.datamodule.split_sizes()
+            try:
+                decided = budget_for(sizes, self.datamodule.batch_size, trainer_config,
+                                     config_get(self, self.config, "steps"),
+                                     config_get(self, self.config, "selection", "auto"))  # fmt: skip
+            except ZooError as err:
+                subcommand_parser(self, self.subcommand).error(str(err))
+            apply_budget(decided, self.datamodule, trainer_config)
+        parser = subcommand_parser(self, self.subcommand)
+        configured = [config_get(self, self.config_init, key) for key in parser.callback_keys]
+        pictures = config_get(self, self.config_init, "pictures", True) is not False
+        callbacks = default_callbacks(configured, trainer_config, pictures)
+        check_precision(trainer_config)
+        default_plugins(trainer_config, classes_named(as_dict(self.config.get(str(self.subcommand), self.config))))
         try:
-            return self._instantiate_trainer(trainer_config, callbacks)
+            return instantiate_trainer(self, trainer_config, callbacks)
         except (MisconfigurationException, ModuleNotFoundError, ValueError) as err:
             # Hardware the run asks for and this machine lacks (accelerator, devices, precision plugins).
-            self._parser(self.subcommand).error(f"the trainer settings cannot run here: {err}")
-
-    def _plan_training(self, trainer_config: dict[str, Any]) -> None:
-        """The step budget and the model selection for this data (zoo.budget), applied to the datamodule and the
-        trainer settings, with the reasons printed before training."""
-        datamodule = self.datamodule
-        train_size, val_size = datamodule.split_sizes()
-        if trainer_config.get("limit_val_batches") == 0:
-            val_size = 0  # validation is off: nothing to select on
-        devices, nodes = trainer_config.get("devices"), trainer_config.get("num_nodes") or 1
-        processes = devices * nodes if isinstance(devices, int) and devices > 0 else nodes
-        try:
-            decided = plan(
-                train_size, val_size, datamodule.batch_size, self._get(self.config, "steps"),
-                self._get(self.config, "selection", "auto"), processes=processes,
-                accumulate=trainer_config.get("accumulate_grad_batches") or 1,
-                max_epochs=trainer_config.get("max_epochs"), max_steps=trainer_config.get("max_steps") or -1,
-            )  # fmt: skip
-        except ZooError as err:
-            self._parser(self.subcommand).error(str(err))
-        datamodule.batch_size = decided.batch_size
-        if decided.steps is not None:
-            trainer_config["max_steps"], trainer_config["max_epochs"] = decided.steps, decided.epochs
-        if decided.selection == "last":
-            datamodule.join_validation()
-            trainer_config["limit_val_batches"] = 0
-        for note in decided.notes:
-            print(note, file=sys.stderr)
+            subcommand_parser(self, self.subcommand).error(f"the trainer settings cannot run here: {err}")
 
     # --- after each command ----------------------------------------------------------------------
     def after_fit(self) -> None:
-        if not self._get(self.config, "test_after_fit", True) or self.datamodule is None:
+        if not config_get(self, self.config, "test_after_fit", True) or self.datamodule is None:
             return
-        if self.trainer.interrupted:
-            return
-        ckpt = self.trainer.checkpoint_callback
-        ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
-        if ckpt_path is None and ckpt is not None and ckpt.monitor:
-            print(f"testing the last weights: no best checkpoint by {ckpt.monitor} (it was never logged)",
-                  file=sys.stderr)  # fmt: skip
-        _warn_first_epoch_best(self.trainer)
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
-        self._write_metrics("test")
+        test_after_fit(self.trainer, self.model, self.datamodule, self._baseline())
 
     def after_validate(self) -> None:
-        self._write_metrics("val")
+        write_metrics(self.trainer, self.model, self.datamodule, "val", self._baseline())
 
     def after_test(self) -> None:
-        self._write_metrics("test")
+        write_metrics(self.trainer, self.model, self.datamodule, "test", self._baseline())
 
-    def _write_metrics(self, stage: str) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
-        baselines, compared = {}, ""
-        if stage == "test" and self._get(self.config, "baseline", True):
-            from zoo.baselines import baselines_of_run
-
-            baselines, compared = baselines_of_run(self.trainer, self.model, self.datamodule, metrics)
-        out_dir = run_dir_of(self.trainer)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{stage}_metrics.json"
-        path.write_text(json.dumps({**metrics, **baselines}, indent=2, sort_keys=True) + "\n")
-        summary = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print("\n".join(line for line in (summary, compared, f"metrics written to {path}") if line))
+    def _baseline(self) -> bool:
+        return bool(config_get(self, self.config, "baseline", True))
 
 
 class ZooSaveConfig(SaveConfigCallback):
@@ -352,9 +245,6 @@ class ZooSaveConfig(SaveConfigCallback):
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         # Every checkpoint carries its resolved config: `zoo predict / export / report` need only its path.
-        from zoo.checkpoints import CONFIG_KEY
-        from zoo.loggers import store_run_id
-
         checkpoint[CONFIG_KEY] = self._yaml()
         store_run_id(trainer, checkpoint)  # so `zoo fit --ckpt_path` continues the same W&B run
 
@@ -364,127 +254,3 @@ class ZooSaveConfig(SaveConfigCallback):
             self._config_yaml = self.parser.dump(self.config, skip_none=False, format="yaml")
         return self._config_yaml
 
-
-def run_folder(trainer: Trainer) -> str:
-    """``<save_dir>/<name>/<version>`` of the first logger, as ModelCheckpoint places ``checkpoints/`` in it."""
-    logger = trainer.loggers[0] if trainer.loggers else None
-    if logger is None or logger.save_dir is None:
-        return trainer.default_root_dir
-    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-    return os.path.join(logger.save_dir, str(logger.name), version)
-
-
-# What a pretrained backbone's preprocessing sets in the datamodule, where the user left it unset (None).
-_FOLLOWED = ("mean", "std", "tokenizer")
-
-
-def follow_backbone_preprocessing(config: Any) -> dict[str, Any]:
-    """Fill the datamodule's unset ``mean`` / ``std`` / ``image_size`` / ``channels`` / ``tokenizer`` from
-    the model's pretrained backbone, so a config never repeats them. Returns what was set."""
-    model, data = config.get("model"), config.get("data")
-    model_args = model.get("init_args") if model is not None else None
-    backbone = model_args.get("backbone") if model_args is not None else None
-    if data is None or not isinstance(backbone, str) or "/" not in backbone:
-        return {}
-    from zoo.backbones.pretrained import preprocessing_of
-    from zoo.registry import split_source
-
-    if split_source(backbone)[0] is None:
-        return {}
-    kwargs = dict(model_args.get("backbone_kwargs") or {})
-    wanted = preprocessing_of(backbone, **kwargs)
-    values = {key: wanted[key] for key in _FOLLOWED if wanted.get(key) is not None}
-    if wanted.get("input_size"):
-        channels, height, width = wanted["input_size"]
-        values["channels"] = channels
-        values["image_size"] = height if height == width else None
-    init_args = data.get("init_args")
-    applied = {}
-    for key, value in values.items():
-        if value is not None and init_args is not None and key in init_args and init_args[key] is None:
-            init_args[key] = list(value) if isinstance(value, tuple) else value
-            applied[key] = init_args[key]
-    if applied:
-        shown = ", ".join(f"{k}={v}" for k, v in applied.items())
-        print(f"data: {shown} from {backbone}'s preprocessing", file=sys.stderr)
-    return applied
-
-
-def zoo_error_in(exc: BaseException) -> Optional[ZooError]:
-    """The first ZooError in an exception's chain of causes, if any."""
-    seen: set[int] = set()
-    current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ZooError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _without_validation(callbacks: list[Any]) -> list[Any]:
-    """With ``limit_val_batches=0`` nothing logs ``val/*``: early stopping on it goes, checkpoints keep the last."""
-    kept = []
-    for callback in callbacks:
-        monitor = str(getattr(callback, "monitor", None) or "")
-        if isinstance(callback, EarlyStopping) and monitor.startswith("val/"):
-            print(f"no validation (limit_val_batches=0): early stopping on {monitor} is off", file=sys.stderr)
-            continue
-        if isinstance(callback, ModelCheckpoint) and monitor.startswith("val/"):
-            callback.monitor, callback.save_top_k = None, 1  # one checkpoint, the latest (plus last.ckpt)
-        kept.append(callback)
-    return kept
-
-
-def _warn_first_epoch_best(trainer: Trainer) -> None:
-    """A best checkpoint from the first of several epochs: nothing after it improved the monitored metric."""
-    ckpt = trainer.checkpoint_callback
-    best = getattr(ckpt, "best_model_path", "") if ckpt is not None and getattr(ckpt, "monitor", None) else ""
-    if best and trainer.current_epoch > 1 and os.path.basename(best).startswith("best-epoch=0-"):
-        print(
-            f"warning: the best checkpoint by {ckpt.monitor} is from the first epoch of {trainer.current_epoch}: "  # type: ignore[union-attr]
-            "training did not improve on it. The learning rate may be too high (zoo lr-find), or the validation "
-            "split too small or unlike the training data to select on (--selection last)",
-            file=sys.stderr,
-        )
-
-
-def _check_precision(trainer_config: dict[str, Any]) -> None:
-    """Precisions that cannot train on the chosen device, named before anything runs."""
-    precision = str(trainer_config.get("precision") or "32-true")
-    accelerator = str(trainer_config.get("accelerator") or "auto")
-    import torch
-
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and precision in ("16-true", "16", "half"):
-        # It runs, but CPUs have no float16 loss scaling: the digits CNN's loss is NaN within 2 epochs.
-        raise ConfigError(
-            f"trainer.precision={precision!r} trains the whole model in float16 without loss scaling, which "
-            "diverges on CPU; use 'bf16-mixed' (or 'bf16-true') on CPU, '16-mixed' on a GPU, or '32-true'"
-        )
-
-
-def end_distributed() -> None:
-    """Destroys the process group a distributed run set up, while the interpreter is still whole.
-
-    Lightning destroys NCCL groups at exit but leaves gloo ones to interpreter shutdown, where gloo's worker
-    threads can still hold tensors whose release needs the GIL, and the process aborts (SIGABRT) after a
-    successful run. Called after a run that finished: destroying is local, so no peer is waited for.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def peer_died(exc: BaseException) -> bool:
-    """Whether a distributed collective failed because another process is gone (killed, crashed, OOM)."""
-    import torch.distributed as dist
-
-    said = str(exc)
-    gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "has been killed")
-    return isinstance(exc, getattr(dist, "DistError", ())) or any(g in said for g in gone)
-
-
-def _has(callbacks: list[Any], kind: type) -> bool:
-    return any(isinstance(c, kind) for c in callbacks)

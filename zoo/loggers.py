@@ -18,6 +18,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from zoo.compat import wandb_init_kwargs, wandb_offline, wandb_run_if_started
+
 RUN_ID_KEY = "wandb_run_id"  # in a checkpoint: the W&B run it was written by
 
 
@@ -74,8 +76,8 @@ class WandbLogger(_LightningWandbLogger):
             name=name, save_dir=save_dir, offline=offline, project=project,
             log_model=log_model, entity=entity, tags=tags, id=id,
         )  # fmt: skip
-        if self._wandb_init.get("anonymous") is None:  # wandb 0.31 warns about the setting even when None
-            self._wandb_init.pop("anonymous", None)
+        if wandb_init_kwargs(self).get("anonymous") is None:  # wandb 0.31 warns about the setting even when None
+            wandb_init_kwargs(self).pop("anonymous", None)
         self._sync_hint_shown = False
 
     @rank_zero_only
@@ -87,10 +89,11 @@ class WandbLogger(_LightningWandbLogger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        if self._offline and not self._sync_hint_shown and self._experiment is not None:
-            run_dir = os.path.dirname(self._experiment.dir.rstrip(os.sep))
+        run = wandb_run_if_started(self)
+        if wandb_offline(self) and not self._sync_hint_shown and run is not None:
+            run_dir = os.path.dirname(run.dir.rstrip(os.sep))
             # A resumed run has one folder per process that logged it (same id): all of them, oldest first.
-            pattern = os.path.join(os.path.dirname(run_dir), f"offline-run-????????_??????-{self._experiment.id}")
+            pattern = os.path.join(os.path.dirname(run_dir), f"offline-run-????????_??????-{run.id}")
             folders = " ".join(sorted(glob.glob(pattern)) or [run_dir])
             print(f"W&B run logged offline (no login). Upload it with:\n  wandb sync {folders}")
             self._sync_hint_shown = True

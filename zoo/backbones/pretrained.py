@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from zoo.backbones.base import Backbone
+from zoo.compat import set_parameter
 from zoo.errors import ConfigError
 from zoo.hub import hf_hub_reachable, host_reachable  # noqa: F401  (the adapters call them as pretrained.X)
 from zoo.registry import BackboneEntry, split_source
@@ -224,7 +225,7 @@ def _parameters_to_meta() -> Iterator[None]:
     def register_on_meta(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
         register(module, name, param)
         if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            set_parameter(module, name, nn.Parameter(param.to("meta"), requires_grad=param.requires_grad))
 
     nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
     try:

@@ -35,6 +35,7 @@ from zoo.backbones.pretrained import (
     mismatch_report,
     read_weights,
 )
+from zoo.compat import timm_group_parameters
 from zoo.errors import ConfigError
 from zoo.registry import BackboneEntry
 
@@ -175,10 +176,8 @@ def timm_backbone(
 
 
 def _timm_groups(model: nn.Module) -> dict[str, list[str]]:
-    from timm.models._manipulate import group_parameters
-
     try:
-        by_ordinal = group_parameters(model, model.group_matcher(coarse=True))  # {0: [param names], 1: ...}
+        by_ordinal = timm_group_parameters(model, model.group_matcher(coarse=True))  # {0: [param names], 1: ...}
     except (AttributeError, NotImplementedError):
         return children_groups(model)
     groups: dict[str, list[str]] = {}

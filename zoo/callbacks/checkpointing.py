@@ -15,6 +15,7 @@ from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zoo.callbacks.monitoring import non_finite_tensors, not_logged_yet
+from zoo.compat import last_step_saved, save_last_checkpoint, saves_on_train_epoch_end
 from zoo.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class ZooCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._monitor_exists(trainer):
             super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._save_last_if_stale(trainer)
 
     def _monitor_exists(self, trainer: Trainer) -> bool:
@@ -65,9 +66,9 @@ class ZooCheckpoint(ModelCheckpoint):
 
     def _save_last_if_stale(self, trainer: Trainer) -> None:
         # Lightning writes last.ckpt whenever it writes a top-k one, so a save at this step means last is current.
-        if not self.save_last or not _fitting(trainer) or self._last_global_step_saved == trainer.global_step:
+        if not self.save_last or not _fitting(trainer) or last_step_saved(self) == trainer.global_step:
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last_checkpoint(self, trainer)
 
     # --- preemption ------------------------------------------------------------------------------
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -76,10 +77,10 @@ class ZooCheckpoint(ModelCheckpoint):
         if not (stopped and self.save_last and _fitting(trainer)):
             return
         mid_validation = trainer.state.stage == RunningStage.VALIDATING
-        if mid_validation or self._last_global_step_saved != trainer.global_step:
+        if mid_validation or last_step_saved(self) != trainer.global_step:
             self._stopped_mid_validation = mid_validation
             try:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                save_last_checkpoint(self, trainer)
             finally:
                 self._stopped_mid_validation = False
             log.warning("stopped at step %d%s: %s written; resume with --ckpt_path last", trainer.global_step,

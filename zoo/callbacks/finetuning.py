@@ -28,8 +28,8 @@ from typing import Any, Literal, Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from zoo.compat import SCHEDULER_LR_LISTS, BatchNormBase, ddp_kwargs, inner_schedulers
 from zoo.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class FineTuning(Callback):
             for param in module.parameters():
                 param.requires_grad_(train)
             if not train:
-                norms = [m for m in module.modules() if isinstance(m, _BatchNorm)]
+                norms = [m for m in module.modules() if isinstance(m, BatchNormBase)]
                 if self.bn_mode == "train":
                     for norm in norms:  # fastai: frozen groups still train their norms' affine parameters
                         for param in norm.parameters(recurse=False):
@@ -217,7 +217,7 @@ class FineTuning(Callback):
         if self._hooked or not self._frozen_norms:
             return
         for module in pl_module.modules():
-            if isinstance(module, _BatchNorm):
+            if isinstance(module, BatchNormBase):
                 module.register_forward_pre_hook(self._norm_pre_forward)
                 module.register_forward_hook(self._norm_post_forward)
         self._hooked = True
@@ -252,11 +252,11 @@ class FineTuning(Callback):
 
 def _scale_scheduler(scheduler: Any, ratios: list[float]) -> None:
     """Multiply a scheduler's per-group base values, so its schedule runs at each group's scaled LR."""
-    for attr in ("base_lrs", "_last_lr", "max_lrs", "min_lrs"):
+    for attr in SCHEDULER_LR_LISTS:
         values = getattr(scheduler, attr, None)
         if isinstance(values, list) and len(values) == len(ratios):
             setattr(scheduler, attr, [v * r for v, r in zip(values, ratios)])
-    for inner in getattr(scheduler, "_schedulers", []):  # SequentialLR, ChainedScheduler
+    for inner in inner_schedulers(scheduler):  # SequentialLR, ChainedScheduler
         _scale_scheduler(inner, ratios)
 
 
@@ -264,10 +264,10 @@ def _register_all_parameters_with_ddp(trainer: Trainer) -> None:
     from lightning.pytorch.strategies import DDPStrategy
 
     strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+    if isinstance(strategy, DDPStrategy) and not ddp_kwargs(strategy).get("find_unused_parameters"):
         # DDP only all-reduces parameters that required grad when it wrapped the model: unfreezing a group
         # later must find it registered, and the reducer must not wait for it while it is frozen.
-        strategy._ddp_kwargs["find_unused_parameters"] = True
+        ddp_kwargs(strategy)["find_unused_parameters"] = True
         rank_zero_info(
             "FineTuning: DDP runs with find_unused_parameters=True, so groups unfrozen later are synchronised"
         )

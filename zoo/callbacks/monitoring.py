@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 from torch.optim import Optimizer
 
+from zoo.compat import foreach_norm, should_update_logs
 from zoo.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,14 @@ class GradNormMonitor(Callback):
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         # The same condition Lightning's own LearningRateMonitor uses for step-level values.
-        if not trainer._logger_connector.should_update_logs:
+        if not should_update_logs(trainer):
             return
         grads: dict[str, list[torch.Tensor]] = defaultdict(list)
         for index, group in enumerate(optimizer.param_groups):
             name = str(group.get("name", f"group{index}")).removesuffix(".no_decay")
             grads[name].extend(p.grad.detach() for p in group["params"] if p.grad is not None)
         norms = {
-            name: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g, self.norm_type)), self.norm_type)
+            name: torch.linalg.vector_norm(torch.stack(foreach_norm(g, self.norm_type)), self.norm_type)
             for name, g in grads.items()
             if g
         }

@@ -42,9 +42,11 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tu
 
     A flag that looks like a misspelt option of the command is refused here, with the option it resembles.
     """
+    from zoo.compat import option_strings  # imports torch: `zoo --help` must not
+
     overrides, rest = split_overrides(argv)
     opts, unknown = parser.parse_known_args(rest)
-    ours = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    ours = [o for o in option_strings(parser) if o.startswith("--")]
     for token in unknown:
         close = difflib.get_close_matches(token.split("=", 1)[0], ours, n=1, cutoff=0.75)
         if token.startswith("--") and close:

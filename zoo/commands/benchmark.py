@@ -239,13 +239,13 @@ def preflight(config: str, args: list[str]) -> None:
     """Parse the config with one run's arguments, instantiating nothing: a typo stops the benchmark at once."""
     import logging
 
-    from zoo.commands.search_space import resolve_config
+    from zoo.run.build import parse
 
     seed_logger = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to S": the runs say it
     level = seed_logger.level
     seed_logger.setLevel(logging.WARNING)
     try:
-        resolve_config(config, args)
+        parse(["--config", config, *args])
     finally:
         seed_logger.setLevel(level)
 

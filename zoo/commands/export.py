@@ -23,7 +23,6 @@ import math
 import os
 import re
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -31,34 +30,23 @@ import torch
 from torch import nn
 
 from zoo.checkpoints import CONFIG_KEY, class_names, load_task, read_checkpoint
+from zoo.commands.exported import (
+    CHECK_BATCHES,
+    Exported,
+    ModelInputs,
+    check_text,
+    init_kwargs,
+    run_dir_of,
+    size_text,
+    vocab_size,
+)
+from zoo.commands.model_card import model_card
 from zoo.errors import ConfigError
 
 FORMATS = ("torch_export", "onnx", "safetensors", "card")  # the order of work: the card records the others' checks
 FILES = {"torch_export": "model.pt2", "onnx": "model.onnx", "safetensors": "model.safetensors", "card": "MODEL_CARD.md"}
 DEFAULT_TOLERANCE = 1e-4
-CHECK_BATCHES = (1, 3)  # the traced example has 2 samples, so both are shapes the exporter never saw
 LARGE_MODEL_BYTES = 1 << 30  # ONNX protobufs stop at 2 GiB: larger models keep their weights in a side file
-
-
-@dataclass
-class ModelInputs:
-    """What an exported graph takes: input names, the example batch traced, its dynamic dims, check batches."""
-
-    names: tuple[str, ...]
-    example: tuple[torch.Tensor, ...]
-    dynamic_shapes: tuple[dict[int, Any], ...]
-    samples: list[tuple[torch.Tensor, ...]]
-    max_steps: Optional[int] = None  # sequence inputs: the longest length the graph takes
-
-
-@dataclass
-class Exported:
-    """One file written by `zoo export`, with the check it passed."""
-
-    format: str
-    path: Path
-    max_abs_diff: Optional[float] = None
-    detail: str = ""
 
 
 class SequenceInputs(nn.Module):
@@ -77,12 +65,6 @@ def takes_mask(task: Any) -> bool:
     return "mask" in inspect.signature(task.backbone.forward_features).parameters
 
 
-def _vocab_size(task: Any) -> Optional[int]:
-    hf_config = getattr(getattr(task.backbone, "model", None), "config", None)  # a transformers encoder
-    found = getattr(task.backbone, "vocab_size", None) or task.hparams.get("vocab_size")
-    return found or getattr(hf_config, "vocab_size", None)
-
-
 def model_inputs(task: Any, seed: int = 0) -> tuple[nn.Module, ModelInputs]:
     """The module to export (the task, or :class:`SequenceInputs` around it) and its inputs.
 
@@ -95,7 +77,7 @@ def model_inputs(task: Any, seed: int = 0) -> tuple[nn.Module, ModelInputs]:
         raise ConfigError(f"backbone {task.backbone_name!r}: its example input is not one tensor; "
                           "export it with --formats safetensors card")  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
-    high = max(int(_vocab_size(task) or 2), 2)
+    high = max(int(vocab_size(task) or 2), 2)
 
     def batch_of(size: int, steps: Optional[int] = None) -> torch.Tensor:
         shape = (size, *example.shape[1:]) if steps is None else (size, steps, *example.shape[2:])
@@ -231,18 +213,6 @@ def write_safetensors(task: nn.Module, path: Path, metadata: dict[str, str]) -> 
     return Exported("safetensors", path, None, f"{len(tensors)} tensors")
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-safe copy (tuples as lists, anything else as its string), also fit for ``yaml.safe_dump``."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def init_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The task's constructor arguments from its hyperparameters, without the optimizer (not needed to use it)."""
-    skip = {"_class_path", "_instantiator", "optimizer", "lr_scheduler"}
-    kwargs = {k: _plain(v) for k, v in ckpt["hyper_parameters"].items() if k not in skip}
-    return {**kwargs, "pretrained": False}  # the weights come from the export
-
-
 def metadata(ckpt: dict[str, Any], task: Any) -> dict[str, str]:
     """safetensors metadata: the task class, backbone, data facts, class names and resolved config, as strings."""
     meta = {
@@ -258,11 +228,6 @@ def metadata(ckpt: dict[str, Any], task: Any) -> dict[str, str]:
     if isinstance(ckpt.get(CONFIG_KEY), str):
         meta["config"] = ckpt[CONFIG_KEY]
     return meta
-
-
-def run_dir_of(ckpt_path: str) -> Path:
-    """The run's folder: the parent of the folder holding the checkpoint (``runs/<name>/version_<n>``)."""
-    return Path(ckpt_path).parent.parent
 
 
 def export_checkpoint(
@@ -326,8 +291,6 @@ def export_checkpoint(
         results.append(write_safetensors(task, out_dir / FILES["safetensors"], metadata(ckpt, task)))
     if "card" in wanted:
         path = out_dir / FILES["card"]
-        from zoo.commands.model_card import model_card  # imports this module: import it only here
-
         path.write_text(model_card(ckpt_path, ckpt, task, inputs or model_inputs(task)[1], results))
         results.append(Exported("card", path))
     return results
@@ -353,10 +316,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     opts = parser.parse_args(argv)
     if not opts.tolerance >= 0:
         parser.error(f"--tolerance must be >= 0, got {opts.tolerance}")
-    from zoo.commands.model_card import _check_text, _size
-
     results = export_checkpoint(opts.ckpt_path, opts.formats, opts.output, opts.opset, opts.tolerance)
     width = max(len(str(r.path)) for r in results)
     print(f"exported {opts.ckpt_path}:")
     for r in results:
-        print(f"  {str(r.path):{width}s}  {_size(r.path.stat().st_size):>9s}  {_check_text(r)}".rstrip())
+        print(f"  {str(r.path):{width}s}  {size_text(r.path.stat().st_size):>9s}  {check_text(r)}".rstrip())

@@ -15,7 +15,7 @@ def main(argv: list[str]) -> None:
     from rich.table import Table
 
     from zoo.commands import split_overrides
-    from zoo.lightning_cli import ZooCLI
+    from zoo.run.build import build
 
     parser = argparse.ArgumentParser(
         prog="zoo groups",
@@ -44,11 +44,11 @@ def main(argv: list[str]) -> None:
         parser.error(f"unrecognized arguments: {' '.join(overrides)} (config overrides need --config)")
     epochs = opts.epochs
     if opts.config:
-        cli = ZooCLI(args=["--config", opts.config, *overrides, "--trainer.logger=false"], run=False)
-        groups = cli.model.named_layer_groups()
-        callback = next((c for c in cli.trainer.callbacks if isinstance(c, FineTuning)), FineTuning())
-        epochs = epochs or cli.trainer.max_epochs or 6
-        title = f"{opts.config}: backbone {cli.model.backbone_name}"
+        task, _, trainer = build(["--config", opts.config, *overrides, "--trainer.logger=false"])
+        groups = task.named_layer_groups()
+        callback = next((c for c in trainer.callbacks if isinstance(c, FineTuning)), FineTuning())
+        epochs = epochs or trainer.max_epochs or 6
+        title = f"{opts.config}: backbone {task.backbone_name}"
     else:
         from torch import nn
 

@@ -102,18 +102,16 @@ def lr_find(opts: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     from lightning.pytorch.cli import SaveConfigCallback
     from lightning.pytorch.tuner import Tuner
 
-    from zoo.commands.search_space import quiet_cli, resolve_config
-    from zoo.lightning_cli import ZooCLI
+    from zoo.run.build import build, parse, quiet_cli
 
-    parser, base = resolve_config(opts.config, overrides)  # what lr_find.yaml starts from: the user's config only
+    parser, base = parse(["--config", opts.config, *overrides])  # what lr_find.yaml starts from: the user's config only
     check_config(base, opts.config, opts.batch_size_finder)
     out = Path(opts.output or Path("runs") / "lr_find" / Path(opts.config).stem)
     args = ["--config", opts.config, *overrides, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={out}",
             "--trainer.max_epochs=-1"]  # fmt: skip  # the sweep's steps decide, not a short config's epochs
     with quiet_cli():
-        cli = ZooCLI(args=args, run=False)
-    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+        model, datamodule, trainer = build(args)
     if trainer.fast_dev_run:
         raise ConfigError("trainer.fast_dev_run makes Lightning skip the LR finder; drop it for zoo lr-find")
     # Each Tuner call is a Trainer.fit, which would write config.yaml into the default root folder.
@@ -168,7 +166,7 @@ def lr_find(opts: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
 def write_config(parser: Any, base: Any, path: Path, source: str, lr: float, batch_size: Optional[int]) -> Path:
     """The resolved config with the suggested LR (and batch size), as YAML that `zoo fit --config` runs."""
-    from zoo.commands.search_space import trial_config
+    from zoo.run.build import dump_with
 
     values: dict[str, Any] = {LR_KEY: lr}
     if batch_size is not None:
@@ -181,7 +179,7 @@ def write_config(parser: Any, base: Any, path: Path, source: str, lr: float, bat
     header = (f"# zoo lr-find: {source} with the suggested LR {lr:.3g} (steepest fall of the smoothed loss)"
               + (f" and batch size {batch_size}" if batch_size is not None else "")
               + f"\n# Run: zoo fit --config {path}\n")  # fmt: skip
-    path.write_text(header + trial_config(parser, base, values))
+    path.write_text(header + dump_with(parser, base, values))
     return path
 
 

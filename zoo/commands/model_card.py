@@ -9,23 +9,17 @@ from typing import Any
 import yaml
 
 from zoo.checkpoints import CONFIG_KEY, class_names, datamodule_state, run_config
-from zoo.commands.export import (
+from zoo.commands.exported import (
     CHECK_BATCHES,
     Exported,
     ModelInputs,
-    _plain,
-    _vocab_size,
+    check_text,
     init_kwargs,
+    plain,
     run_dir_of,
+    size_text,
+    vocab_size,
 )
-
-
-def _size(num_bytes: float) -> str:
-    for unit in ("B", "kB", "MB"):
-        if num_bytes < 1000:
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1000
-    return f"{num_bytes:.1f} GB"
 
 
 def _brief(value: Any) -> Any:
@@ -33,12 +27,6 @@ def _brief(value: Any) -> Any:
     if isinstance(value, (list, dict)) and len(value) > 20:
         return f"<{len(value)} entries>"
     return {k: _brief(v) for k, v in value.items()} if isinstance(value, dict) else value
-
-
-def _check_text(result: Exported) -> str:
-    if result.max_abs_diff is None:
-        return result.detail
-    return f"max abs diff {result.max_abs_diff:.2g} vs PyTorch ({result.detail})"
 
 
 def _io_lines(task: Any, inputs: ModelInputs) -> list[str]:
@@ -51,7 +39,7 @@ def _io_lines(task: Any, inputs: ModelInputs) -> list[str]:
         lines = [f"- Input `x`: {dtype} `(B, {shape})`, preprocessed as the datamodule does (below); B is dynamic"]
     else:
         rest = "".join(f", {d}" for d in x.shape[2:])
-        ids = "" if x.is_floating_point() else f" token ids below {_vocab_size(task)} (0 is padding)"
+        ids = "" if x.is_floating_point() else f" token ids below {vocab_size(task)} (0 is padding)"
         lines = [f"- Inputs `x`: {dtype}{ids} `(B, T{rest})` and `mask`: bool `(B, T)`, True at real steps (padding "
                  f"at the end); B and T are dynamic, T at most {inputs.max_steps}"]  # fmt: skip
     if isinstance(task, Classifier):
@@ -103,7 +91,7 @@ def model_card(ckpt_path: str, ckpt: dict[str, Any], task: Any, inputs: ModelInp
         f"{run_dir.resolve().name})", "",
         f"Exported by `zoo export` from `{ckpt_path}` (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')}).", "",
         "## Architecture", "", f"- Task: `{hparams.get('_class_path')}`",
-        f"- Backbone: `{task.backbone_name}`, kwargs `{json.dumps(_plain(hparams.get('backbone_kwargs') or {}))}`",
+        f"- Backbone: `{task.backbone_name}`, kwargs `{json.dumps(plain(hparams.get('backbone_kwargs') or {}))}`",
         f"- Parameters: {sum(p.numel() for p in params):,} "
         f"({sum(p.numel() for p in params if p.requires_grad):,} trainable)",
         *_io_lines(task, inputs), "", "| layer group | parameters |", "|---|---:|",
@@ -112,7 +100,7 @@ def model_card(ckpt_path: str, ckpt: dict[str, Any], task: Any, inputs: ModelInp
     ]  # fmt: skip
     data = config.get("data") or {}
     if data:
-        args = yaml.safe_dump(_plain(data.get("init_args") or {}), sort_keys=False).rstrip()
+        args = yaml.safe_dump(plain(data.get("init_args") or {}), sort_keys=False).rstrip()
         lines += [f"- Datamodule: `{data.get('class_path')}`, with:", "", "```yaml", args, "```", ""]
     else:
         lines.append("- Datamodule: not recorded (the checkpoint holds no resolved config)")
@@ -121,7 +109,7 @@ def model_card(ckpt_path: str, ckpt: dict[str, Any], task: Any, inputs: ModelInp
     state = {k: v for k, v in datamodule_state(ckpt).items() if k != "class_names"}
     if state:
         lines.append(f"- Fitted by the datamodule (the exports take inputs after this preprocessing): "
-                     f"`{json.dumps(_brief(_plain(state)))}`")  # fmt: skip
+                     f"`{json.dumps(_brief(plain(state)))}`")  # fmt: skip
     rows = []
     for stage in ("test", "val"):
         path = run_dir / f"{stage}_metrics.json"
@@ -134,14 +122,14 @@ def model_card(ckpt_path: str, ckpt: dict[str, Any], task: Any, inputs: ModelInp
     lines += ["", "## Exports", "", "Each graph was loaded again and run beside the PyTorch model on random batches of "
               f"{' and '.join(map(str, CHECK_BATCHES))} (sequence models: padded, and one batch half as long).", "",
               "| format | file | size | check |", "|---|---|---:|---|",
-              *(f"| {r.format} | {r.path.name} | {_size(r.path.stat().st_size)} | {_check_text(r)} |"
+              *(f"| {r.format} | {r.path.name} | {size_text(r.path.stat().st_size)} | {check_text(r)} |"
                 for r in results), "",
               "## How to load", "", *_how_to_load(ckpt_path, ckpt, inputs, {r.format for r in results}),
               "## Resolved config", ""]  # fmt: skip
     if isinstance(ckpt.get(CONFIG_KEY), str):
         lines += ["```yaml", ckpt[CONFIG_KEY].rstrip(), "```"]
     else:
-        hp = yaml.safe_dump(_plain({k: v for k, v in hparams.items() if k != "_instantiator"}), sort_keys=False)
+        hp = yaml.safe_dump(plain({k: v for k, v in hparams.items() if k != "_instantiator"}), sort_keys=False)
         lines += ["The checkpoint holds no resolved config (written before `zoo fit` saved it); its hyperparameters:",
                   "", "```yaml", hp.rstrip(), "```"]  # fmt: skip
     return "\n".join(lines) + "\n"

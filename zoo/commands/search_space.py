@@ -1,5 +1,6 @@
 """The search space of `zoo tune` (dotted config keys mapped to distributions, read from YAML) and how
-it meets the config: keys checked against the resolved config, trial values written into it.
+it meets the config: keys checked against the resolved config (trial values are written into it by
+:func:`zoo.run.build.dump_with`).
 
 Each entry is one of::
 
@@ -14,14 +15,12 @@ it the grid is the choices, every int of the range by ``step`` (1 by default), o
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from zoo.errors import ConfigError
 
@@ -170,31 +169,6 @@ def _number(kind: str, bad: Any) -> Any:
     return convert
 
 
-@contextlib.contextmanager
-def quiet_cli() -> Iterator[None]:
-    """Without two warnings that every trial would repeat and that mean nothing here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # `zoo tune ...` is in sys.argv
-        warnings.filterwarnings("ignore", message="Experiment logs directory")  # trial.yaml is written there first
-        yield
-
-
-def resolve_config(config: str, overrides: list[str]) -> tuple[Any, Any]:
-    """The parser and the resolved config (defaults filled in, overrides applied), nothing instantiated."""
-    from zoo.lightning_cli import ZooCLI
-
-    class _ParseOnly(ZooCLI):
-        def before_instantiate_classes(self) -> None:
-            pass  # a pretrained backbone's preprocessing is followed again in each trial
-
-        def instantiate_classes(self) -> None:
-            pass
-
-    with quiet_cli():
-        cli = _ParseOnly(args=["--config", config, *overrides], run=False)
-    return cli.parser, cli.config
-
-
 def config_keys(config: Any) -> list[str]:
     """Every dotted key of a resolved config, the keys inside dict values (``backbone_kwargs``) included."""
     keys = []
@@ -227,22 +201,3 @@ def check_keys(space: list[Param], config: Any, search_path: str) -> None:
         raise ConfigError(
             f"{search_path}: " + "\n  ".join(problems) + "\n  (a key the config leaves out must be set in it first)"
         )
-
-
-def trial_config(parser: Any, base: Any, values: dict[str, Any]) -> str:
-    """The base config with the trial's values set, as YAML that `zoo fit --config` accepts."""
-    config = base.clone()
-    for key, value in values.items():
-        if key in config:
-            config[key] = value
-            continue
-        parts = key.split(".")
-        for cut in range(len(parts) - 1, 0, -1):  # the longest prefix that holds a dict
-            head = ".".join(parts[:cut])
-            if head in config and isinstance(config[head], dict):
-                target = config[head]
-                for part in parts[cut:-1]:
-                    target = target[part]
-                target[parts[-1]] = value
-                break
-    return parser.dump(config, skip_none=False)

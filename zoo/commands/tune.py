@@ -46,8 +46,9 @@ from typing import Any, Optional
 
 from lightning.pytorch import Callback  # already loaded by cli.py; only optuna is imported late
 
-from zoo.commands.search_space import Param, check_keys, load_space, quiet_cli, resolve_config, trial_config
-from zoo.errors import ConfigError, ZooError
+from zoo.commands.search_space import Param, check_keys, load_space
+from zoo.errors import ConfigError, ZooError, zoo_error_in
+from zoo.run.build import build, dump_with, parse, quiet_cli
 
 _MAXIMIZED = ("acc", "f1", "auroc", "auc", "precision", "recall", "r2", "map", "iou", "dice")
 _MINIMIZED = ("loss", "mae", "mape", "mse", "rmse", "error", "perplexity", "nll")
@@ -120,7 +121,7 @@ def tune(opts: argparse.Namespace, overrides: list[str]) -> None:
     else:
         target = 20 if opts.trials is None else opts.trials
     direction = opts.direction or _direction_of(opts.metric)
-    parser, base = resolve_config(opts.config, overrides)
+    parser, base = parse(["--config", opts.config, *overrides])
     check_keys(space, base, opts.search)
     name = opts.study or Path(opts.config).stem
     root = Path("runs") / "tune" / name
@@ -298,10 +299,8 @@ class _Objective:
         raise TrialError(message)
 
     def _run(self, trial: Any, values: dict[str, Any], run_dir: Path) -> float:
-        from zoo.lightning_cli import ZooCLI
-
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "trial.yaml").write_text(trial_config(self.parser, self.base, values))
+        (run_dir / "trial.yaml").write_text(dump_with(self.parser, self.base, values))
         logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                   "init_args": {"save_dir": str(self.root), "name": run_dir.name, "version": ""}}  # fmt: skip
         args = ["--config", str(run_dir / "trial.yaml"), f"--trainer.logger={json.dumps(logger)}",
@@ -309,16 +308,16 @@ class _Objective:
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured), quiet_cli():  # the parser's message is the trial's reason
-                cli = ZooCLI(args=args, run=False)
+                model, datamodule, trainer = build(args)
         except SystemExit as exc:
             text = captured.getvalue().replace("zoo: error: ", "").split("\nRun with --help")[0].strip()
             exc.zoo_config_error = text or f"invalid config (exit code {exc.code})"  # type: ignore[attr-defined]
             raise
         sys.stderr.write(captured.getvalue())
         reporter = _Reporter(trial, self.metric, self.maximize)
-        cli.trainer.callbacks.append(reporter)
+        trainer.callbacks.append(reporter)
         with quiet_cli():
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            trainer.fit(model, datamodule=datamodule)
         trial.set_user_attr("epochs", len(reporter.values))
         if not reporter.values:
             raise TrialError(f"no validation ran, so {self.metric} was never measured")
@@ -355,8 +354,6 @@ class _Reporter(Callback):
 
 
 def _message(exc: BaseException) -> str:
-    from zoo.lightning_cli import zoo_error_in
-
     err = zoo_error_in(exc) or exc
     return f"{type(err).__name__}: {err}" if not isinstance(err, ZooError) else str(err)
 
@@ -417,7 +414,7 @@ def report(study: Any, space: list[Param], parser: Any, base: Any, root: Path, m
     root.mkdir(parents=True, exist_ok=True)
     header = (f"# zoo tune: the best trial ({best.number}) of study {study.study_name}: {metric}={best.value:.6g}\n"
               f"# Run: zoo fit --config {root / 'best.yaml'}\n")  # fmt: skip
-    (root / "best.yaml").write_text(header + trial_config(parser, base, values))
+    (root / "best.yaml").write_text(header + dump_with(parser, base, values))
     summary = {"study": study.study_name, "trial": best.number, "metric": metric,
                "direction": study.direction.name.lower(), "value": best.value, "params": values}  # fmt: skip
     (root / "best.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
 
+from zoo.compat import attached_trainer, should_update_logs
 from zoo.errors import ConfigError, TrainingError
 from zoo.registry import create_backbone, get_backbone_entry
 
@@ -128,7 +129,7 @@ class ZooTask(LightningModule):
         example = self._example_input_array
         # Lightning's model summary feeds this as is; under 'bf16-true' / '16-true' the weights are cast, so the
         # example must be too, as the precision plugin does for every real batch.
-        if example is not None and self._trainer is not None:
+        if example is not None and attached_trainer(self) is not None:
             example = self.trainer.precision_plugin.convert_input(example)
         return example
 
@@ -192,7 +193,7 @@ class ZooTask(LightningModule):
         # is logged on logging steps only, the epoch's mean loss and metrics once, in on_train_epoch_end.
         self._train_loss_sum = self._train_loss_sum + loss.detach() * size
         self._train_seen += size
-        if self._trainer is not None and self.trainer._logger_connector.should_update_logs:
+        if attached_trainer(self) is not None and should_update_logs(self.trainer):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
 
     def _buffer_train_metrics(self, output: torch.Tensor, target: torch.Tensor) -> None:
@@ -363,7 +364,7 @@ class ZooTask(LightningModule):
                 f"ReduceLROnPlateau monitors {monitor!r}, which this task does not log; use one of {known} "
                 "(class_path lightning.pytorch.cli.ReduceLROnPlateau takes init_args.monitor and mode)"
             )
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if monitor.startswith("val/") and trainer is not None and trainer.limit_val_batches == 0:
             raise ConfigError(
                 f"ReduceLROnPlateau monitors {monitor!r} but this run has no validation "
