@@ -56,11 +56,12 @@ def test_config_loads(path, capsys, monkeypatch):
 @pytest.mark.parametrize("path", SEARCH_SPACES)
 def test_search_space_names_keys_of_its_config(path, monkeypatch):
     """A search space is checked against the config its header says to tune (every key must exist there)."""
-    from zoo.commands.search_space import check_keys, load_space, resolve_config
+    from zoo.commands.search_space import check_keys, load_space
+    from zoo.run.build import parse
 
     monkeypatch.chdir(ROOT)
     (config,) = re.findall(r"zoo tune --config (\S+)", (ROOT / path).read_text())
     space = load_space(path)
-    _, resolved = resolve_config(config, [])
+    _, resolved = parse(["--config", config])
     check_keys(space, resolved, path)  # raises, naming the key, when one is not in the config
     assert space

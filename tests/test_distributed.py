@@ -171,8 +171,9 @@ def test_ddp_tests_the_best_checkpoint_after_fit_and_writes_metrics_once(ddp_run
     assert stdout.count("metrics written to ") == 1
     written = json.loads((ddp_run.workdir / metrics_path(stdout)).read_text())
     rank0, rank1 = ddp_run.probes
-    assert rank0["test"] == rank1["test"] == pytest.approx(written, rel=1e-6)
-    assert set(written) >= {"test/loss", "test/acc"}
+    model_metrics = {k: v for k, v in written.items() if not k.startswith("baseline/")}
+    assert rank0["test"] == rank1["test"] == pytest.approx(model_metrics, rel=1e-6)
+    assert set(written) >= {"test/loss", "test/acc", "baseline/majority/acc"}  # baselines: rank 0's, written once
     # The test confusion matrix counts each of the 360 test samples once, gathered from both processes.
     confusion = json.loads((ddp_run.workdir / "runs" / "ddp" / "version_0" / "test_confusion.json").read_text())
     assert sum(map(sum, confusion["matrix"])) == 360
