@@ -4,11 +4,12 @@ checkpoints so that a kill at any moment leaves the newest one loadable.
 A checkpoint is data. It is read with ``torch.load(weights_only=True)`` (tensors and plain Python values only),
 its stored config with ``yaml.safe_load``, and every class it names anywhere (a ``class_path``, nested values
 included, or an import path where a callable is expected) must be on :data:`TRUSTED`, checked before anything
-is built. A backbone named by class path (your own network, ``mypkg.nets.MyNet``) counts as a class: a checkpoint
-naming one is refused unless the user named that class path too (their config, ``zoo predict --backbone``), so a
-checkpoint never imports a module by itself. ``trust_remote_code`` is never taken from a checkpoint. A zoo checkpoint carries everything needed to
-use the model again (the task's hyperparameters, the resolved config under ``zoo_config``, the datamodule's
-state such as class names), so `zoo predict`, `zoo export` and `zoo report` need only its path.
+is built. A backbone named by class path (your own network, ``mypkg.nets.MyNet``) counts as a class: a
+checkpoint naming one is refused unless the user named that class path too (their config, ``zoo predict
+--backbone``), so a checkpoint never imports a module by itself. ``trust_remote_code`` is never taken from a
+checkpoint. A zoo checkpoint carries everything needed to use the model again (the task's hyperparameters, the
+resolved config under ``zoo_config``, the datamodule's state such as class names), so `zoo predict`, `zoo export`
+and `zoo report` need only its path.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def user_entry(path: str) -> BackboneEntry:
     return BackboneEntry(path, build, "user", "any", doc[0] if doc else f"your own network {path}")
 
 
-def user_backbone(path: str, factory: Callable[..., Any], input_shape: Any = None, **kwargs: Any) -> "UserBackbone":
+def user_backbone(path: str, factory: Callable[..., Any], input_shape: Any = None, **kwargs: Any) -> UserBackbone:
     """Build ``factory(**kwargs)`` (``input_shape`` too when it takes it) and check it against the contract."""
     params = _signature(factory)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
