@@ -91,7 +91,7 @@ def get_backbone_entry(name: str) -> BackboneEntry:
         from zoo.backbones.pretrained import adapter_entry
 
         return adapter_entry(name)
-    if is_class_path(name):
+    if is_class_path(name) and name not in _REGISTRY:
         from zoo.backbones.user import user_entry
 
         return user_entry(name)

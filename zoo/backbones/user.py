@@ -109,6 +109,9 @@ def user_backbone(path: str, factory: Callable[..., Any], input_shape: Any = Non
                           "model.backbone_kwargs") from None  # fmt: skip
     if not isinstance(model, nn.Module):
         raise ConfigError(f"backbone {path!r} built a {type(model).__name__}, not a torch.nn.Module")
+    default = params["input_shape"].default if "input_shape" in params else None
+    if input_shape is None and isinstance(default, (tuple, list)):  # e.g. `zoo groups` without --input_shape
+        input_shape = default
     return UserBackbone(model, path, tuple(input_shape) if input_shape is not None else None)
 
 
@@ -158,10 +161,12 @@ class UserBackbone(Backbone):
                                       f"but num_features is {width}; make them agree")  # fmt: skip
         self._check_groups()
 
-    def forward_features(self, x: Any, **kwargs: Any) -> torch.Tensor:
+    def forward_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # A tensor, or a sequence / text batch's dict as keyword arguments (x and mask, or input_ids and
+        # attention_mask), passed on as they came.
         if self.plain:
-            return self.model(x, **kwargs)
-        return self.model.forward_features(x, **kwargs)
+            return self.model(*args, **kwargs)
+        return self.model.forward_features(*args, **kwargs)
 
     def layer_groups(self) -> dict[str, nn.Module]:
         return {"all": self.model} if self.plain else dict(self.model.layer_groups())
