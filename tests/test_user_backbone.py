@@ -177,6 +177,17 @@ def test_checkpoint_reader_needs_the_class_path_named(fitted, nets: str):
     assert task(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
 
 
+def test_export_takes_the_class_path_named(fitted, nets: str, tmp_path: Path):
+    from zoo.commands.export import export_checkpoint
+
+    home, _ = fitted
+    ckpt = str(home / "runs/mine/version_0/checkpoints/last.ckpt")
+    with pytest.raises(ConfigError, match=f"export\\) --backbone {MODULE}.MyNet"):
+        export_checkpoint(ckpt, ["torch_export"], str(tmp_path))
+    results = export_checkpoint(ckpt, ["torch_export", "safetensors"], str(tmp_path), backbone=f"{MODULE}.MyNet")
+    assert {r.path.name for r in results} == {"model.pt2", "model.safetensors"}
+
+
 def test_contract_violation_is_named_before_training(tmp_path: Path):
     env = {"PYTHONPATH": str(_write_module(tmp_path / "src"))}
     (tmp_path / "own.yaml").write_text(CONFIG.replace(".MyNet", ".NoGroups").replace("{width: 16}", "{}"))

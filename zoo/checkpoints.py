@@ -196,8 +196,8 @@ class _Walk:
             raise ConfigError(
                 f"{self.path}: refused, {where}.{BACKBONE_KEY} is the class path {backbone!r} (a network of your "
                 "own?), and a checkpoint may not import code by itself. If you trust it, name the class yourself: "
-                f"zoo predict --backbone {backbone} --ckpt_path ..., or give the config you trained it with "
-                "(zoo test / predict --config CONFIG --ckpt_path ...), or load_task(path, trusted=[class path])"
+                f"zoo predict (or export) --backbone {backbone} --ckpt_path ..., or give the config you trained it "
+                "with (zoo test / predict --config CONFIG --ckpt_path ...), or load_task(path, trusted=[class path])"
             )
         cls = _import_trusted(value["class_path"]) if "class_path" in value else None
         if "_class_path" in value:
