@@ -88,30 +88,16 @@ def _source_version() -> Optional[str]:
     return found.group(1) if found else None
 
 
-def list_models(pattern: str = "*") -> None:
-    """Print every registered backbone matching ``pattern``: name, family, parameters, input kind."""
-    from rich.console import Console
-    from rich.table import Table
+def _list_models(argv: list[str]) -> None:
+    """`zoo models [PATTERN]` (:mod:`zoo.commands.models`); a pattern that matches nothing exits with code 2."""
+    from zoo.commands.models import main as models
+    from zoo.errors import ZooError
 
-    from zoo.errors import ConfigError
-    from zoo.registry import get_backbone_entry, list_backbones
-
-    names = list_backbones(pattern)
-    if not names:
-        raise ConfigError(f"no registered backbone matches {pattern!r}; run `zoo models` to see them all")
-    table = Table(title=f"zoo backbones matching {pattern!r}")
-    table.add_column("name", no_wrap=True)
-    table.add_column("family", no_wrap=True)
-    table.add_column("params", justify="right", no_wrap=True)
-    table.add_column("input", no_wrap=True)
-    table.add_column("description")
-    for name in names:
-        entry = get_backbone_entry(name)
-        params = entry.num_params()
-        summary = re.split(r"[;:]", entry.description)[0].rstrip(".")  # the first clause is enough here
-        table.add_row(name, entry.family, f"{params:,}", entry.input_kind, summary)
-    Console().print(table)
-    print("Parameter counts are for each backbone's default input shape; the head is not included.")
+    try:
+        models(argv)
+    except ZooError as err:
+        sys.stderr.write(f"zoo: error: {err}\n")
+        sys.exit(2)
 
 
 def _quiet_lightning() -> None:
@@ -157,6 +143,9 @@ def main(args: Optional[list[str]] = None) -> None:
         print_help(sys.stderr)
         sys.stderr.write("\nzoo: error: no command given; choose one above, e.g. zoo fit --config CONFIG\n")
         sys.exit(2)
+    if argv[0] == "models":  # before Lightning: listing the registered backbones imports neither it nor torch
+        _list_models(argv[1:])
+        return
     _show_zoo_logs()
     _quiet_lightning()
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -166,12 +155,6 @@ def main(args: Optional[list[str]] = None) -> None:
     from zoo.run.distributed import end_distributed, peer_died
 
     try:
-        if argv and argv[0] == "models":
-            if len(argv) > 2 or any(a.startswith("-") for a in argv[1:]):
-                sys.stderr.write("usage: zoo models [PATTERN]\n")
-                sys.exit(2)
-            list_models(argv[1] if len(argv) > 1 else "*")
-            return
         if argv and argv[0] in COMMAND_MODULES:
             import importlib
 

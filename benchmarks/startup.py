@@ -1,4 +1,4 @@
-"""Start-up: ``zoo --help`` under 2 s, the time from ``zoo fit`` to its first training step, and which heavy
+"""Start-up: ``zoo --help`` under 2 s, ``zoo models`` under 1 s, the time from ``zoo fit`` to its first training step, and which heavy
 libraries ``import cli`` and ``import zoo`` pull in (they should be imported only where they are used).
 
 Every figure comes from fresh processes (``python cli.py ...``, which is what the ``zoo`` script runs). The import
@@ -24,6 +24,7 @@ SIZES = {
     "tiny": {"help_runs": 1, "fit_runs": 1, "separate_importtime": False},
 }
 HELP_LIMIT_S = 2.0
+MODELS_LIMIT_S = 1.0  # listing the registered backbones reads a static table: no torch (zoo.commands.models)
 # The optional heavy libraries that STYLE.md says are imported only where used, and matplotlib (pictures only).
 OPTIONAL_HEAVY = ("transformers", "timm", "wandb", "optuna", "onnx", "onnxruntime", "onnxscript", "matplotlib")
 # Heavy, and not optional, but not needed to print help either: reported with their cost and who imports them.
@@ -100,6 +101,8 @@ def run(mode: str) -> list[Figure]:
         result = run_python(["-X", "importtime", *help_cmd], json_result=False)
         help_walls, cli_rows = [result["wall"]], parse_importtime(result["stderr"])
         note = "measured with -X importtime on"
+    models_walls = [run_python([str(ROOT / "cli.py"), "models"], json_result=False)["wall"]
+                    for _ in range(size["help_runs"])]  # fmt: skip
     zoo_wall, zoo_rows = importtime("import zoo")
     # `import cli` has a row for cli; a run of `python cli.py` imports cli's imports at the top level.
     root = ["cli"] if any(name == "cli" and not chain for name, _, _, chain in cli_rows) else []
@@ -112,6 +115,8 @@ def run(mode: str) -> list[Figure]:
     return [
         single("zoo --help (python cli.py --help), best run", min(help_walls), "s", at_most=HELP_LIMIT_S,
                runs=help_walls, note=note),  # fmt: skip
+        single("zoo models (python cli.py models), best run", min(models_walls), "s", at_most=MODELS_LIMIT_S,
+               runs=models_walls),  # fmt: skip
         single("import cli", cli_total, "s", direct_imports={n: round(c, 3) for c, n in top},
                heavy=heavy_report(cli_rows, OTHER_HEAVY)),  # fmt: skip
         single("optional heavy libraries imported by `import cli`", len(cli_heavy), "", at_most=0,

@@ -4,9 +4,12 @@ checkpoints so that a kill at any moment leaves the newest one loadable.
 A checkpoint is data. It is read with ``torch.load(weights_only=True)`` (tensors and plain Python values only),
 its stored config with ``yaml.safe_load``, and every class it names anywhere (a ``class_path``, nested values
 included, or an import path where a callable is expected) must be on :data:`TRUSTED`, checked before anything
-is built. ``trust_remote_code`` is never taken from a checkpoint. A zoo checkpoint carries everything needed to
-use the model again (the task's hyperparameters, the resolved config under ``zoo_config``, the datamodule's
-state such as class names), so `zoo predict`, `zoo export` and `zoo report` need only its path.
+is built. A backbone named by class path (your own network, ``mypkg.nets.MyNet``) counts as a class: a
+checkpoint naming one is refused unless the user named that class path too (their config, ``zoo predict
+--backbone``), so a checkpoint never imports a module by itself. ``trust_remote_code`` is never taken from a
+checkpoint. A zoo checkpoint carries everything needed to use the model again (the task's hyperparameters, the
+resolved config under ``zoo_config``, the datamodule's state such as class names), so `zoo predict`, `zoo export`
+and `zoo report` need only its path.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import yaml
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from zoo.errors import ConfigError, ZooError
+from zoo.registry import is_class_path
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # the one ``_instanti
 # and the ``_instantiator`` Lightning's ``load_from_checkpoint`` would call.
 CLASS_KEYS = ("class_path", "_class_path", "_instantiator")
 REMOTE_CODE_KEY = "trust_remote_code"
+BACKBONE_KEY = "backbone"  # a task's backbone name: a class path there is imported when the task is built
 
 
 def trusted_bases() -> tuple[type, ...]:
@@ -64,10 +69,13 @@ def trusted(path: Any, extra: Collection[str] = ()) -> bool:
 
 
 def classes_named(config: Any) -> frozenset[str]:
-    """Every ``class_path`` in a config the user wrote (nested dicts and lists): a checkpoint may name those too,
-    so that resuming or evaluating with one's own optimizer or callback class works."""
+    """Every ``class_path`` in a config the user wrote (nested dicts and lists), and every ``backbone`` given as
+    a class path: a checkpoint may name those too, so that resuming or evaluating with one's own optimizer,
+    callback or network class works."""
     if isinstance(config, Mapping):
         own = {config["class_path"]} if isinstance(config.get("class_path"), str) else set()
+        if isinstance(config.get(BACKBONE_KEY), str) and is_class_path(config[BACKBONE_KEY]):
+            own.add(config[BACKBONE_KEY])
         return frozenset(own.union(*(classes_named(v) for v in config.values())))
     if isinstance(config, (list, tuple)):
         return frozenset().union(*(classes_named(v) for v in config))
@@ -183,6 +191,14 @@ class _Walk:
         for key in CLASS_KEYS[:2]:
             if key in value and not trusted(value[key], self.extra):
                 _refuse(f"{where}.{key}", value[key], self.path)
+        backbone = value.get(BACKBONE_KEY)
+        if isinstance(backbone, str) and is_class_path(backbone) and backbone not in self.extra:
+            raise ConfigError(
+                f"{self.path}: refused, {where}.{BACKBONE_KEY} is the class path {backbone!r} (a network of your "
+                "own?), and a checkpoint may not import code by itself. If you trust it, name the class yourself: "
+                f"zoo predict (or export) --backbone {backbone} --ckpt_path ..., or give the config you trained it "
+                "with (zoo test / predict --config CONFIG --ckpt_path ...), or load_task(path, trusted=[class path])"
+            )
         cls = _import_trusted(value["class_path"]) if "class_path" in value else None
         if "_class_path" in value:
             owner = _import_trusted(value["_class_path"])
@@ -274,15 +290,16 @@ def task_class(ckpt: dict[str, Any], path: str = "the checkpoint") -> type:
     return _zoo_class(hparams.get("_class_path"), "zoo.tasks", ZooTask, path, "task")
 
 
-def load_task(path: str, ckpt: Optional[dict[str, Any]] = None) -> Any:
+def load_task(path: str, ckpt: Optional[dict[str, Any]] = None, trusted: Collection[str] = ()) -> Any:
     """The trained task of a `zoo fit` checkpoint, weights loaded, in eval mode.
 
     The network is rebuilt from the checkpoint's own hyperparameters without fetching pretrained weights
-    (the checkpoint holds every weight).
+    (the checkpoint holds every weight). ``trusted``: class paths the checkpoint may name beside the zoo's own,
+    e.g. ``["mypkg.nets.MyNet"]`` for a checkpoint of your own network (see :func:`read_checkpoint`).
     """
     from lightning.pytorch.cli import instantiate_module
 
-    ckpt = read_checkpoint(path) if ckpt is None else ckpt
+    ckpt = read_checkpoint(path, trusted=trusted) if ckpt is None else ckpt
     cls = task_class(ckpt, path)
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"}
     hparams["pretrained"] = False

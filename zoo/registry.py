@@ -51,6 +51,12 @@ def split_source(name: str) -> tuple[Optional[str], str]:
     return (prefix, rest) if sep and prefix in PRETRAINED_SOURCES else (None, name)
 
 
+def is_class_path(name: str) -> bool:
+    """Whether a backbone name is a user's class path (``mypkg.nets.MyNet``, see :mod:`zoo.backbones.user`):
+    registered names have no dot, prefixed ones have a ``/``."""
+    return "." in name and "/" not in name
+
+
 def register_backbone(
     name: str | None = None, *, family: str, input_kind: str
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -85,6 +91,10 @@ def get_backbone_entry(name: str) -> BackboneEntry:
         from zoo.backbones.pretrained import adapter_entry
 
         return adapter_entry(name)
+    if is_class_path(name) and name not in _REGISTRY:
+        from zoo.backbones.user import user_entry
+
+        return user_entry(name)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -117,7 +127,8 @@ def create_backbone(name: str, *, pretrained: Union[bool, str, None] = False, **
 
     Args:
         name: a registered name such as ``"cnn"`` (see :func:`list_backbones`), or ``timm/<model>``,
-            ``torchvision/<model>``, ``hf/<hub id or directory>``, ``zoo/<checkpoint path>``.
+            ``torchvision/<model>``, ``hf/<hub id or directory>``, ``zoo/<checkpoint path>``, or the class path
+            of your own network (``mypkg.nets.MyNet``, :mod:`zoo.backbones.user`).
         pretrained: load pretrained weights. For a prefixed name: True, or None, loads them by name (from
             the library's cache, downloading only when the network answers), a str is a local weights file
             (a directory for ``hf/``), False is random init. A registered name: None means False, and only

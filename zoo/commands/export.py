@@ -236,8 +236,12 @@ def export_checkpoint(
     output: Optional[str] = None,
     opset: Optional[int] = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    backbone: Optional[str] = None,
 ) -> list[Exported]:
     """Export a `zoo fit` checkpoint to each of ``formats`` and check every graph against the PyTorch model.
+
+    ``backbone``: for a model of your own network, its class path (the checkpoint's), which a checkpoint may not
+    import unless the user names it.
 
     Raises:
         ConfigError: the checkpoint cannot be read or rebuilt; the model cannot be exported (naming the reason
@@ -250,7 +254,7 @@ def export_checkpoint(
     if missing:
         raise ConfigError(f"ONNX export needs {', '.join(missing)}: pip install 'zoo[export]', or leave onnx out "
                           "of --formats")  # fmt: skip
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, trusted=[backbone] if backbone else ())
     task = load_task(ckpt_path, ckpt)
     what = f"{type(task).__name__} with backbone {task.backbone_name!r}"
     wanted = [f for f in FORMATS if f in formats]
@@ -307,6 +311,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `zoo fit`")
+    parser.add_argument("--backbone", metavar="CLASS_PATH", help="for a model of your own network: its class path "
+                        "(mypkg.nets.MyNet), which must be the checkpoint's")  # fmt: skip
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), metavar="FORMAT",
                         help=f"any of {', '.join(FORMATS)} (default: all)")  # fmt: skip
     parser.add_argument("--output", help="folder for the files (default: <run dir>/export, beside checkpoints/)")
@@ -316,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     opts = parser.parse_args(argv)
     if not opts.tolerance >= 0:
         parser.error(f"--tolerance must be >= 0, got {opts.tolerance}")
-    results = export_checkpoint(opts.ckpt_path, opts.formats, opts.output, opts.opset, opts.tolerance)
+    results = export_checkpoint(opts.ckpt_path, opts.formats, opts.output, opts.opset, opts.tolerance, opts.backbone)
     width = max(len(str(r.path)) for r in results)
     print(f"exported {opts.ckpt_path}:")
     for r in results:

@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `zoo fit`")
     parser.add_argument("--output", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--backbone",
+        metavar="CLASS_PATH",
+        help="for a model of your own network: its class path (mypkg.nets.MyNet), which must be the checkpoint's; "
+        "a checkpoint never imports a module you did not name",
+    )
     return parser
 
 
@@ -72,7 +78,7 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size={args.batch_size} must be at least 1")
-    ckpt = read_checkpoint(args.ckpt_path)
+    ckpt = read_checkpoint(args.ckpt_path, trusted=[args.backbone] if args.backbone else ())
     task = load_task(args.ckpt_path, ckpt)
     if isinstance(task, Autoencoder):
         raise ConfigError(f"{args.ckpt_path} is an autoencoder: its outputs are reconstructions, not predictions; "

@@ -30,7 +30,8 @@ class ZooTask(LightningModule):
     """Base of the zoo's tasks: builds ``self.backbone`` from the registry and ``self.head`` from the subclass.
 
     Args:
-        backbone: a registered backbone name (``zoo models`` lists them).
+        backbone: a registered backbone name (``zoo models`` lists them), a pretrained source's name, or the
+            class path of your own network (``mypkg.nets.MyNet``, checked by :mod:`zoo.backbones.user`).
         backbone_kwargs: the backbone's own arguments, checked against its signature.
         pretrained: the backbone's weights. None (default): pretrained for a source prefix (``timm/``,
             ``torchvision/``, ``hf/``, ``zoo/``), random for the zoo's own families. True: by name, from
