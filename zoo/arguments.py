@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
-import difflib
 import inspect
 import re
 import sys
@@ -18,6 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 
 from zoo.callbacks.finetuning import FineTuning
+from zoo.errors import CLOSE_DOTTED, did_you_mean
 
 HELP_HINT = "Run with --help to see the accepted keys."
 # True while a parser reads the command line and config files (a subcommand's parser reports its errors inside
@@ -50,8 +50,8 @@ class ZooArgumentParser(LightningArgumentParser):
         found = re.search(r"unrecognized arguments: (--[\w.]+)", message)
         if not found:
             return ""
-        close = difflib.get_close_matches(found.group(1), sorted(self._option_string_actions), n=3, cutoff=0.8)
-        return f"\n  Did you mean {' or '.join(close)}?" if close else ""
+        options = sorted(self._option_string_actions)
+        return did_you_mean(found.group(1), options, cutoff=CLOSE_DOTTED, quote=False, form="\n  Did you mean {}?")
 
 
 @contextlib.contextmanager
@@ -79,8 +79,7 @@ def _close_match_hint(message: str) -> str:
     }  # fmt: skip
     if group.split(".")[-1] in known:
         candidates |= _params_of(known[group.split(".")[-1]])
-    close = difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.6)
-    return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return did_you_mean(key, sorted(candidates), form="\n  Did you mean {}?")
 
 
 def _params_of(obj: Any) -> set[str]:

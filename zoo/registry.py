@@ -8,7 +8,6 @@ A name with a source prefix (``timm/``, ``torchvision/``, ``hf/``, ``zoo/``) is 
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -86,10 +85,9 @@ def get_backbone_entry(name: str) -> BackboneEntry:
 
         return adapter_entry(name)
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(
-            f"unknown backbone {name!r}.{hint} Run `zoo models` to list the {len(_REGISTRY)} registered backbones."
+            f"unknown backbone {name!r}.{did_you_mean(name, _REGISTRY)} Run `zoo models` to list the "
+            f"{len(_REGISTRY)} registered backbones."
         )
     return _REGISTRY[name]
 
@@ -104,10 +102,9 @@ def check_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     params.pop("pretrained", None)  # given by model.pretrained
     for key in kwargs:
         if key not in params:
-            close = difflib.get_close_matches(key, list(params), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(
-                f"backbone {name!r} does not take the argument {key!r} (model.backbone_kwargs).{hint} "
+                f"backbone {name!r} does not take the argument {key!r} (model.backbone_kwargs)."
+                f"{did_you_mean(key, params)} "
                 f"It takes: {', '.join(p for p in params if p != 'input_shape')}."
             )
 

@@ -12,7 +12,6 @@ timm, torchvision and transformers are imported inside the functions, so ``impor
 
 from __future__ import annotations
 
-import difflib
 import functools
 import glob
 import importlib
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from zoo.backbones.base import Backbone
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 from zoo.hub import hf_hub_reachable, host_reachable  # noqa: F401  (the adapters call them as pretrained.X)
 from zoo.registry import BackboneEntry, split_source
 
@@ -234,9 +233,7 @@ def _parameters_to_meta() -> Iterator[None]:
 
 
 def close_matches(name: str, known: list[str], what: str, listing: str) -> ConfigError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ConfigError(f"unknown {what} {name!r}.{hint} {listing}")
+    return ConfigError(f"unknown {what} {name!r}.{did_you_mean(name, known)} {listing}")
 
 
 # --- dispatch ------------------------------------------------------------------------------------------
