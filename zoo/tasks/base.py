@@ -22,6 +22,7 @@ from zoo.errors import ConfigError, TrainingError
 from zoo.registry import create_backbone, get_backbone_entry
 
 STAGES = ("train", "val", "test")
+NO_DECAY = ".no_decay"  # suffix of the optimizer group of a layer group's biases and norms (weight_decay=0)
 TRAIN_METRICS_BATCHES, TRAIN_METRICS_ELEMENTS = 32, 1 << 18  # training outputs kept before the metrics update
 
 
@@ -306,7 +307,7 @@ class ZooTask(LightningModule):
             if decay:
                 groups.append({"name": name, "params": decay})
             if no_decay:
-                groups.append({"name": f"{name}.no_decay", "params": no_decay, "weight_decay": 0.0})
+                groups.append({"name": f"{name}{NO_DECAY}", "params": no_decay, "weight_decay": 0.0})
         missing = [n for n, p in self.named_parameters() if id(p) not in seen]
         if missing:
             raise RuntimeError(f"parameters outside every layer group (a backbone bug): {missing[:5]}")
