@@ -371,6 +371,28 @@ def class_names(ckpt: dict[str, Any]) -> Optional[list[str]]:
     return [str(n) for n in names] if names else None
 
 
+def run_folder(of: Any) -> Path:
+    """A run's own folder (``runs/<name>/version_<n>``): the folder above its ``checkpoints/``, which holds its
+    resolved config, metrics, pictures and exports.
+
+    Args:
+        of: a checkpoint file of the run; or the run's Trainer, whose checkpoints go where Lightning's
+            ModelCheckpoint puts them, known before that callback has set up: its ``dirpath`` when given, else
+            ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, else ``<default_root_dir>/checkpoints``.
+    """
+    if isinstance(of, (str, os.PathLike)):
+        return Path(of).parent.parent
+    trainer = of
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+    if dirpath:
+        return Path(dirpath).parent
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
+
+
 def remove_stale_partials(folder: Path) -> list[Path]:
     """Remove what killed checkpoint writes left under ``folder`` (``.<name>.partial-<pid>`` files whose writer
     is gone); a live writer's file (another run of the same tree) is kept. Returns the files removed."""

@@ -27,10 +27,17 @@ from zoo.arguments import RawHelp, ZooArgumentParser
 from zoo.callbacks.checkpointing import ZooCheckpoint
 from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite, ZooEarlyStopping
-from zoo.callbacks.pictures import RunPictures, run_dir_of
+from zoo.callbacks.pictures import RunPictures
 from zoo.callbacks.progress import ZooProgressBar
 from zoo.budget import MIN_VAL_SAMPLES, plan
-from zoo.checkpoints import AtomicCheckpointIO, classes_named, read_checkpoint, remove_stale_partials, task_class
+from zoo.checkpoints import (
+    AtomicCheckpointIO,
+    classes_named,
+    read_checkpoint,
+    remove_stale_partials,
+    run_folder,
+    task_class,
+)
 from zoo.commands import DESCRIPTION
 from zoo.errors import ConfigError, ZooError
 from zoo.resume import (
@@ -320,7 +327,7 @@ class ZooCLI(LightningCLI):
             from zoo.baselines import baselines_of_run
 
             baselines, compared = baselines_of_run(self.trainer, self.model, self.datamodule, metrics)
-        out_dir = run_dir_of(self.trainer)
+        out_dir = run_folder(self.trainer)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{stage}_metrics.json"
         path.write_text(json.dumps({**metrics, **baselines}, indent=2, sort_keys=True) + "\n")
@@ -363,15 +370,6 @@ class ZooSaveConfig(SaveConfigCallback):
         if getattr(self, "_config_yaml", None) is None:
             self._config_yaml = self.parser.dump(self.config, skip_none=False, format="yaml")
         return self._config_yaml
-
-
-def run_folder(trainer: Trainer) -> str:
-    """``<save_dir>/<name>/<version>`` of the first logger, as ModelCheckpoint places ``checkpoints/`` in it."""
-    logger = trainer.loggers[0] if trainer.loggers else None
-    if logger is None or logger.save_dir is None:
-        return trainer.default_root_dir
-    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-    return os.path.join(logger.save_dir, str(logger.name), version)
 
 
 # What a pretrained backbone's preprocessing sets in the datamodule, where the user left it unset (None).

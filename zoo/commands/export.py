@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from zoo.checkpoints import CONFIG_KEY, class_names, load_task, read_checkpoint
+from zoo.checkpoints import CONFIG_KEY, class_names, load_task, read_checkpoint, run_folder
 from zoo.errors import ConfigError
 
 FORMATS = ("torch_export", "onnx", "safetensors", "card")  # the order of work: the card records the others' checks
@@ -260,11 +260,6 @@ def metadata(ckpt: dict[str, Any], task: Any) -> dict[str, str]:
     return meta
 
 
-def run_dir_of(ckpt_path: str) -> Path:
-    """The run's folder: the parent of the folder holding the checkpoint (``runs/<name>/version_<n>``)."""
-    return Path(ckpt_path).parent.parent
-
-
 def export_checkpoint(
     ckpt_path: str,
     formats: Sequence[str] = FORMATS,
@@ -289,7 +284,7 @@ def export_checkpoint(
     task = load_task(ckpt_path, ckpt)
     what = f"{type(task).__name__} with backbone {task.backbone_name!r}"
     wanted = [f for f in FORMATS if f in formats]
-    out_dir = Path(output) if output else run_dir_of(ckpt_path) / "export"
+    out_dir = Path(output) if output else run_folder(ckpt_path) / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[Exported] = []
     inputs: Optional[ModelInputs] = None
