@@ -89,28 +89,48 @@ def read_checkpoint(path: str, mmap: bool = False, trusted: Collection[str] = ()
             a class the safe loader refuses, a YAML tag, a class path outside :data:`TRUSTED`), or is not a
             Lightning checkpoint.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(len(ZIP_MAGIC))
-    if head != ZIP_MAGIC:
-        raise ConfigError(f"{path}: not a zoo checkpoint ({os.path.getsize(path)} bytes, not a file torch.save "
-                          "wrote); use a .ckpt file that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/")  # fmt: skip
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # noqa: BLE001  (every failure of the safe loader means the same to a user)
-        said = " ".join(str(err).split())
-        if "weights_only" in said.lower() or "unsupported global" in said.lower():
-            raise ConfigError(
-                f"checkpoint {path}: refused, it holds Python objects that safe loading does not run "
-                f"({said[:160]}...). Only load checkpoints you trust; a zoo checkpoint holds none"
-            ) from None
-        raise ConfigError(f"checkpoint {path}: cannot read it ({type(err).__name__}: {said[:200]}); it may be "
-                          "truncated or corrupt") from None  # fmt: skip
+    if os.path.isfile(path):  # (a missing file is named by the loader)
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+        if head != ZIP_MAGIC:
+            raise ConfigError(f"{path}: not a zoo checkpoint ({os.path.getsize(path)} bytes, not a file torch.save "
+                              "wrote); use a .ckpt file that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/")
+    ckpt = load_data(path, f"checkpoint {path}", mmap=mmap)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"{path}: not a zoo checkpoint (no state_dict); use a .ckpt file that `zoo fit` wrote")
     check_is_data(ckpt, path, trusted)
     return ckpt
+
+
+def load_data(path: str, what: str, mmap: bool = False, unreadable: str = "it may be truncated or corrupt") -> Any:
+    """What a ``torch.save`` file holds, read as data (``weights_only=True``: tensors and plain Python values, no
+    pickled code runs), or the tensors of a ``.safetensors`` file: how the zoo reads checkpoints and weights files.
+
+    Args:
+        what: the file as an error names it (``checkpoint runs/x.ckpt``, ``model.pretrained='w.pth'``).
+        mmap: map the file instead of reading it: tensors are read only when touched.
+        unreadable: what the error says a file that cannot be read may be.
+
+    Raises:
+        ConfigError: the file is missing, holds Python objects (a pickle payload, a class: refused), or cannot be
+            read.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # noqa: BLE001  (every failure of the safe loader means the same to a user)
+        said = " ".join(str(err).split())
+        if "global" in said.lower():  # a pickle runs code only through a global (a class or function) it names
+            raise ConfigError(
+                f"{what}: refused, it holds Python objects that safe loading does not run ({said[:160]}...). "
+                "Only load files you trust; a zoo checkpoint or a state dict holds none"
+            ) from None
+        raise ConfigError(f"{what}: cannot read it ({type(err).__name__}: {said[:200]}); {unreadable}") from None
 
 
 def check_is_data(ckpt: dict[str, Any], path: str, trusted: Collection[str] = ()) -> None:
