@@ -1,6 +1,7 @@
 """The backbone registry: every model family registers its variants here by name.
 
-A variant is a small factory function decorated with :func:`register_backbone`; the CLI, `zoo models`
+A family is a builder (its backbone class) registered with :func:`register_backbone`, and its variants are
+declared over that builder with :func:`register_variant` (the architecture fixed, other defaults); the CLI, `zoo models`
 and the tests all find backbones through :func:`create_backbone` and :func:`list_backbones`.
 A name with a source prefix (``timm/``, ``torchvision/``, ``hf/``, ``zoo/``) is served by an adapter in
 :mod:`zoo.backbones.pretrained` instead: other libraries' models, and backbones of our own checkpoints.
@@ -68,6 +69,45 @@ def register_backbone(
         return factory
 
     return decorator
+
+
+def register_variant(
+    name: str,
+    builder: Callable[..., nn.Module],
+    *,
+    family: str,
+    input_kind: str,
+    description: str,
+    fixed: Optional[dict[str, Any]] = None,
+    **defaults: Any,
+) -> None:
+    """Register ``name`` as the family's ``builder`` with the arguments in ``fixed`` set (the variant's
+    architecture: not arguments of the variant) and other ``defaults``; it takes every other argument of the
+    builder, by keyword, under the same name and type.
+
+    Raises:
+        ValueError: if the name is taken, or ``fixed`` or ``defaults`` name an argument the builder does not take.
+    """
+    fixed = fixed or {}
+    signature = inspect.signature(builder)
+    unknown = (set(fixed) | set(defaults)) - set(signature.parameters)
+    if unknown:
+        raise ValueError(f"backbone variant {name!r}: {builder.__qualname__} takes no argument(s) {sorted(unknown)}")
+
+    def factory(**kwargs: Any) -> nn.Module:
+        return builder(**fixed, **{**defaults, **kwargs})  # a fixed argument given again is a TypeError
+
+    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]  (what the registry and `zoo models` read)
+        parameters=[
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=defaults.get(p.name, p.default))
+            for p in signature.parameters.values() if p.name not in fixed
+        ],
+        return_annotation=builder,
+    )  # fmt: skip
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = builder.__module__
+    factory.__doc__ = description
+    register_backbone(name, family=family, input_kind=input_kind)(factory)
 
 
 def _ensure_builtins_registered() -> None:
