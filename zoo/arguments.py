@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from zoo.callbacks.finetuning import FineTuning
 from zoo.errors import CLOSE_DOTTED, did_you_mean
+from zoo.tasks.base import init_arguments
 
 HELP_HINT = "Run with --help to see the accepted keys."
 # True while a parser reads the command line and config files (a subcommand's parser reports its errors inside
@@ -83,6 +84,8 @@ def _close_match_hint(message: str) -> str:
 
 
 def _params_of(obj: Any) -> set[str]:
+    if isinstance(obj, type):
+        return set(init_arguments(obj))  # with a parent's, where a task passes them on in **kwargs
     try:
         return set(inspect.signature(obj).parameters) - {"self"}
     except (TypeError, ValueError):

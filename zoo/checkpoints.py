@@ -12,7 +12,6 @@ state such as class names), so `zoo predict`, `zoo export` and `zoo report` need
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -242,10 +241,9 @@ def _imported_arguments(cls: Optional[type]) -> set[str]:
     """The arguments of ``cls`` typed as a callable or a class: jsonargparse imports a string given there."""
     if cls is None:
         return set()
-    try:
-        parameters = inspect.signature(cls.__init__).parameters.values()
-    except (TypeError, ValueError):
-        return set()
+    from zoo.tasks.base import init_arguments  # (a task's own arguments and those it passes on to ZooTask)
+
+    parameters = init_arguments(cls).values()
     return {p.name for p in parameters if any(t in str(p.annotation) for t in ("Callable", "type[", "Type["))}
 
 
