@@ -1,8 +1,9 @@
 """The backbone registry: every model family registers its variants here by name.
 
-A family is a builder (its backbone class) registered with :func:`register_backbone`, and its variants are
-declared over that builder with :func:`register_variant` (the architecture fixed, other defaults); the CLI, `zoo models`
-and the tests all find backbones through :func:`create_backbone` and :func:`list_backbones`.
+A backbone class registers itself with :func:`register_backbone` (``cnn``, ``mlp``); the variants of a family
+are declared over its class with :func:`register_variant`, each with its architecture fixed and its own defaults
+(``resnet18``, ``lstm``, ``vit_micro``). The CLI, `zoo models` and the tests all find backbones through
+:func:`create_backbone` and :func:`list_backbones`.
 A name with a source prefix (``timm/``, ``torchvision/``, ``hf/``, ``zoo/``) is served by an adapter in
 :mod:`zoo.backbones.pretrained` instead: other libraries' models, and backbones of our own checkpoints.
 """
