@@ -18,7 +18,6 @@ before them, keeping the order of the list.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
@@ -30,7 +29,7 @@ from torch.utils.data import Dataset
 
 from datamodules.augment_batch import BatchAugment, batch_twin
 from datamodules.augment_series import Jitter, Scaling, Shift, TimeWarp
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 
 AugmentSpec = Union[str, dict[str, Any]]
 """One augmentation in YAML: its name, or a mapping of ``name`` and its arguments."""
@@ -135,11 +134,6 @@ def _arguments(builder: Callable[..., Any]) -> list[str]:
     return [name for name in inspect.signature(builder).parameters if name not in ("self", "image")]
 
 
-def _close(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=3, cutoff=0.6)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def _parse(spec: AugmentSpec, known: dict[str, Callable[..., Any]], owner: str) -> tuple[str, dict[str, Any]]:
     """``(name, arguments)`` of one YAML entry, checked against the names and arguments ``owner`` takes."""
     if isinstance(spec, str):
@@ -154,13 +148,14 @@ def _parse(spec: AugmentSpec, known: dict[str, Callable[..., Any]], owner: str) 
     if name not in known:
         other = "an image" if name in IMAGE_AUGMENTS else "a time-series" if name in SERIES_AUGMENTS else ""
         why = f"{name!r} is {other} augmentation" if other else f"unknown augmentation {name!r}"
-        hint = "" if other else _close(name, known)
+        hint = "" if other else did_you_mean(name, known)
         raise ConfigError(f"data.augment: {why}; {owner} takes {', '.join(known)}.{hint}")
     accepted = _arguments(known[name])
     for key in args:
         if key not in accepted:
             takes = f"takes {', '.join(accepted)}" if accepted else "takes no arguments"
-            raise ConfigError(f"data.augment: {name} has no argument {key!r}; it {takes}.{_close(key, accepted)}")
+            hint = did_you_mean(key, accepted)
+            raise ConfigError(f"data.augment: {name} has no argument {key!r}; it {takes}.{hint}")
     return name, args
 
 

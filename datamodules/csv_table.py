@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import csv
-import difflib
 import math
 import os
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from zoo.errors import DataError
+from zoo.errors import DataError, did_you_mean
 
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})  # lowercased cells read as a missing value
 
@@ -38,11 +37,6 @@ def category_key(value: str) -> str:
     return str(int(number)) if number.is_integer() else repr(number)
 
 
-def _hint(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 @dataclass
 class Table:
     """A CSV file's cells as stripped strings, with the line of the file each row starts on (1 = header)."""
@@ -64,8 +58,8 @@ class Table:
         """A DataError naming the file, the absent columns and the columns there are."""
         absent = [n for n in names if n not in self.columns]
         if absent:
-            hints = "".join(_hint(n, self.columns) for n in absent[:1])
-            raise DataError(f"{self.path} has no {what} {', '.join(repr(a) for a in absent)}{hints}; its columns "
+            hint = did_you_mean(absent[0], self.columns, n=1, form=" (did you mean {}?)")
+            raise DataError(f"{self.path} has no {what} {', '.join(repr(a) for a in absent)}{hint}; its columns "
                             f"are: {', '.join(self.columns)}")  # fmt: skip
 
 

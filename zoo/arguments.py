@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
-import difflib
 import inspect
 import re
 import sys
@@ -19,6 +18,8 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from zoo.callbacks.finetuning import FineTuning
 from zoo.compat import option_string_actions
+from zoo.errors import CLOSE_DOTTED, did_you_mean
+from zoo.tasks.base import init_arguments
 
 HELP_HINT = "Run with --help to see the accepted keys."
 # True while a parser reads the command line and config files (a subcommand's parser reports its errors inside
@@ -51,8 +52,8 @@ class ZooArgumentParser(LightningArgumentParser):
         found = re.search(r"unrecognized arguments: (--[\w.]+)", message)
         if not found:
             return ""
-        close = difflib.get_close_matches(found.group(1), sorted(option_string_actions(self)), n=3, cutoff=0.8)
-        return f"\n  Did you mean {' or '.join(close)}?" if close else ""
+        options = sorted(option_string_actions(self))
+        return did_you_mean(found.group(1), options, cutoff=CLOSE_DOTTED, quote=False, form="\n  Did you mean {}?")
 
 
 @contextlib.contextmanager
@@ -80,11 +81,12 @@ def _close_match_hint(message: str) -> str:
     }  # fmt: skip
     if group.split(".")[-1] in known:
         candidates |= _params_of(known[group.split(".")[-1]])
-    close = difflib.get_close_matches(key, sorted(candidates), n=3, cutoff=0.6)
-    return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return did_you_mean(key, sorted(candidates), form="\n  Did you mean {}?")
 
 
 def _params_of(obj: Any) -> set[str]:
+    if isinstance(obj, type):
+        return set(init_arguments(obj))  # with a parent's, where a task passes them on in **kwargs
     try:
         return set(inspect.signature(obj).parameters) - {"self"}
     except (TypeError, ValueError):

@@ -15,7 +15,6 @@ and `zoo report` need only its path.
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -97,28 +96,48 @@ def read_checkpoint(path: str, mmap: bool = False, trusted: Collection[str] = ()
             a class the safe loader refuses, a YAML tag, a class path outside :data:`TRUSTED`), or is not a
             Lightning checkpoint.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(len(ZIP_MAGIC))
-    if head != ZIP_MAGIC:
-        raise ConfigError(f"{path}: not a zoo checkpoint ({os.path.getsize(path)} bytes, not a file torch.save "
-                          "wrote); use a .ckpt file that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/")  # fmt: skip
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # noqa: BLE001  (every failure of the safe loader means the same to a user)
-        said = " ".join(str(err).split())
-        if "weights_only" in said.lower() or "unsupported global" in said.lower():
-            raise ConfigError(
-                f"checkpoint {path}: refused, it holds Python objects that safe loading does not run "
-                f"({said[:160]}...). Only load checkpoints you trust; a zoo checkpoint holds none"
-            ) from None
-        raise ConfigError(f"checkpoint {path}: cannot read it ({type(err).__name__}: {said[:200]}); it may be "
-                          "truncated or corrupt") from None  # fmt: skip
+    if os.path.isfile(path):  # (a missing file is named by the loader)
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+        if head != ZIP_MAGIC:
+            raise ConfigError(f"{path}: not a zoo checkpoint ({os.path.getsize(path)} bytes, not a file torch.save "
+                              "wrote); use a .ckpt file that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/")
+    ckpt = load_data(path, f"checkpoint {path}", mmap=mmap)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"{path}: not a zoo checkpoint (no state_dict); use a .ckpt file that `zoo fit` wrote")
     check_is_data(ckpt, path, trusted)
     return ckpt
+
+
+def load_data(path: str, what: str, mmap: bool = False, unreadable: str = "it may be truncated or corrupt") -> Any:
+    """What a ``torch.save`` file holds, read as data (``weights_only=True``: tensors and plain Python values, no
+    pickled code runs), or the tensors of a ``.safetensors`` file: how the zoo reads checkpoints and weights files.
+
+    Args:
+        what: the file as an error names it (``checkpoint runs/x.ckpt``, ``model.pretrained='w.pth'``).
+        mmap: map the file instead of reading it: tensors are read only when touched.
+        unreadable: what the error says a file that cannot be read may be.
+
+    Raises:
+        ConfigError: the file is missing, holds Python objects (a pickle payload, a class: refused), or cannot be
+            read.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # noqa: BLE001  (every failure of the safe loader means the same to a user)
+        said = " ".join(str(err).split())
+        if "global" in said.lower():  # a pickle runs code only through a global (a class or function) it names
+            raise ConfigError(
+                f"{what}: refused, it holds Python objects that safe loading does not run ({said[:160]}...). "
+                "Only load files you trust; a zoo checkpoint or a state dict holds none"
+            ) from None
+        raise ConfigError(f"{what}: cannot read it ({type(err).__name__}: {said[:200]}); {unreadable}") from None
 
 
 def check_is_data(ckpt: dict[str, Any], path: str, trusted: Collection[str] = ()) -> None:
@@ -238,10 +257,9 @@ def _imported_arguments(cls: Optional[type]) -> set[str]:
     """The arguments of ``cls`` typed as a callable or a class: jsonargparse imports a string given there."""
     if cls is None:
         return set()
-    try:
-        parameters = inspect.signature(cls.__init__).parameters.values()
-    except (TypeError, ValueError):
-        return set()
+    from zoo.tasks.base import init_arguments  # (a task's own arguments and those it passes on to ZooTask)
+
+    parameters = init_arguments(cls).values()
     return {p.name for p in parameters if any(t in str(p.annotation) for t in ("Callable", "type[", "Type["))}
 
 
@@ -386,6 +404,28 @@ def class_names(ckpt: dict[str, Any]) -> Optional[list[str]]:
     """The class names, index-aligned with the model's outputs, when the data had them."""
     names = datamodule_state(ckpt).get("class_names")
     return [str(n) for n in names] if names else None
+
+
+def run_folder(of: Any) -> Path:
+    """A run's own folder (``runs/<name>/version_<n>``): the folder above its ``checkpoints/``, which holds its
+    resolved config, metrics, pictures and exports.
+
+    Args:
+        of: a checkpoint file of the run; or the run's Trainer, whose checkpoints go where Lightning's
+            ModelCheckpoint puts them, known before that callback has set up: its ``dirpath`` when given, else
+            ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, else ``<default_root_dir>/checkpoints``.
+    """
+    if isinstance(of, (str, os.PathLike)):
+        return Path(of).parent.parent
+    trainer = of
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+    if dirpath:
+        return Path(dirpath).parent
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:

@@ -3,7 +3,15 @@ that had to stop."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Optional
+
+# How close a mistyped word must be to a choice to be suggested (difflib's ratio): a name, and a command-line
+# option or dotted config key, whose long shared prefixes (``--trainer.``, ``model.init_args.``) make every
+# choice look close at the default.
+CLOSE = 0.6
+CLOSE_DOTTED = 0.8
 
 
 class ZooError(Exception):
@@ -32,3 +40,23 @@ def zoo_error_in(exc: BaseException) -> Optional[ZooError]:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def did_you_mean(
+    word: str,
+    choices: Iterable[str],
+    *,
+    n: int = 3,
+    cutoff: float = CLOSE,
+    quote: bool = True,
+    form: str = " Did you mean {}?",
+) -> str:
+    """The hint an error message ends with when a name is mistyped: `` Did you mean 'x' or 'y'?``, the (up to
+    ``n``) choices closest to ``word``, best first; "" when none is close.
+
+    Args:
+        quote: show the choices as Python strings (names); False shows them as typed (``--max_epochs``).
+        form: the hint's sentence around the choices, for messages of another shape (``"; did you mean {}?"``).
+    """
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=cutoff)
+    return form.format(" or ".join(repr(c) if quote else c for c in close)) if close else ""

@@ -206,6 +206,8 @@ def plot_learning_rates(
         group_order: the optimizer's group names, stem to top (``metrics.csv`` sorts its columns by name);
             without it, the logged order with the head last.
     """
+    from zoo.tasks.base import NO_DECAY  # the task names the groups (imported here: plots stay light to import)
+
     order = {name: i for i, name in enumerate(group_order)}
     logged = lr_columns(history)
     columns = sorted(logged, key=lambda c: (order.get(c.split("/", 1)[-1], len(order)),
@@ -215,8 +217,7 @@ def plot_learning_rates(
     prefixes = {c.split("/", 1)[0] for c in columns}
     layer_groups: dict[str, list[str]] = {}  # layer group -> its columns (decay first)
     for column in columns:
-        base = column[: -len(".no_decay")] if column.endswith(".no_decay") else column
-        layer_groups.setdefault(base, []).append(column)
+        layer_groups.setdefault(column.removesuffix(NO_DECAY), []).append(column)
     has_schedule = SCHEDULE_KEY in history
     fig, axes = new_figure(
         9.0, 6.0 if has_schedule else 4.5, nrows=2 if has_schedule else 1, sharex=True,

@@ -1,14 +1,15 @@
 """The backbone registry: every model family registers its variants here by name.
 
-A variant is a small factory function decorated with :func:`register_backbone`; the CLI, `zoo models`
-and the tests all find backbones through :func:`create_backbone` and :func:`list_backbones`.
+A backbone class registers itself with :func:`register_backbone` (``cnn``, ``mlp``); the variants of a family
+are declared over its class with :func:`register_variant`, each with its architecture fixed and its own defaults
+(``resnet18``, ``lstm``, ``vit_micro``). The CLI, `zoo models` and the tests all find backbones through
+:func:`create_backbone` and :func:`list_backbones`.
 A name with a source prefix (``timm/``, ``torchvision/``, ``hf/``, ``zoo/``) is served by an adapter in
 :mod:`zoo.backbones.pretrained` instead: other libraries' models, and backbones of our own checkpoints.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,45 @@ def register_backbone(
     return decorator
 
 
+def register_variant(
+    name: str,
+    builder: Callable[..., nn.Module],
+    *,
+    family: str,
+    input_kind: str,
+    description: str,
+    fixed: Optional[dict[str, Any]] = None,
+    **defaults: Any,
+) -> None:
+    """Register ``name`` as the family's ``builder`` with the arguments in ``fixed`` set (the variant's
+    architecture: not arguments of the variant) and other ``defaults``; it takes every other argument of the
+    builder, by keyword, under the same name and type.
+
+    Raises:
+        ValueError: if the name is taken, or ``fixed`` or ``defaults`` name an argument the builder does not take.
+    """
+    fixed = fixed or {}
+    signature = inspect.signature(builder)
+    unknown = (set(fixed) | set(defaults)) - set(signature.parameters)
+    if unknown:
+        raise ValueError(f"backbone variant {name!r}: {builder.__qualname__} takes no argument(s) {sorted(unknown)}")
+
+    def factory(**kwargs: Any) -> nn.Module:
+        return builder(**fixed, **{**defaults, **kwargs})  # a fixed argument given again is a TypeError
+
+    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]  (what the registry and `zoo models` read)
+        parameters=[
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=defaults.get(p.name, p.default))
+            for p in signature.parameters.values() if p.name not in fixed
+        ],
+        return_annotation=builder,
+    )  # fmt: skip
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = builder.__module__
+    factory.__doc__ = description
+    register_backbone(name, family=family, input_kind=input_kind)(factory)
+
+
 def _ensure_builtins_registered() -> None:
     import zoo.backbones  # noqa: F401  (registers the built-in families on import)
 
@@ -96,10 +136,9 @@ def get_backbone_entry(name: str) -> BackboneEntry:
 
         return user_entry(name)
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(
-            f"unknown backbone {name!r}.{hint} Run `zoo models` to list the {len(_REGISTRY)} registered backbones."
+            f"unknown backbone {name!r}.{did_you_mean(name, _REGISTRY)} Run `zoo models` to list the "
+            f"{len(_REGISTRY)} registered backbones."
         )
     return _REGISTRY[name]
 
@@ -114,10 +153,9 @@ def check_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     params.pop("pretrained", None)  # given by model.pretrained
     for key in kwargs:
         if key not in params:
-            close = difflib.get_close_matches(key, list(params), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(
-                f"backbone {name!r} does not take the argument {key!r} (model.backbone_kwargs).{hint} "
+                f"backbone {name!r} does not take the argument {key!r} (model.backbone_kwargs)."
+                f"{did_you_mean(key, params)} "
                 f"It takes: {', '.join(p for p in params if p != 'input_shape')}."
             )
 

@@ -12,7 +12,6 @@ timm, torchvision and transformers are imported inside the functions, so ``impor
 
 from __future__ import annotations
 
-import difflib
 import functools
 import glob
 import importlib
@@ -28,7 +27,7 @@ from torch import nn
 
 from zoo.backbones.base import Backbone
 from zoo.compat import set_parameter
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 from zoo.hub import hf_hub_reachable, host_reachable  # noqa: F401  (the adapters call them as pretrained.X)
 from zoo.registry import BackboneEntry, split_source
 
@@ -135,21 +134,11 @@ def _check_groups(model: nn.Module, groups: dict[str, nn.Module]) -> None:
 
 # --- network and weights files -----------------------------------------------------------------------
 def read_weights(path: str, label: str = "model.pretrained") -> dict[str, torch.Tensor]:
-    """A state dict from a ``.safetensors`` file or a ``torch.save`` file (loaded with ``weights_only``)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"{label}={path!r}: no such file")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file (read as data: :func:`load_data`)."""
+    from zoo.checkpoints import load_data
 
-            state: Any = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated, or pickled objects that weights_only refuses
-        raise ConfigError(
-            f"{label}={path!r}: not a readable weights file ({type(err).__name__}: {str(err)[:200]}); expected "
-            "torch.save(model.state_dict(), path) or a .safetensors file"
-        ) from None
+    state = load_data(path, f"{label}={path!r}", unreadable="not a readable weights file: expected "
+                      "torch.save(model.state_dict(), path) or a .safetensors file")  # fmt: skip
     if isinstance(state, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):  # training scripts often wrap the weights
             if isinstance(state.get(key), Mapping):
@@ -235,9 +224,7 @@ def _parameters_to_meta() -> Iterator[None]:
 
 
 def close_matches(name: str, known: list[str], what: str, listing: str) -> ConfigError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ConfigError(f"unknown {what} {name!r}.{hint} {listing}")
+    return ConfigError(f"unknown {what} {name!r}.{did_you_mean(name, known)} {listing}")
 
 
 # --- dispatch ------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from torch import nn
 from zoo.backbones.base import Backbone
 from zoo.errors import ConfigError
 from zoo.layers import ConvBNAct
-from zoo.registry import register_backbone
+from zoo.registry import register_variant
 
 BlockType = Literal["basic", "bottleneck"]
 Stem = Literal["auto", "small", "imagenet"]
@@ -181,29 +181,11 @@ def _check_size(height: int, width: int, stem: str, num_stages: int) -> None:
     )
 
 
-# --- registered variants: the shared keyword arguments, then the depth ------------------------------------
-@register_backbone("resnet18", family="resnet", input_kind="image")
-def resnet18(
-    input_shape: tuple[int, int, int] = (3, 32, 32), widths: tuple[int, ...] = WIDTHS, stem: Stem = "auto",
-    zero_init_residual: bool = False, drop_rate: float = 0.0,
-) -> ResNetBackbone:  # fmt: skip
-    """ResNet-18 (basic blocks), small-input or ImageNet stem."""
-    return ResNetBackbone(input_shape, "basic", (2, 2, 2, 2), widths, stem, zero_init_residual, drop_rate)
-
-
-@register_backbone("resnet34", family="resnet", input_kind="image")
-def resnet34(
-    input_shape: tuple[int, int, int] = (3, 32, 32), widths: tuple[int, ...] = WIDTHS, stem: Stem = "auto",
-    zero_init_residual: bool = False, drop_rate: float = 0.0,
-) -> ResNetBackbone:  # fmt: skip
-    """ResNet-34 (basic blocks), small-input or ImageNet stem."""
-    return ResNetBackbone(input_shape, "basic", (3, 4, 6, 3), widths, stem, zero_init_residual, drop_rate)
-
-
-@register_backbone("resnet50", family="resnet", input_kind="image")
-def resnet50(
-    input_shape: tuple[int, int, int] = (3, 32, 32), widths: tuple[int, ...] = WIDTHS, stem: Stem = "auto",
-    zero_init_residual: bool = False, drop_rate: float = 0.0,
-) -> ResNetBackbone:  # fmt: skip
-    """ResNet-50 (bottleneck blocks), small-input or ImageNet stem."""
-    return ResNetBackbone(input_shape, "bottleneck", (3, 4, 6, 3), widths, stem, zero_init_residual, drop_rate)
+# --- registered variants: the block and the depth ---------------------------------------------------------
+_IMAGE = {"family": "resnet", "input_kind": "image"}
+register_variant("resnet18", ResNetBackbone, **_IMAGE, fixed={"block": "basic", "layers": (2, 2, 2, 2)},
+                 description="ResNet-18 (basic blocks), small-input or ImageNet stem.")  # fmt: skip
+register_variant("resnet34", ResNetBackbone, **_IMAGE, fixed={"block": "basic", "layers": (3, 4, 6, 3)},
+                 description="ResNet-34 (basic blocks), small-input or ImageNet stem.")  # fmt: skip
+register_variant("resnet50", ResNetBackbone, **_IMAGE, fixed={"block": "bottleneck", "layers": (3, 4, 6, 3)},
+                 description="ResNet-50 (bottleneck blocks), small-input or ImageNet stem.")  # fmt: skip

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from zoo.backbones.base import Backbone
 from zoo.errors import ConfigError, DataError
 from zoo.layers import AttentionPool, masked_max, masked_mean, sequence_channels
-from zoo.registry import register_backbone
+from zoo.registry import register_variant
 
 Cell = Literal["rnn", "lstm", "gru"]
 Pool = Literal["last", "mean", "max", "attention"]
@@ -159,47 +159,11 @@ class RNNBackbone(Backbone):
         return groups
 
 
-# --- registered variants: one per cell -----------------------------------------------------------------
-@register_backbone("rnn", family="rnn", input_kind="sequence")
-def rnn(
-    input_shape: tuple[int, ...] = (32, 3), vocab_size: Optional[int] = None, hidden_size: int = 64,
-    num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, embed_dim: int = 64,
-    pool: Pool = "last", nonlinearity: Nonlinearity = "tanh",
-) -> RNNBackbone:  # fmt: skip
-    """Elman RNN over variable-length sequences; features from the last real step or pooled.
-
-    See :class:`RNNBackbone` for the arguments.
-    """
-    return RNNBackbone(
-        input_shape, vocab_size, "rnn", hidden_size, num_layers, bidirectional, dropout, embed_dim, pool, nonlinearity
-    )
-
-
-@register_backbone("lstm", family="rnn", input_kind="sequence")
-def lstm(
-    input_shape: tuple[int, ...] = (32, 3), vocab_size: Optional[int] = None, hidden_size: int = 64,
-    num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, embed_dim: int = 64,
-    pool: Pool = "last",
-) -> RNNBackbone:  # fmt: skip
-    """LSTM over variable-length sequences; features from the last real step or pooled.
-
-    See :class:`RNNBackbone` for the arguments.
-    """
-    return RNNBackbone(
-        input_shape, vocab_size, "lstm", hidden_size, num_layers, bidirectional, dropout, embed_dim, pool
-    )
-
-
-@register_backbone("gru", family="rnn", input_kind="sequence")
-def gru(
-    input_shape: tuple[int, ...] = (32, 3), vocab_size: Optional[int] = None, hidden_size: int = 64,
-    num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, embed_dim: int = 64,
-    pool: Pool = "last",
-) -> RNNBackbone:  # fmt: skip
-    """GRU over variable-length sequences; features from the last real step or pooled.
-
-    See :class:`RNNBackbone` for the arguments.
-    """
-    return RNNBackbone(
-        input_shape, vocab_size, "gru", hidden_size, num_layers, bidirectional, dropout, embed_dim, pool
-    )
+# --- registered variants: one per cell (nonlinearity is the Elman RNN's) ---------------------------------
+_SEQUENCE = {"family": "rnn", "input_kind": "sequence"}
+_FEATURES = "over variable-length sequences; features from the last real step or pooled."
+register_variant("rnn", RNNBackbone, **_SEQUENCE, fixed={"cell": "rnn"}, description=f"Elman RNN {_FEATURES}")
+register_variant("lstm", RNNBackbone, **_SEQUENCE, fixed={"cell": "lstm", "nonlinearity": "tanh"},
+                 description=f"LSTM {_FEATURES}")  # fmt: skip
+register_variant("gru", RNNBackbone, **_SEQUENCE, fixed={"cell": "gru", "nonlinearity": "tanh"},
+                 description=f"GRU {_FEATURES}")  # fmt: skip

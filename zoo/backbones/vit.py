@@ -17,7 +17,7 @@ from torch import nn
 from zoo.backbones.base import Backbone
 from zoo.errors import ConfigError
 from zoo.layers import LearnedPositionalEncoding, PatchEmbed
-from zoo.registry import register_backbone
+from zoo.registry import register_variant
 
 Pool = Literal["cls", "mean"]
 _POOLS = ("cls", "mean")
@@ -201,48 +201,12 @@ class ViTBackbone(Backbone):
 
 
 # --- registered variants -------------------------------------------------------------------------------
-@register_backbone("vit_tiny", family="vit", input_kind="image")
-def vit_tiny(
-    input_shape: tuple[int, int, int] = (3, 224, 224),
-    patch_size: int = 16,
-    embed_dim: int = 192,
-    depth: int = 12,
-    num_heads: int = 3,
-    mlp_ratio: float = 4.0,
-    dropout: float = 0.0,
-    attn_dropout: float = 0.0,
-    drop_path: float = 0.0,
-    pool: Pool = "cls",
-) -> ViTBackbone:
-    """ViT-Ti/16 (width 192, 12 blocks, 3 heads, 16x16 patches).
-
-    The same shape as timm's ``vit_tiny_patch16_224`` (and DeiT-Tiny); see :class:`ViTBackbone` for the arguments.
-    """
-    return ViTBackbone(
-        input_shape=input_shape, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-        mlp_ratio=mlp_ratio, dropout=dropout, attn_dropout=attn_dropout, drop_path=drop_path, pool=pool,
-    )  # fmt: skip
-
-
-@register_backbone("vit_micro", family="vit", input_kind="image")
-def vit_micro(
-    input_shape: tuple[int, int, int] = (1, 8, 8),
-    patch_size: int = 4,
-    embed_dim: int = 64,
-    depth: int = 6,
-    num_heads: int = 4,
-    mlp_ratio: float = 2.0,
-    dropout: float = 0.0,
-    attn_dropout: float = 0.0,
-    drop_path: float = 0.0,
-    pool: Pool = "cls",
-) -> ViTBackbone:
-    """Small ViT for 8x8 to 32x32 images (width 64, 6 blocks, 4x4 patches).
-
-    4x4 patches make 4 tokens of an 8x8 digit, 49 of a 28x28 and 64 of a 32x32 image (plus the class
-    token), so it trains from scratch on a CPU; see :class:`ViTBackbone` for the arguments.
-    """
-    return ViTBackbone(
-        input_shape=input_shape, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-        mlp_ratio=mlp_ratio, dropout=dropout, attn_dropout=attn_dropout, drop_path=drop_path, pool=pool,
-    )  # fmt: skip
+# vit_tiny: the same shape as timm's ``vit_tiny_patch16_224`` (and DeiT-Tiny), ViTBackbone's defaults.
+# vit_micro: 4x4 patches make 4 tokens of an 8x8 digit, 49 of a 28x28 and 64 of a 32x32 image (plus the class
+# token), so it trains from scratch on a CPU.
+_IMAGE = {"family": "vit", "input_kind": "image"}
+register_variant("vit_tiny", ViTBackbone, **_IMAGE,
+                 description="ViT-Ti/16 (width 192, 12 blocks, 3 heads, 16x16 patches).")  # fmt: skip
+register_variant("vit_micro", ViTBackbone, **_IMAGE,
+                 description="Small ViT for 8x8 to 32x32 images (width 64, 6 blocks, 4x4 patches).",
+                 input_shape=(1, 8, 8), patch_size=4, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0)  # fmt: skip

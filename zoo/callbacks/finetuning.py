@@ -31,12 +31,12 @@ from torch import nn
 
 from zoo.compat import SCHEDULER_LR_LISTS, BatchNormBase, ddp_kwargs, inner_schedulers
 from zoo.errors import ConfigError
+from zoo.tasks.base import NO_DECAY
 
 log = logging.getLogger(__name__)
 
 Strategy = Literal["full", "feature_extraction", "freeze_then_unfreeze", "progressive", "milestones"]
 STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
-NO_DECAY = ".no_decay"  # suffix of the task's optimizer groups for biases and norms
 
 
 class FineTuning(Callback):

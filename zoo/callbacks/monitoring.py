@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 
 from zoo.compat import foreach_norm, should_update_logs
 from zoo.errors import ConfigError, TrainingError
+from zoo.tasks.base import NO_DECAY
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class GradNormMonitor(Callback):
             return
         grads: dict[str, list[torch.Tensor]] = defaultdict(list)
         for index, group in enumerate(optimizer.param_groups):
-            name = str(group.get("name", f"group{index}")).removesuffix(".no_decay")
+            name = str(group.get("name", f"group{index}")).removesuffix(NO_DECAY)
             grads[name].extend(p.grad.detach() for p in group["params"] if p.grad is not None)
         norms = {
             name: torch.linalg.vector_norm(torch.stack(foreach_norm(g, self.norm_type)), self.norm_type)

@@ -11,22 +11,14 @@ from typing import Any, Callable, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+
+from zoo.checkpoints import run_folder
 
 log = logging.getLogger(__name__)
 
 CONFUSION_FILE = "test_confusion.json"
 PICTURES = {"learning_curves": "learning_curves.png", "learning_rate": "learning_rate.png",
             "confusion_matrix": "confusion_matrix.png"}  # fmt: skip
-
-
-def run_dir_of(trainer: Trainer) -> Path:
-    """The run's own folder, where the CLI writes ``test_metrics.json``: the checkpoints folder's parent,
-    else the logger's directory (``runs/<name>/version_<n>`` with the CSV logger)."""
-    ckpt = trainer.checkpoint_callback
-    if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
-        return Path(ckpt.dirpath).parent
-    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 def write_confusion(path: Path, matrix: list[list[int]], class_names: list[str]) -> None:
@@ -123,7 +115,7 @@ class RunPictures(Callback):
         matrix = confusion.compute().tolist()  # on every process: compute() gathers the counts under DDP
         if not trainer.is_global_zero:
             return
-        out = run_dir_of(trainer)
+        out = run_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         names = _class_names(trainer, len(matrix))
         write_confusion(out / CONFUSION_FILE, matrix, names)
@@ -192,7 +184,7 @@ class RunPictures(Callback):
 
         if not self._has_epochs():
             return
-        out = run_dir_of(trainer)
+        out = run_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         history = dict(self.history)
         ckpt = trainer.checkpoint_callback

@@ -4,7 +4,8 @@ when its command runs, so `zoo --help` stays quick."""
 from __future__ import annotations
 
 import argparse
-import difflib
+
+from zoo.errors import CLOSE_DOTTED, did_you_mean
 
 EXTRA_COMMANDS = {
     "models": "list backbones: zoo models [PATTERN], e.g. 'res*', 'timm/*convnext*'",
@@ -48,9 +49,10 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tu
     opts, unknown = parser.parse_known_args(rest)
     ours = [o for o in option_strings(parser) if o.startswith("--")]
     for token in unknown:
-        close = difflib.get_close_matches(token.split("=", 1)[0], ours, n=1, cutoff=0.75)
-        if token.startswith("--") and close:
-            parser.error(f"unrecognized argument {token}; did you mean {close[0]}?")
+        hint = did_you_mean(token.split("=", 1)[0], ours, n=1, cutoff=CLOSE_DOTTED, quote=False,
+                            form="; did you mean {}?")  # fmt: skip
+        if token.startswith("--") and hint:
+            parser.error(f"unrecognized argument {token}{hint}")
     return opts, [*unknown, *overrides]
 
 

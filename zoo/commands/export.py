@@ -29,14 +29,13 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from zoo.checkpoints import CONFIG_KEY, class_names, load_task, read_checkpoint
+from zoo.checkpoints import CONFIG_KEY, class_names, load_task, read_checkpoint, run_folder
 from zoo.commands.exported import (
     CHECK_BATCHES,
     Exported,
     ModelInputs,
     check_text,
     init_kwargs,
-    run_dir_of,
     size_text,
     vocab_size,
 )
@@ -258,7 +257,7 @@ def export_checkpoint(
     task = load_task(ckpt_path, ckpt)
     what = f"{type(task).__name__} with backbone {task.backbone_name!r}"
     wanted = [f for f in FORMATS if f in formats]
-    out_dir = Path(output) if output else run_dir_of(ckpt_path) / "export"
+    out_dir = Path(output) if output else run_folder(ckpt_path) / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[Exported] = []
     inputs: Optional[ModelInputs] = None

@@ -54,11 +54,6 @@ def init_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "pretrained": False}  # the weights come from the export
 
 
-def run_dir_of(ckpt_path: str) -> Path:
-    """The run's folder: the parent of the folder holding the checkpoint (``runs/<name>/version_<n>``)."""
-    return Path(ckpt_path).parent.parent
-
-
 def size_text(num_bytes: float) -> str:
     """A file size as people read it: ``812 B``, ``3.4 MB``."""
     for unit in ("B", "kB", "MB"):

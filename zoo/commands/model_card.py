@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from zoo.checkpoints import CONFIG_KEY, class_names, datamodule_state, run_config
+from zoo.checkpoints import CONFIG_KEY, class_names, datamodule_state, run_config, run_folder
 from zoo.commands.exported import (
     CHECK_BATCHES,
     Exported,
@@ -16,7 +16,6 @@ from zoo.commands.exported import (
     check_text,
     init_kwargs,
     plain,
-    run_dir_of,
     size_text,
     vocab_size,
 )
@@ -84,7 +83,7 @@ def _how_to_load(ckpt_path: str, ckpt: dict[str, Any], inputs: ModelInputs, made
 
 def model_card(ckpt_path: str, ckpt: dict[str, Any], task: Any, inputs: ModelInputs, results: list[Exported]) -> str:
     """``MODEL_CARD.md``: architecture, data, metrics, the exports and their checks, how to load each, the config."""
-    run_dir, hparams, config = run_dir_of(ckpt_path), ckpt["hyper_parameters"], run_config(ckpt) or {}
+    run_dir, hparams, config = run_folder(ckpt_path), ckpt["hyper_parameters"], run_config(ckpt) or {}
     params = list(task.parameters())
     lines = [
         f"# {type(task).__name__}, backbone {task.backbone_name} ({run_dir.resolve().parent.name}/"

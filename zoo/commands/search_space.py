@@ -15,14 +15,14 @@ it the grid is the choices, every int of the range by ``step`` (1 by default), o
 
 from __future__ import annotations
 
-import difflib
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from zoo.errors import ConfigError
+from zoo.errors import CLOSE_DOTTED, ConfigError, did_you_mean
 
 TYPES = ("float", "int", "categorical")
 FIELDS = ("type", "low", "high", "step", "log", "choices", "grid")
@@ -192,10 +192,9 @@ def check_keys(space: list[Param], config: Any, search_path: str) -> None:
         if param.key in known:
             continue
         leaf = param.key.rsplit(".", 1)[-1]
-        close = difflib.get_close_matches(param.key, known, n=3, cutoff=0.8)
-        close = close or [k for k in known if k.rsplit(".", 1)[-1] == leaf][:3]
-        close = close or difflib.get_close_matches(param.key, known, n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        same_leaf = [k for k in known if k.rsplit(".", 1)[-1] == leaf]  # the key, in another section
+        suggest = functools.partial(did_you_mean, param.key, quote=False, form="; did you mean {}?")
+        hint = suggest(known, cutoff=CLOSE_DOTTED) or suggest(same_leaf, cutoff=0.0) or suggest(known)
         problems.append(f"{param.key!r} is not a key of the config{hint}")
     if problems:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""What a run leaves: its folder, the test of its chosen weights after a fit, and its metrics as JSON."""
+"""What a run leaves: the test of its chosen weights after a fit, and its metrics as JSON."""
 
 from __future__ import annotations
 
@@ -9,16 +9,7 @@ from typing import Any, Optional
 
 from lightning.pytorch import Trainer
 
-from zoo.callbacks.pictures import run_dir_of
-
-
-def run_folder(trainer: Trainer) -> str:
-    """``<save_dir>/<name>/<version>`` of the first logger, as ModelCheckpoint places ``checkpoints/`` in it."""
-    logger = trainer.loggers[0] if trainer.loggers else None
-    if logger is None or logger.save_dir is None:
-        return trainer.default_root_dir
-    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-    return os.path.join(logger.save_dir, str(logger.name), version)
+from zoo.checkpoints import run_folder
 
 
 def test_after_fit(trainer: Trainer, model: Any, datamodule: Any, baseline: bool = True) -> None:
@@ -50,7 +41,7 @@ def write_metrics(trainer: Trainer, model: Any, datamodule: Any, stage: str, bas
         from zoo.baselines import baselines_of_run  # fits scikit-learn models: imported when they run
 
         baselines, compared = baselines_of_run(trainer, model, datamodule, metrics)
-    out_dir = run_dir_of(trainer)
+    out_dir = run_folder(trainer)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{stage}_metrics.json"
     path.write_text(json.dumps({**metrics, **baselines}, indent=2, sort_keys=True) + "\n")

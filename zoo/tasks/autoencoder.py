@@ -69,8 +69,6 @@ class Autoencoder(ZooTask):
             backbone, backbone_kwargs, pretrained, input_shape, None, 0.0, optimizer, lr_scheduler, l1_penalty,
             memory_format,
         )
-        self.save_hyperparameters()
-        self._prune_hparams()
         self.loss_fn = _LOSSES[loss]
         self.head = MLPDecoder(self.backbone.num_features, self.input_shape, latent_dim, tuple(decoder_hidden))
         self._init_metrics()

@@ -23,11 +23,35 @@ from zoo.errors import ConfigError, TrainingError
 from zoo.registry import create_backbone, get_backbone_entry
 
 STAGES = ("train", "val", "test")
+NO_DECAY = ".no_decay"  # suffix of the optimizer group of a layer group's biases and norms (weight_decay=0)
 TRAIN_METRICS_BATCHES, TRAIN_METRICS_ELEMENTS = 32, 1 << 18  # training outputs kept before the metrics update
+
+
+def init_arguments(cls: type) -> dict[str, inspect.Parameter]:
+    """The arguments ``cls(...)`` takes by name, as LightningCLI (jsonargparse) reads them: its ``__init__``'s
+    and, where that passes ``**kwargs`` on to its parent's (a task declares only the arguments it adds), the
+    parent's too."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            own = inspect.signature(vars(klass)["__init__"]).parameters
+        except (TypeError, ValueError):
+            break
+        for name, param in own.items():
+            if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                found.setdefault(name, param)
+        if not any(p.kind is p.VAR_KEYWORD for p in own.values()):
+            break
+    return found
 
 
 class ZooTask(LightningModule):
     """Base of the zoo's tasks: builds ``self.backbone`` from the registry and ``self.head`` from the subclass.
+
+    A subclass declares the arguments it adds and passes the others on with ``**kwargs``; LightningCLI follows
+    them here, so it still knows every argument's type and refuses an unknown key, as Python does.
 
     Args:
         backbone: a registered backbone name (``zoo models`` lists them), a pretrained source's name, or the
@@ -74,6 +98,8 @@ class ZooTask(LightningModule):
         categories: Optional[list[int]] = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # this class's arguments and the subclass's, from both frames
+        self._prune_hparams()
         if input_shape is None:
             raise ConfigError(
                 "model.input_shape is not set: it comes from the datamodule when run through `zoo`; "
@@ -108,7 +134,7 @@ class ZooTask(LightningModule):
     def _prune_hparams(self) -> None:
         # The CLI links every data fact to every task (num_classes, target_mean, ...); keep only the
         # ones this task takes, so `load_from_checkpoint` and `--ckpt_path` rebuild it cleanly.
-        accepted = inspect.signature(type(self).__init__).parameters
+        accepted = init_arguments(type(self))
         for key in [k for k in self.hparams if k not in accepted and not k.startswith("_")]:
             del self.hparams[key]
 
@@ -308,7 +334,7 @@ class ZooTask(LightningModule):
             if decay:
                 groups.append({"name": name, "params": decay})
             if no_decay:
-                groups.append({"name": f"{name}.no_decay", "params": no_decay, "weight_decay": 0.0})
+                groups.append({"name": f"{name}{NO_DECAY}", "params": no_decay, "weight_decay": 0.0})
         missing = [n for n, p in self.named_parameters() if id(p) not in seen]
         if missing:
             raise RuntimeError(f"parameters outside every layer group (a backbone bug): {missing[:5]}")

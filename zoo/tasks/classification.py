@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import AUROC, Accuracy, ConfusionMatrix, F1Score, MetricCollection
 
 from zoo.errors import ConfigError
@@ -25,7 +24,7 @@ class Classifier(ZooTask):
         num_classes: number of classes; linked from the datamodule.
         label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
         class_weights: one loss weight per class, for imbalanced data.
-        (the rest as in :class:`~zoo.tasks.base.ZooTask`)
+        **kwargs: the arguments of :class:`~zoo.tasks.base.ZooTask`.
     """
 
     monitor = "val/loss"
@@ -34,26 +33,13 @@ class Classifier(ZooTask):
     def __init__(
         self,
         backbone: str = "mlp",
-        backbone_kwargs: Optional[dict[str, Any]] = None,
-        pretrained: Union[bool, str, None] = None,
+        *,
         num_classes: Optional[int] = None,
-        input_shape: Optional[tuple[int, ...]] = None,
-        vocab_size: Optional[int] = None,
-        categories: Optional[list[int]] = None,
-        head_dropout: float = 0.0,
         label_smoothing: float = 0.0,
         class_weights: Optional[list[float]] = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        l1_penalty: float = 0.0,
-        memory_format: Literal["auto", "channels_last", "contiguous"] = "auto",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler,
-            l1_penalty, memory_format, categories,
-        )
-        self.save_hyperparameters()
-        self._prune_hparams()
+        super().__init__(backbone, **kwargs)
         if num_classes is None or num_classes < 2:
             raise ConfigError(
                 f"model.num_classes={num_classes}: a classifier needs at least 2 classes. It comes from the "
@@ -67,7 +53,7 @@ class Classifier(ZooTask):
             raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
-        self.head = ClassificationHead(self.backbone.num_features, num_classes, head_dropout)
+        self.head = ClassificationHead(self.backbone.num_features, num_classes, self.head_dropout)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights)
         self._init_metrics()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
 from zoo.errors import ConfigError
@@ -27,33 +26,20 @@ class Regressor(ZooTask):
         loss: ``mse``, ``mae`` or ``huber``.
         target_mean: per-target mean of the training targets; linked from the datamodule.
         target_std: per-target std of the training targets; linked from the datamodule.
-        (the rest as in :class:`~zoo.tasks.base.ZooTask`)
+        **kwargs: the arguments of :class:`~zoo.tasks.base.ZooTask`.
     """
 
     def __init__(
         self,
         backbone: str = "mlp",
-        backbone_kwargs: Optional[dict[str, Any]] = None,
-        pretrained: Union[bool, str, None] = None,
+        *,
         num_targets: Optional[int] = None,
-        input_shape: Optional[tuple[int, ...]] = None,
-        vocab_size: Optional[int] = None,
-        categories: Optional[list[int]] = None,
-        head_dropout: float = 0.0,
         loss: Literal["mse", "mae", "huber"] = "mse",
         target_mean: Optional[list[float]] = None,
         target_std: Optional[list[float]] = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        l1_penalty: float = 0.0,
-        memory_format: Literal["auto", "channels_last", "contiguous"] = "auto",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone, backbone_kwargs, pretrained, input_shape, vocab_size, head_dropout, optimizer, lr_scheduler,
-            l1_penalty, memory_format, categories,
-        )
-        self.save_hyperparameters()
-        self._prune_hparams()
+        super().__init__(backbone, **kwargs)
         if num_targets is None or num_targets < 1:
             raise ConfigError(
                 f"model.num_targets={num_targets}: it comes from a regression datamodule; "
@@ -64,7 +50,7 @@ class Regressor(ZooTask):
                 raise ConfigError(f"model.{key} has {len(values)} values but the data has {num_targets} targets")
         self.num_targets = num_targets
         self.loss_fn = _LOSSES[loss]
-        self.head = RegressionHead(self.backbone.num_features, num_targets, head_dropout)
+        self.head = RegressionHead(self.backbone.num_features, num_targets, self.head_dropout)
         self.register_buffer("target_mean", torch.tensor(target_mean or [0.0] * num_targets))
         self.register_buffer("target_std", torch.tensor(target_std or [1.0] * num_targets))
         self._init_metrics()
