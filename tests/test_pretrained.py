@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import feature_loss
 from zoo.backbones import pretrained as adapters
 from zoo.backbones.pretrained import preprocessing_of
-from tests.conftest import feature_loss
 from zoo.errors import ConfigError
 from zoo.registry import check_backbone_kwargs, create_backbone, get_backbone_entry, list_backbones
 
