@@ -33,7 +33,7 @@ _LAZY = {
     "ZooCLI": "zoo.lightning_cli",
     "follow_backbone_preprocessing": "zoo.run.preflight",
     "resolve_last_checkpoint": "zoo.resume",
-    "run_folder": "zoo.run.outputs",
+    "run_folder": "zoo.run.files",
 }
 
 

@@ -17,8 +17,9 @@ import torch
 
 from tests.conftest import ROOT, TINY, run_zoo
 from tests.test_cli import error_of
-from zoo.checkpoints import AtomicCheckpointIO, read_checkpoint
+from zoo.checkpoints import read_checkpoint
 from zoo.errors import ConfigError
+from zoo.run.files import AtomicCheckpointIO
 
 # A shuffled run with dropout: resuming exactly needs the RNG states as well as the weights.
 RUN = ["--config", "configs/experiments/digits_mlp.yaml", *TINY, "--trainer.max_epochs=4", "--test_after_fit=false"]

@@ -18,13 +18,14 @@ from zoo.budget import MIN_VAL_SAMPLES
 from zoo.callbacks.checkpointing import ZooCheckpoint
 from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import ZooEarlyStopping
-from zoo.checkpoints import CONFIG_KEY, classes_named, run_folder
+from zoo.checkpoints import CONFIG_KEY, classes_named
 from zoo.commands import DESCRIPTION
 from zoo.compat import CheckpointPathHook, config_get, instantiate_trainer, subcommand_parser
 from zoo.errors import ZooError, zoo_error_in
 from zoo.loggers import continue_stored_run, store_run_id
 from zoo.resume import as_dict, config_value
 from zoo.run.callbacks import default_callbacks, default_plugins
+from zoo.run.files import run_folder
 from zoo.run.outputs import test_after_fit, write_metrics
 from zoo.run.preflight import (
     apply_budget,

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from zoo.checkpoints import run_folder
+from zoo.run.files import run_folder
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from zoo.checkpoints import CONFIG_KEY, class_names, load_task, read_checkpoint, run_folder
+from zoo.checkpoints import CONFIG_KEY, class_names, load_task, read_checkpoint
 from zoo.commands.exported import (
     CHECK_BATCHES,
     Exported,
@@ -41,6 +41,7 @@ from zoo.commands.exported import (
 )
 from zoo.commands.model_card import model_card
 from zoo.errors import ConfigError
+from zoo.run.files import run_folder
 
 FORMATS = ("torch_export", "onnx", "safetensors", "card")  # the order of work: the card records the others' checks
 FILES = {"torch_export": "model.pt2", "onnx": "model.onnx", "safetensors": "model.safetensors", "card": "MODEL_CARD.md"}

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from zoo.checkpoints import CONFIG_KEY, class_names, datamodule_state, run_config, run_folder
+from zoo.checkpoints import CONFIG_KEY, class_names, datamodule_state, run_config
 from zoo.commands.exported import (
     CHECK_BATCHES,
     Exported,
@@ -19,6 +19,7 @@ from zoo.commands.exported import (
     size_text,
     vocab_size,
 )
+from zoo.run.files import run_folder
 
 
 def _brief(value: Any) -> Any:

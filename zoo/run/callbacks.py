@@ -19,7 +19,7 @@ from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite
 from zoo.callbacks.pictures import RunPictures
 from zoo.callbacks.progress import ZooProgressBar
-from zoo.checkpoints import AtomicCheckpointIO
+from zoo.run.files import AtomicCheckpointIO
 
 
 def default_callbacks(configured: list[Any], trainer_config: dict[str, Any], pictures: bool = True) -> list[Any]:

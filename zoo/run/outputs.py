@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from lightning.pytorch import Trainer
 
-from zoo.checkpoints import run_folder
+from zoo.run.files import run_folder
 
 
 def test_after_fit(trainer: Trainer, model: Any, datamodule: Any, baseline: bool = True) -> None:

@@ -9,10 +9,11 @@ import sys
 from typing import Any, Optional
 
 from zoo.budget import Plan, plan
-from zoo.checkpoints import classes_named, read_checkpoint, remove_stale_partials, task_class
+from zoo.checkpoints import classes_named, read_checkpoint, task_class
 from zoo.errors import ConfigError
 from zoo.registry import split_source
 from zoo.resume import as_dict, check_same_experiment, checkpoint_folders, resolve_last_checkpoint
+from zoo.run.files import remove_stale_partials
 
 # What a pretrained backbone's preprocessing sets in the datamodule, where the user left it unset (None).
 FOLLOWED = ("mean", "std", "tokenizer")
