@@ -103,20 +103,35 @@ def run_seeds(name: str, workdir: Path, seeds: list[int], done: set[str]) -> dic
     return {"metrics": mean, "spread": spread, "seconds": statistics.fmean(r["seconds"] for r in runs), "n": len(runs)}
 
 
+def best_baseline(metrics: dict[str, float], metric: str) -> str:
+    """The best baseline the run scored on its own test split for ``metric`` (``test/acc`` -> ``baseline/*/acc``)."""
+    short = metric.split("/", 1)[1]
+    scores = {k.split("/")[1]: v for k, v in metrics.items() if k.startswith("baseline/") and k.endswith(f"/{short}")}
+    if not scores:
+        return "–"
+    name = max(scores, key=scores.get)
+    return f"{scores[name]:.3f} ({name.replace('_', ' ')})"
+
+
 def table(results: dict[str, dict]) -> str:
-    rows = ["| experiment | what | target | measured | other test metrics | time |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| experiment | what | target | measured | best baseline, same split | other test metrics | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, result in results.items():
         metric, threshold = target_of(name)  # type: ignore[misc]
         metrics = result["metrics"]
         others = ", ".join(
-            f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(metrics.items()) if k not in (metric, "test/loss")
+            f"{k.split('/')[1]} {v:.3f}"
+            for k, v in sorted(metrics.items())
+            if k.startswith("test/") and k not in (metric, "test/loss")
         )
         measured = f"**{metrics[metric]:.3f}**"
         if "spread" in result:
             measured += f" ± {result['spread'][metric]:.3f} (mean of {result['n']} seeds)"
         rows.append(
-            f"| `{name}` | {summary_of(name)} | {metric} >= {threshold} | {measured} | {others} "
-            f"| {result['seconds']:.0f} s |"
+            f"| `{name}` | {summary_of(name)} | {metric} >= {threshold} | {measured} | {best_baseline(metrics, metric)} "
+            f"| {others} | {result['seconds']:.0f} s |"
         )
     return "\n".join(rows)
 
