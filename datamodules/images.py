@@ -104,13 +104,16 @@ class Digits(ZooDataModule):
             per_sample = self._augmented(x[train], y[train], pixels_mean, pixels_std)
         self.batch_augment = augment.batched(pixels_mean, pixels_std) if augment is not None else None
         x = (x - mean) / std
-        learn = np.sort(np.concatenate([train, val]))
+        # The baselines learn from what the model may use: train + validation, except in a few-shot setup, whose
+        # point is how few labelled images there are (its validation split only selects the checkpoint).
+        learn = train if self.samples_per_class is not None else np.sort(np.concatenate([train, val]))
         self._baseline = BaselineData("image", x[learn].numpy(), y[learn].numpy(), x[test].numpy(), y[test].numpy())
         train_set, val_set, test_set = (BatchedTensorDataset(x[i], y[i]) for i in (train, val, test))
         return per_sample or train_set, val_set, test_set
 
     def baseline_data(self) -> BaselineData:
-        """The standardised images of train + validation and of the test split, unaugmented."""
+        """The standardised images of train + validation (train only with ``samples_per_class``) and of the test
+        split, unaugmented."""
         if getattr(self, "_baseline", None) is None:
             self.setup("test")
         return self._baseline

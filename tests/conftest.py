@@ -11,6 +11,9 @@ from pathlib import Path
 # Set before torch loads (and inherited by the `zoo` subprocesses): on a shared 2-core machine,
 # OpenMP threads that spin while waiting made training steps 10-25x slower under load.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread per process: the suite runs on two workers (xdist), each of which starts `zoo` subprocesses; with
+# torch's default of a thread per core, four or more threads would contend for the two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # A shell starts background jobs with Ctrl-C ignored, and an ignored signal stays ignored in every process they
 # start: the `zoo` subprocesses of the Ctrl-C tests would then train on. A handler here is reset at their exec.
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -23,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Nothing may reach a hub during tests; W&B never needs an account.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Appended to CLI calls: one small epoch, no progress bar or summary, so a CLI test takes seconds.
 TINY = [

@@ -121,6 +121,11 @@ def test_pixels_baseline_on_digits():
     assert results["baseline/majority/acc"] < 0.2
 
 
+def test_few_shot_digits_baseline_learns_from_the_few_labelled_images_only():
+    data = prepared(Digits(classes=[5, 6, 7, 8, 9], samples_per_class=10))
+    assert len(data.y_train) == 50 and sorted(np.bincount(data.y_train)) == [10] * 5  # not the validation split too
+
+
 def test_image_folder_baseline_reads_every_split_at_most_32_pixels_a_side(tmp_path: Path):
     from PIL import Image
 

@@ -46,7 +46,11 @@ def test_pretrained_digits_backbone_beats_scratch_on_few_labels(workdir: Path):
     names = group("digits_transfer")
     assert names == ["digits_5to9_feature_extraction", "digits_5to9_progressive", "digits_5to9_scratch"]
     acc = measure(names, workdir, seeds=[42, 1, 2])
-    assert acc["digits_5to9_progressive"] >= acc["digits_5to9_scratch"] + 0.03
+    # With 50 labelled images, honest selection trains the scratch baseline on all of them for its whole budget
+    # (zoo/budget.py), which narrowed the gap to about 3 points over 3 seeds (seed spread ~3 points): the claim
+    # is that unfreezing the pretrained backbone wins on the mean, with a point to spare for float noise
+    # (thread counts alone move the mean by ~0.5 point).
+    assert acc["digits_5to9_progressive"] >= acc["digits_5to9_scratch"] + 0.01
     metric, threshold = results.target_of("digits_0to4_resnet")  # the pretraining, run once before them
     assert results.latest_test_metrics("digits_0to4_resnet", workdir)[metric] >= threshold
 
