@@ -19,7 +19,6 @@ a checkpoint. A checkpoint never imports a class path by itself (:mod:`zoo.check
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from zoo.backbones.base import Backbone
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 from zoo.registry import BackboneEntry
 
 CONTRACT = ("num_features", "forward_features", "layer_groups")
@@ -61,8 +60,7 @@ def import_class_path(path: str) -> Callable[..., Any]:
     found = getattr(module, attr, None)
     if found is None:
         classes = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)]
-        close = difflib.get_close_matches(attr, classes, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(f'{module_name}.{c}') for c in close)}?" if close else ""
+        hint = did_you_mean(path, [f"{module_name}.{c}" for c in classes], cutoff=0.5)
         raise ConfigError(f"backbone {path!r}: module {module_name!r} has no attribute {attr!r}.{hint}")
     if not callable(found):
         raise ConfigError(f"backbone {path!r} is a {type(found).__name__}, not an nn.Module class")
