@@ -42,14 +42,19 @@ def run_one(name: str, mode: str, start_loadavg: float) -> Result:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--short", action="store_true", help="fewer steps and repeats (what CI runs, ~90 s)")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the unit tests' size
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
-                        help=f"run only these: {', '.join(BENCHMARKS)}")  # fmt: skip
-    parser.add_argument("--out", type=Path, help="the JSON file (default: benchmarks/results.json, or "
-                        "benchmarks/results-short.json with --short)")  # fmt: skip
+    parser.add_argument(
+        "--only", nargs="+", choices=BENCHMARKS, metavar="NAME", help=f"run only these: {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="the JSON file (default: benchmarks/results.json, or benchmarks/results-short.json with --short)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a non-contended benchmark misses a target")
     args = parser.parse_args(argv)
     mode = "tiny" if args.tiny else "short" if args.short else "full"
@@ -58,8 +63,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     before = loadavg()
     policy = os.environ.get("OMP_WAIT_POLICY") or "unset (spin, then sleep)"
-    print(f"zoo benchmarks, {mode} mode; load average before: {before[0]:.2f} {before[1]:.2f} {before[2]:.2f} "
-          f"on {os.cpu_count()} cores; OMP_WAIT_POLICY {policy}", flush=True)  # fmt: skip
+    print(
+        f"zoo benchmarks, {mode} mode; load average before: {before[0]:.2f} {before[1]:.2f} {before[2]:.2f} "
+        f"on {os.cpu_count()} cores; OMP_WAIT_POLICY {policy}",
+        flush=True,
+    )
     results = []
     started = time.perf_counter()
     for name in args.only or BENCHMARKS:
@@ -81,4 +89,3 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -139,8 +139,13 @@ def in_tmp_dir() -> Iterator[Path]:
             os.chdir(old)
 
 
-def run_python(args: list[str], env: Optional[dict[str, str]] = None, timeout: float = 600,
-               cwd: Optional[Path] = None, json_result: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_python(
+    args: list[str],
+    env: Optional[dict[str, str]] = None,
+    timeout: float = 600,
+    cwd: Optional[Path] = None,
+    json_result: bool = True,
+) -> dict[str, Any]:
     """Run ``python ARGS`` (from the repository root unless ``cwd``) with the repository importable.
 
     With ``json_result`` its last stdout line that starts with ``{`` is a JSON object, returned with ``wall``
@@ -203,23 +208,62 @@ class Figure:
         return {**asdict(self), "target": self.target, "passed": self.passed}
 
 
-def ratio(name: str, zoo: float, plain: float, side_unit: str, at_least: Optional[float] = None,
-          sides: tuple[str, str] = ("zoo", "plain"), **details: Any) -> Figure:  # fmt: skip
+def ratio(
+    name: str,
+    zoo: float,
+    plain: float,
+    side_unit: str,
+    at_least: Optional[float] = None,
+    sides: tuple[str, str] = ("zoo", "plain"),
+    **details: Any,
+) -> Figure:
     """``zoo / plain`` (higher is better for the zoo: throughputs, samples/s). ``sides`` names the two columns
     where they are not the zoo and its plain twin (e.g. an option against the default)."""
-    return Figure(name, zoo / plain, "x", at_least=at_least, zoo=zoo, plain=plain, side_unit=side_unit,
-                  details=details, sides=sides)  # fmt: skip
+    return Figure(
+        name,
+        zoo / plain,
+        "x",
+        at_least=at_least,
+        zoo=zoo,
+        plain=plain,
+        side_unit=side_unit,
+        details=details,
+        sides=sides,
+    )
 
 
-def added(name: str, zoo: float, plain: float, per: float, scale: float, unit: str, side_unit: str,
-          at_most: Optional[float] = None, **details: Any) -> Figure:  # fmt: skip
+def added(
+    name: str,
+    zoo: float,
+    plain: float,
+    per: float,
+    scale: float,
+    unit: str,
+    side_unit: str,
+    at_most: Optional[float] = None,
+    **details: Any,
+) -> Figure:
     """``(zoo - plain) / per * scale``: what the zoo adds, e.g. seconds over steps in ms per step."""
-    return Figure(name, (zoo - plain) / per * scale, unit, at_most=at_most, zoo=zoo, plain=plain,
-                  side_unit=side_unit, details={"per": per, **details})  # fmt: skip
+    return Figure(
+        name,
+        (zoo - plain) / per * scale,
+        unit,
+        at_most=at_most,
+        zoo=zoo,
+        plain=plain,
+        side_unit=side_unit,
+        details={"per": per, **details},
+    )
 
 
-def single(name: str, value: float, unit: str, at_most: Optional[float] = None, at_least: Optional[float] = None,
-           **details: Any) -> Figure:  # fmt: skip
+def single(
+    name: str,
+    value: float,
+    unit: str,
+    at_most: Optional[float] = None,
+    at_least: Optional[float] = None,
+    **details: Any,
+) -> Figure:
     """A figure of one side only (a start-up time, an efficiency, a speed-up of an option)."""
     return Figure(name, value, unit, at_most=at_most, at_least=at_least, details=details)
 
@@ -305,18 +349,22 @@ def print_table(results: list[Result], title: str) -> None:
 
     table = Table(title=title, show_lines=False)
     for column, kw in (
-        ("benchmark", {"no_wrap": True}), ("figure", {}), ("target", {"no_wrap": True}),
-        ("measured", {"justify": "right", "no_wrap": True}), ("zoo", {"justify": "right"}),
-        ("plain", {"justify": "right"}), ("result", {"no_wrap": True}), ("contended", {"no_wrap": True}),
-    ):  # fmt: skip
+        ("benchmark", {"no_wrap": True}),
+        ("figure", {}),
+        ("target", {"no_wrap": True}),
+        ("measured", {"justify": "right", "no_wrap": True}),
+        ("zoo", {"justify": "right"}),
+        ("plain", {"justify": "right"}),
+        ("result", {"no_wrap": True}),
+        ("contended", {"no_wrap": True}),
+    ):
         table.add_column(column, **kw)
     for r in results:
         load = r.load
         mark = f"yes ({load.others_cores:.2f} cores)" if load.contended else f"no ({load.others_cores:.2f})"
         if r.error:
             last = [line for line in r.error.splitlines() if line.strip()][-1]
-            table.add_row(r.name, f"[red]error: {last[:150]}[/]", "", "", "", "", "[red]ERROR[/]",
-                          mark)  # fmt: skip
+            table.add_row(r.name, f"[red]error: {last[:150]}[/]", "", "", "", "", "[red]ERROR[/]", mark)
             continue
         for i, f in enumerate(r.figures):
             verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: ""}[f.passed]
@@ -324,9 +372,13 @@ def print_table(results: list[Result], title: str) -> None:
             named = f.sides != ("zoo", "plain")
             zoo_label, plain_label = (f" ({f.sides[0]})", f" ({f.sides[1]})") if named else ("", "")
             table.add_row(
-                r.name if i == 0 else "", f.name, f.target, f"{_fmt(f.measured)} {f.unit}".rstrip(),
+                r.name if i == 0 else "",
+                f.name,
+                f.target,
+                f"{_fmt(f.measured)} {f.unit}".rstrip(),
                 "" if f.zoo is None else _fmt(f.zoo) + unit + zoo_label,
                 "" if f.plain is None else _fmt(f.plain) + unit + plain_label,
-                verdict, mark if i == 0 else "",
-            )  # fmt: skip
+                verdict,
+                mark if i == 0 else "",
+            )
     Console(width=max(200, Console().width)).print(table)

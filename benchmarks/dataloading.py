@@ -29,11 +29,21 @@ from benchmarks.twins import datamodule, plain_twin, recipe
 NAME = "dataloading"
 THREADS = 2
 SIZES = {
-    "full": {"cases": ("digits", "digits augmented", "breast_cancer", "JapaneseVowels", "CIFAR-10 shaped",
-                       "CIFAR-10 shaped augmented"), "epochs": 3, "model_steps": 5},
+    "full": {
+        "cases": (
+            "digits",
+            "digits augmented",
+            "breast_cancer",
+            "JapaneseVowels",
+            "CIFAR-10 shaped",
+            "CIFAR-10 shaped augmented",
+        ),
+        "epochs": 3,
+        "model_steps": 5,
+    },
     "short": {"cases": ("digits", "digits augmented", "breast_cancer"), "epochs": 2, "model_steps": 3},
     "tiny": {"cases": ("digits",), "epochs": 1, "model_steps": 1},
-}  # fmt: skip
+}
 CIFAR_SAMPLES = 4096  # random CIFAR-shaped images (the real files are not on this machine)
 RESNET_BATCH = 32  # the model's consumption is measured at this batch (the recipe's 128 takes ~1.3 s a step)
 # case: (data config, model config)
@@ -84,8 +94,9 @@ def batched_view(case: str, dm: Any) -> Optional[BatchedView]:
     if case == "digits augmented" and names == {"rotation", "random_resized_crop"}:
         rot = _augment_args(dm, "rotation") or {}
         crop = _augment_args(dm, "random_resized_crop") or {}
-        transform = rotate_resized_crop(rot.get("degrees", 15.0), crop.get("scale", (0.08, 1.0)),
-                                        crop.get("ratio", (3 / 4, 4 / 3)))  # fmt: skip
+        transform = rotate_resized_crop(
+            rot.get("degrees", 15.0), crop.get("scale", (0.08, 1.0)), crop.get("ratio", (3 / 4, 4 / 3))
+        )
         mean, std = dm.stats["mean"] / 16.0, dm.stats["std"] / 16.0
         x, y = ds.tensors  # standardised: back to pixels / 16, in [0, 1]
         return BatchedView(x * std + mean, y, compose(transform, normalise([mean], [std], 1.0)))
@@ -164,10 +175,25 @@ def measure(case: str, epochs: int, model_steps: int) -> list[Figure]:
     model = consumption(case, dm, model_steps)
     rounded = {k: round(v, 1) for k, v in rates.items()}
     return [
-        ratio(f"{case}: default loader / best loader", rates[default_name], rates[best_name], "samples/s",
-              at_least=0.95, sides=(default_name, best_name), rates=rounded, batch_size=dm.batch_size),  # fmt: skip
-        ratio(f"{case}: default loader / model consumption", rates[default_name], model, "samples/s", at_least=5.0,
-              sides=("loader", "model"), model_config=CASES[case][1]),  # fmt: skip
+        ratio(
+            f"{case}: default loader / best loader",
+            rates[default_name],
+            rates[best_name],
+            "samples/s",
+            at_least=0.95,
+            sides=(default_name, best_name),
+            rates=rounded,
+            batch_size=dm.batch_size,
+        ),
+        ratio(
+            f"{case}: default loader / model consumption",
+            rates[default_name],
+            model,
+            "samples/s",
+            at_least=5.0,
+            sides=("loader", "model"),
+            model_config=CASES[case][1],
+        ),
     ]
 
 

@@ -69,8 +69,12 @@ def zoo_child(devices: int, epochs: int) -> None:
 def _report(epoch_seconds: list[float], samples_per_epoch: int, world_size: int) -> None:
     # The median epoch after the first: plain DDP has one slow epoch early on (~3x), which would swamp a mean.
     median = statistics.median(epoch_seconds[1:])
-    print(json.dumps({"samples_per_s": samples_per_epoch / median, "epoch_seconds": epoch_seconds,
-                      "world_size": world_size}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {"samples_per_s": samples_per_epoch / median, "epoch_seconds": epoch_seconds, "world_size": world_size}
+        ),
+        flush=True,
+    )
 
 
 def _plain_worker(rank: int, devices: int, epochs: int, port: int) -> None:
@@ -137,11 +141,23 @@ def run(mode: str) -> list[Figure]:
     all_runs = {k: [round(r["samples_per_s"], 1) for r in v] for k, v in runs.items()}
     sides = ("2 x 1 thread, gloo", "1 x 2 threads")
     return [
-        ratio("digits CNN, zoo: 2 processes / 1 process, training samples/s (global batch 64)", fastest["zoo 2"],
-              fastest["zoo 1"], "samples/s", sides=sides, runs=all_runs),
-        ratio("digits CNN, plain PyTorch DDP: 2 processes / 1 process", fastest["plain 2"], fastest["plain 1"],
-              "samples/s", sides=sides, runs=all_runs),
-    ]  # fmt: skip
+        ratio(
+            "digits CNN, zoo: 2 processes / 1 process, training samples/s (global batch 64)",
+            fastest["zoo 2"],
+            fastest["zoo 1"],
+            "samples/s",
+            sides=sides,
+            runs=all_runs,
+        ),
+        ratio(
+            "digits CNN, plain PyTorch DDP: 2 processes / 1 process",
+            fastest["plain 2"],
+            fastest["plain 1"],
+            "samples/s",
+            sides=sides,
+            runs=all_runs,
+        ),
+    ]
 
 
 if __name__ == "__main__":

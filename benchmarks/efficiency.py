@@ -34,12 +34,30 @@ from zoo.compat import mkldnn_linear
 NAME = "efficiency"
 THREADS = 2
 SIZES = {
-    "full": {"cnn_epochs": 5, "resnet_steps": 6, "repeats": 3, "options": True, "resnet": True,
-             "ceiling_batches": (64, 256, 1024)},
-    "short": {"cnn_epochs": 2, "resnet_steps": 2, "repeats": 1, "options": False, "resnet": True,
-              "ceiling_batches": (64, 256)},
-    "tiny": {"cnn_epochs": 1, "resnet_steps": 1, "repeats": 1, "options": False, "resnet": False,
-             "ceiling_batches": (8,)},
+    "full": {
+        "cnn_epochs": 5,
+        "resnet_steps": 6,
+        "repeats": 3,
+        "options": True,
+        "resnet": True,
+        "ceiling_batches": (64, 256, 1024),
+    },
+    "short": {
+        "cnn_epochs": 2,
+        "resnet_steps": 2,
+        "repeats": 1,
+        "options": False,
+        "resnet": True,
+        "ceiling_batches": (64, 256),
+    },
+    "tiny": {
+        "cnn_epochs": 1,
+        "resnet_steps": 1,
+        "repeats": 1,
+        "options": False,
+        "resnet": False,
+        "ceiling_batches": (8,),
+    },
 }
 TARGETS = {"ResNet-18": 0.70, "digits CNN": 0.40}
 MATMUL_N = 1024
@@ -80,8 +98,9 @@ def flops_per_step(spec: dict[str, Any], shape: tuple[int, ...], classes: int, b
     return int(counter.get_total_flops())
 
 
-def ceiling(spec: dict[str, Any], shape: tuple[int, ...], classes: int, batches: tuple[int, ...], peak: float,
-            steps: int = 15) -> Figure:  # fmt: skip
+def ceiling(
+    spec: dict[str, Any], shape: tuple[int, ...], classes: int, batches: tuple[int, ...], peak: float, steps: int = 15
+) -> Figure:
     """What any loop reaches on this network: the plain network's best training step (forward, backward,
     optimizer; no data loading, no framework) over batch sizes and both memory formats, as a fraction of the
     peak. A target above it cannot be met by a training loop, the zoo's or a hand-written one."""
@@ -104,12 +123,18 @@ def ceiling(spec: dict[str, Any], shape: tuple[int, ...], classes: int, batches:
                 times.append(sw.seconds)
             found[f"batch {batch}, {str(memory_format).removeprefix('torch.')}"] = flops / min(times[3:]) / peak
     where = max(found, key=found.__getitem__)
-    return single(f"{spec['name']}: best plain step over batch sizes and memory formats / matmul peak (ceiling)",
-                  found[where], "", at=where, efficiencies=found)  # fmt: skip
+    return single(
+        f"{spec['name']}: best plain step over batch sizes and memory formats / matmul peak (ceiling)",
+        found[where],
+        "",
+        at=where,
+        efficiencies=found,
+    )
 
 
-def variants(spec: dict[str, Any], data: Any, shape: tuple[int, ...], classes: int, batch: int, epochs: int,
-             options: bool) -> dict[str, Callable[[], dict[str, Any]]]:  # fmt: skip
+def variants(
+    spec: dict[str, Any], data: Any, shape: tuple[int, ...], classes: int, batch: int, epochs: int, options: bool
+) -> dict[str, Callable[[], dict[str, Any]]]:
     """The sides to interleave: plain fp32, the zoo's default, and the zoo with each option."""
     args = (spec, data, shape, classes, batch, epochs)
 
@@ -125,8 +150,19 @@ def variants(spec: dict[str, Any], data: Any, shape: tuple[int, ...], classes: i
     return sides
 
 
-def measure(name: str, spec: dict[str, Any], data: Any, shape: tuple[int, ...], classes: int, batch: int,
-            epochs: int, repeats: int, options: bool, peak: float, warmup: bool) -> list[Figure]:  # fmt: skip
+def measure(
+    name: str,
+    spec: dict[str, Any],
+    data: Any,
+    shape: tuple[int, ...],
+    classes: int,
+    batch: int,
+    epochs: int,
+    repeats: int,
+    options: bool,
+    peak: float,
+    warmup: bool,
+) -> list[Figure]:
     flops = flops_per_step(spec, shape, classes, batch)
     runs = interleave(variants(spec, data, shape, classes, batch, epochs, options), repeats, THREADS, warmup)
     fastest = {k: best(v) for k, v in runs.items()}
@@ -135,16 +171,36 @@ def measure(name: str, spec: dict[str, Any], data: Any, shape: tuple[int, ...], 
     steps = zoo["steps"]
     model_flops = flops * steps / zoo["seconds"]
     figures = [
-        single(f"{name}: model FLOP/s / matmul peak (zoo, fp32)", model_flops / peak, "", at_least=TARGETS[name],
-               model_gflops=model_flops / 1e9, peak_gflops=peak / 1e9, gflop_per_step=flops / 1e9, steps=steps,
-               batch=batch, plain_efficiency=flops * plain["steps"] / plain["seconds"] / peak),  # fmt: skip
-        ratio(f"{name}: zoo default (fp32) / plain fp32, samples/s", samples / zoo["seconds"],
-              samples / plain["seconds"], "samples/s", at_least=0.95),  # fmt: skip
+        single(
+            f"{name}: model FLOP/s / matmul peak (zoo, fp32)",
+            model_flops / peak,
+            "",
+            at_least=TARGETS[name],
+            model_gflops=model_flops / 1e9,
+            peak_gflops=peak / 1e9,
+            gflop_per_step=flops / 1e9,
+            steps=steps,
+            batch=batch,
+            plain_efficiency=flops * plain["steps"] / plain["seconds"] / peak,
+        ),
+        ratio(
+            f"{name}: zoo default (fp32) / plain fp32, samples/s",
+            samples / zoo["seconds"],
+            samples / plain["seconds"],
+            "samples/s",
+            at_least=0.95,
+        ),
     ]
     for option in [k for k in fastest if k.startswith("zoo ") and k != "zoo fp32"]:
-        figures.append(ratio(f"{name}: speed-up of {option.removeprefix('zoo ')} (zoo)",
-                             samples / fastest[option]["seconds"], samples / zoo["seconds"], "samples/s",
-                             sides=(option.removeprefix("zoo "), "fp32")))  # fmt: skip
+        figures.append(
+            ratio(
+                f"{name}: speed-up of {option.removeprefix('zoo ')} (zoo)",
+                samples / fastest[option]["seconds"],
+                samples / zoo["seconds"],
+                "samples/s",
+                sides=(option.removeprefix("zoo "), "fp32"),
+            )
+        )
     return figures
 
 
@@ -153,18 +209,47 @@ def run(mode: str) -> list[Figure]:
     calibration = matmul_peak()
     peak = calibration["peak"]
     bf16 = matmul_peak(torch.bfloat16)["peak"] if bf16_native() else None
-    figures = [single("matmul peak, fp32, 2 threads (calibration)", peak / 1e9, "GFLOP/s", n=MATMUL_N,
-                      **{f"{k}_gflops": v / 1e9 for k, v in calibration.items()},
-                      bf16_gflops=bf16 / 1e9 if bf16 else None)]  # fmt: skip
+    figures = [
+        single(
+            "matmul peak, fp32, 2 threads (calibration)",
+            peak / 1e9,
+            "GFLOP/s",
+            n=MATMUL_N,
+            **{f"{k}_gflops": v / 1e9 for k, v in calibration.items()},
+            bf16_gflops=bf16 / 1e9 if bf16 else None,
+        )
+    ]
     cnn = recipe(CNN_RECIPE)
     data, shape, classes = digits_data()
-    figures += measure("digits CNN", cnn, data, shape, classes, cnn["batch_size"], size["cnn_epochs"], size["repeats"],
-                       size["options"], peak, warmup=mode != "tiny")  # fmt: skip
+    figures += measure(
+        "digits CNN",
+        cnn,
+        data,
+        shape,
+        classes,
+        cnn["batch_size"],
+        size["cnn_epochs"],
+        size["repeats"],
+        size["options"],
+        peak,
+        warmup=mode != "tiny",
+    )
     figures.append(ceiling({**cnn, "name": "digits CNN"}, shape, classes, size["ceiling_batches"], peak))
     if size["resnet"]:
         images = cifar_shaped(RESNET_BATCH * size["resnet_steps"])
-        figures += measure("ResNet-18", recipe(RESNET_RECIPE), images, (3, 32, 32), 10, RESNET_BATCH, 1,
-                           size["repeats"], size["options"], peak, warmup=True)  # fmt: skip
+        figures += measure(
+            "ResNet-18",
+            recipe(RESNET_RECIPE),
+            images,
+            (3, 32, 32),
+            10,
+            RESNET_BATCH,
+            1,
+            size["repeats"],
+            size["options"],
+            peak,
+            warmup=True,
+        )
     return figures
 
 

@@ -53,6 +53,7 @@ def child(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
     elif side != "plain":
         from benchmarks.twins import fit_zoo, zoo_classifier, zoo_trainer  # noqa: F401
         from zoo.tasks import Classifier  # noqa: F401  (Lightning and torchmetrics)
+
         if side == "zoo_defaults":
             import cli  # noqa: F401
     torch.set_num_threads(2)
@@ -72,8 +73,7 @@ def child(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
         with in_tmp_dir():
             trainer = zoo_trainer(max_epochs=epochs, defaults=side == "zoo_defaults")
             fit_zoo(zoo_classifier(spec, shape, 10), trainer, loader(data, batch, True), val)
-    return {"rss_after_imports_mib": after_imports, "peak_rss_mib": _status_mib("VmHWM"),
-            "modules": len(sys.modules)}  # fmt: skip
+    return {"rss_after_imports_mib": after_imports, "peak_rss_mib": _status_mib("VmHWM"), "modules": len(sys.modules)}
 
 
 def measure(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
@@ -98,23 +98,49 @@ def run(mode: str) -> list[Figure]:
             if side not in low:
                 continue
             z = low[side]
-            figures.append(added(
-                f"{model}: peak RSS zoo ({label}) - plain", z["peak_rss_mib"], p["peak_rss_mib"], per=1, scale=1,
-                unit="MiB", side_unit="MiB", at_most=LIMIT_MIB,
-                after_imports_zoo=z["rss_after_imports_mib"], after_imports_plain=p["rss_after_imports_mib"],
-                of_which_imports=z["rss_after_imports_mib"] - p["rss_after_imports_mib"],
-                modules_zoo=z["modules"], modules_plain=p["modules"],
-            ))  # fmt: skip
+            figures.append(
+                added(
+                    f"{model}: peak RSS zoo ({label}) - plain",
+                    z["peak_rss_mib"],
+                    p["peak_rss_mib"],
+                    per=1,
+                    scale=1,
+                    unit="MiB",
+                    side_unit="MiB",
+                    at_most=LIMIT_MIB,
+                    after_imports_zoo=z["rss_after_imports_mib"],
+                    after_imports_plain=p["rss_after_imports_mib"],
+                    of_which_imports=z["rss_after_imports_mib"] - p["rss_after_imports_mib"],
+                    modules_zoo=z["modules"],
+                    modules_plain=p["modules"],
+                )
+            )
         # What importing Lightning costs a plain loop: the share of the difference above that is not the zoo's.
         lit = low["plain_lightning"]
-        figures.append(added(
-            f"{model}: peak RSS plain loop with Lightning imported - plain", lit["peak_rss_mib"], p["peak_rss_mib"],
-            per=1, scale=1, unit="MiB", side_unit="MiB", modules=lit["modules"],
-        ))  # fmt: skip
-        figures.append(added(
-            f"{model}: peak RSS zoo (bare Trainer) - plain loop with Lightning imported", low["zoo"]["peak_rss_mib"],
-            lit["peak_rss_mib"], per=1, scale=1, unit="MiB", side_unit="MiB", at_most=LIMIT_MIB,
-        ))  # fmt: skip
+        figures.append(
+            added(
+                f"{model}: peak RSS plain loop with Lightning imported - plain",
+                lit["peak_rss_mib"],
+                p["peak_rss_mib"],
+                per=1,
+                scale=1,
+                unit="MiB",
+                side_unit="MiB",
+                modules=lit["modules"],
+            )
+        )
+        figures.append(
+            added(
+                f"{model}: peak RSS zoo (bare Trainer) - plain loop with Lightning imported",
+                low["zoo"]["peak_rss_mib"],
+                lit["peak_rss_mib"],
+                per=1,
+                scale=1,
+                unit="MiB",
+                side_unit="MiB",
+                at_most=LIMIT_MIB,
+            )
+        )
     return figures
 
 

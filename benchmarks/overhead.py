@@ -45,8 +45,9 @@ def loss_difference(name: str, zoo: list[float], plain: list[float], decimals: O
     only with ``decimals=None``)."""
     diff = max(abs(a - b) for a, b in zip(zoo, plain, strict=True))
     at_most = None if decimals is None else 1.5 * 10.0**-decimals
-    return Figure(name, diff, "", at_most=at_most, zoo=zoo[0], plain=plain[0],
-                  details={"zoo_losses": zoo, "plain_losses": plain})  # fmt: skip
+    return Figure(
+        name, diff, "", at_most=at_most, zoo=zoo[0], plain=plain[0], details={"zoo_losses": zoo, "plain_losses": plain}
+    )
 
 
 def run(mode: str) -> list[Figure]:
@@ -59,8 +60,9 @@ def run(mode: str) -> list[Figure]:
         from zoo.tasks import Classifier
 
         torch.manual_seed(SEED)
-        task = Classifier(backbone="mlp", backbone_kwargs={"hidden_sizes": (HIDDEN,)}, num_classes=CLASSES,
-                          input_shape=(FEATURES,))  # fmt: skip
+        task = Classifier(
+            backbone="mlp", backbone_kwargs={"hidden_sizes": (HIDDEN,)}, num_classes=CLASSES, input_shape=(FEATURES,)
+        )
         trainer = zoo_trainer(max_epochs=epochs, defaults=defaults)
         result = fit_zoo(task, trainer, loader(train_set, BATCH, True, SEED), loader(val_set, BATCH, False))
         return {**result, "model": task}
@@ -75,20 +77,48 @@ def run(mode: str) -> list[Figure]:
     with in_tmp_dir():
         runs = interleave(
             {"zoo": lambda: zoo(False), "plain": plain, "zoo_defaults": lambda: zoo(True)},
-            repeats=size["repeats"], threads=1, warmup=mode != "tiny",
-        )  # fmt: skip
+            repeats=size["repeats"],
+            threads=1,
+            warmup=mode != "tiny",
+        )
     z, p, d = best(runs["zoo"]), best(runs["plain"]), best(runs["zoo_defaults"])
     if not z["steps"] == p["steps"] == d["steps"] == steps:
         raise RuntimeError(f"steps differ: zoo {z['steps']}, plain {p['steps']}, zoo defaults {d['steps']}")
     times = {k: [round(r["seconds"], 4) for r in v] for k, v in runs.items()}
     return [
-        added("added time per step, bare Trainer", z["seconds"], p["seconds"], per=steps, scale=1e3, unit="ms",
-              side_unit="s", at_most=0.6, steps=steps, runs=times),  # fmt: skip
-        added("added time per step, zoo fit's default callbacks and CSV logger", d["seconds"], p["seconds"],
-              per=steps, scale=1e3, unit="ms", side_unit="s", at_most=1.5, steps=steps, runs=times),  # fmt: skip
-        loss_difference("loss difference zoo vs plain, last epoch train and val", [z["train_loss"], z["val_loss"]],
-                        [p["train_loss"], p["val_loss"]]),  # fmt: skip
-        Figure("largest weight difference zoo vs plain after training",
-               max_weight_difference(z["model"], p["model"]), "",
-               details={"note": "same seed, data order and optimizer: only float rounding may differ"}),  # fmt: skip
+        added(
+            "added time per step, bare Trainer",
+            z["seconds"],
+            p["seconds"],
+            per=steps,
+            scale=1e3,
+            unit="ms",
+            side_unit="s",
+            at_most=0.6,
+            steps=steps,
+            runs=times,
+        ),
+        added(
+            "added time per step, zoo fit's default callbacks and CSV logger",
+            d["seconds"],
+            p["seconds"],
+            per=steps,
+            scale=1e3,
+            unit="ms",
+            side_unit="s",
+            at_most=1.5,
+            steps=steps,
+            runs=times,
+        ),
+        loss_difference(
+            "loss difference zoo vs plain, last epoch train and val",
+            [z["train_loss"], z["val_loss"]],
+            [p["train_loss"], p["val_loss"]],
+        ),
+        Figure(
+            "largest weight difference zoo vs plain after training",
+            max_weight_difference(z["model"], p["model"]),
+            "",
+            details={"note": "same seed, data order and optimizer: only float rounding may differ"},
+        ),
     ]

@@ -105,10 +105,16 @@ def lightning_loop(idx: int, num_epochs: int) -> dict[str, Any]:
         model = _parity_rnn_class()()
         with quiet():
             trainer = Trainer(
-                max_epochs=num_epochs if idx > 0 else 1, enable_progress_bar=False, enable_model_summary=False,
-                enable_checkpointing=False, accelerator="cpu", devices=1, logger=False,
-                use_distributed_sampler=False, benchmark=False,
-            )  # fmt: skip
+                max_epochs=num_epochs if idx > 0 else 1,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+                accelerator="cpu",
+                devices=1,
+                logger=False,
+                use_distributed_sampler=False,
+                benchmark=False,
+            )
             trainer.fit(model)
     return {"seconds": sw.seconds, "loss": model._loss[-1]}
 
@@ -151,8 +157,13 @@ def zoo_lstm_loop(idx: int, num_epochs: int) -> dict[str, Any]:
 
     with Stopwatch() as sw:
         _seed(idx)
-        task = Regressor(backbone="lstm", backbone_kwargs={"hidden_size": 20}, num_targets=5, input_shape=(100, 10),
-                         optimizer=partial(torch.optim.Adam, lr=0.02))  # fmt: skip
+        task = Regressor(
+            backbone="lstm",
+            backbone_kwargs={"hidden_size": 20},
+            num_targets=5,
+            input_shape=(100, 10),
+            optimizer=partial(torch.optim.Adam, lr=0.02),
+        )
         data = DataLoader(LastStep(), batch_size=30)
         result = fit_zoo(task, zoo_trainer(max_epochs=num_epochs if idx > 0 else 1), data)
     return {"seconds": sw.seconds, "loss": result["train_loss"]}
@@ -183,13 +194,23 @@ def protocol(name: str, zoo_loop: Any, plain_loop: Any, num_runs: int, num_epoch
         plain.append(plain_loop(idx, num_epochs))
     kept_zoo, kept_plain = [r["seconds"] for r in zoo[1:]], [r["seconds"] for r in plain[1:]]
     per_epoch = Figure(
-        f"{name}: (mean zoo - mean plain) per epoch", (mean(kept_zoo) - mean(kept_plain)) / num_epochs, "s",
-        at_most=MAX_DIFF_PER_EPOCH, zoo=mean(kept_zoo), plain=mean(kept_plain), side_unit="s/run",
-        details={"epochs": num_epochs, "zoo_runs": kept_zoo, "plain_runs": kept_plain,
-                 "best_difference_per_epoch": (min(kept_zoo) - min(kept_plain)) / num_epochs},
-    )  # fmt: skip
-    losses = loss_difference(f"{name}: last loss, difference zoo vs plain", [r["loss"] for r in zoo],
-                             [r["loss"] for r in plain])  # fmt: skip
+        f"{name}: (mean zoo - mean plain) per epoch",
+        (mean(kept_zoo) - mean(kept_plain)) / num_epochs,
+        "s",
+        at_most=MAX_DIFF_PER_EPOCH,
+        zoo=mean(kept_zoo),
+        plain=mean(kept_plain),
+        side_unit="s/run",
+        details={
+            "epochs": num_epochs,
+            "zoo_runs": kept_zoo,
+            "plain_runs": kept_plain,
+            "best_difference_per_epoch": (min(kept_zoo) - min(kept_plain)) / num_epochs,
+        },
+    )
+    losses = loss_difference(
+        f"{name}: last loss, difference zoo vs plain", [r["loss"] for r in zoo], [r["loss"] for r in plain]
+    )
     return [per_epoch, losses]
 
 
@@ -219,8 +240,16 @@ def training_loop(result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "seconds": result["loop_seconds"], "fit_seconds": result["seconds"]}
 
 
-def zoo_side(spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
-             epochs: int, precision: str = "32-true", **task: Any) -> Callable[[], dict[str, Any]]:  # fmt: skip
+def zoo_side(
+    spec: dict[str, Any],
+    data: Dataset,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    batch_size: int,
+    epochs: int,
+    precision: str = "32-true",
+    **task: Any,
+) -> Callable[[], dict[str, Any]]:
     """One timed run of a recipe's Classifier under the bare Trainer (other task arguments in ``task``)."""
 
     def side() -> dict[str, Any]:
@@ -233,8 +262,9 @@ def zoo_side(spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], 
     return side
 
 
-def plain_side(spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], num_classes: int,
-               batch_size: int, epochs: int) -> Callable[[], dict[str, Any]]:  # fmt: skip
+def plain_side(
+    spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], num_classes: int, batch_size: int, epochs: int
+) -> Callable[[], dict[str, Any]]:
     """One timed run of the recipe's plain twin, on the same data in the same order."""
 
     def side() -> dict[str, Any]:
@@ -245,8 +275,17 @@ def plain_side(spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...]
     return side
 
 
-def throughput(name: str, spec: dict[str, Any], data: Dataset, input_shape: tuple[int, ...], num_classes: int,
-               batch_size: int, epochs: int, repeats: int, warmup: bool = True) -> list[Figure]:  # fmt: skip
+def throughput(
+    name: str,
+    spec: dict[str, Any],
+    data: Dataset,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    batch_size: int,
+    epochs: int,
+    repeats: int,
+    warmup: bool = True,
+) -> list[Figure]:
     """Training samples per second in the training loop, zoo (bare Trainer) against plain, interleaved; best run
     of each. The zoo's one-off ``fit`` set-up (~10 ms) is reported beside it, not counted."""
     args = (spec, data, input_shape, num_classes, batch_size, epochs)
@@ -255,28 +294,51 @@ def throughput(name: str, spec: dict[str, Any], data: Dataset, input_shape: tupl
     z, p = best(runs["zoo"]), best(runs["plain"])
     samples = epochs * len(data)  # type: ignore[arg-type]
     return [
-        ratio(f"{name}: throughput zoo / plain", samples / z["seconds"], samples / p["seconds"], "samples/s",
-              at_least=0.95, steps=z["steps"], zoo_fit_setup_seconds=z["fit_seconds"] - z["seconds"],
-              runs={k: [r["seconds"] for r in v] for k, v in runs.items()}),
+        ratio(
+            f"{name}: throughput zoo / plain",
+            samples / z["seconds"],
+            samples / p["seconds"],
+            "samples/s",
+            at_least=0.95,
+            steps=z["steps"],
+            zoo_fit_setup_seconds=z["fit_seconds"] - z["seconds"],
+            runs={k: [r["seconds"] for r in v] for k, v in runs.items()},
+        ),
         # The zoo runs convolutional models in channels_last, the plain loop contiguous: other kernels, other
         # rounding, which training amplifies over epochs; the difference is reported, not held to 5 decimals.
-        loss_difference(f"{name}: last epoch's train loss, difference zoo vs plain", [z["train_loss"]],
-                        [p["train_loss"]], decimals=None if z["channels_last"] else LOSS_DECIMALS),
-    ]  # fmt: skip
+        loss_difference(
+            f"{name}: last epoch's train loss, difference zoo vs plain",
+            [z["train_loss"]],
+            [p["train_loss"]],
+            decimals=None if z["channels_last"] else LOSS_DECIMALS,
+        ),
+    ]
 
 
 def run(mode: str) -> list[Figure]:
     size = SIZES[mode]
-    figures = protocol("LSTM parity, Lightning's module", lightning_loop, vanilla_loop, size["lstm_runs"],
-                       size["lstm_epochs"])  # fmt: skip
-    figures += protocol("LSTM parity, zoo Regressor(lstm)", zoo_lstm_loop, plain_lstm_loop, size["lstm_runs"],
-                        size["lstm_epochs"])  # fmt: skip
+    figures = protocol(
+        "LSTM parity, Lightning's module", lightning_loop, vanilla_loop, size["lstm_runs"], size["lstm_epochs"]
+    )
+    figures += protocol(
+        "LSTM parity, zoo Regressor(lstm)", zoo_lstm_loop, plain_lstm_loop, size["lstm_runs"], size["lstm_epochs"]
+    )
     cnn = recipe(CNN_RECIPE)
     data, shape, classes = digits_data()
-    figures += throughput("digits CNN", cnn, data, shape, classes, cnn["batch_size"], size["cnn_epochs"],
-                          size["repeats"], warmup=mode != "tiny")  # fmt: skip
+    figures += throughput(
+        "digits CNN",
+        cnn,
+        data,
+        shape,
+        classes,
+        cnn["batch_size"],
+        size["cnn_epochs"],
+        size["repeats"],
+        warmup=mode != "tiny",
+    )
     if size["resnet"]:
         images = cifar_shaped(RESNET_BATCH * size["resnet_steps"])
-        figures += throughput("ResNet-18, 3x32x32", recipe(RESNET_RECIPE), images, (3, 32, 32), 10, RESNET_BATCH, 1,
-                              size["repeats"])  # fmt: skip
+        figures += throughput(
+            "ResNet-18, 3x32x32", recipe(RESNET_RECIPE), images, (3, 32, 32), 10, RESNET_BATCH, 1, size["repeats"]
+        )
     return figures

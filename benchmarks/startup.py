@@ -29,13 +29,27 @@ MODELS_LIMIT_S = 1.0  # listing the registered backbones reads a static table: n
 OPTIONAL_HEAVY = ("transformers", "timm", "wandb", "optuna", "onnx", "onnxruntime", "onnxscript", "matplotlib")
 # Heavy, and not optional, but not needed to print help either: reported with their cost and who imports them.
 OTHER_HEAVY = (
-    "lightning", "torchmetrics", "torchvision", "scipy", "sklearn", "pandas", "torch._dynamo", "jsonargparse",
-)  # fmt: skip
+    "lightning",
+    "torchmetrics",
+    "torchvision",
+    "scipy",
+    "sklearn",
+    "pandas",
+    "torch._dynamo",
+    "jsonargparse",
+)
 FIT_ARGS = [
-    "fit", "--config", str(ROOT / "configs/experiments/digits_cnn.yaml"), "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-    "--pictures=false", "--test_after_fit=false", "--trainer.callbacks+=benchmarks.clock.FirstStepClock",
-]  # fmt: skip
+    "fit",
+    "--config",
+    str(ROOT / "configs/experiments/digits_cnn.yaml"),
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=1",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--pictures=false",
+    "--test_after_fit=false",
+    "--trainer.callbacks+=benchmarks.clock.FirstStepClock",
+]
 
 
 def parse_importtime(stderr: str) -> list[tuple[str, float, float, list[str]]]:
@@ -49,7 +63,7 @@ def parse_importtime(stderr: str) -> list[tuple[str, float, float, list[str]]]:
     out = []
     for i, (name, own, cumulative, depth) in enumerate(rows):
         chain, want = [], depth - 1
-        for parent, _, _, d in rows[i + 1:]:
+        for parent, _, _, d in rows[i + 1 :]:
             if d == want:
                 chain.append(parent)
                 want -= 1
@@ -84,8 +98,12 @@ def time_to_first_step() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         clock = Path(tmp) / "clock.json"
         launched = time.time()
-        run_python(["-u", str(ROOT / "cli.py"), *FIT_ARGS], env={"ZOO_BENCH_CLOCK": str(clock)}, cwd=Path(tmp),
-                   json_result=False)  # fmt: skip
+        run_python(
+            ["-u", str(ROOT / "cli.py"), *FIT_ARGS],
+            env={"ZOO_BENCH_CLOCK": str(clock)},
+            cwd=Path(tmp),
+            json_result=False,
+        )
         times = json.loads(clock.read_text())
     return {"to_fit_start": times["fit_start"] - launched, "to_first_step": times["first_step"] - launched}
 
@@ -101,8 +119,9 @@ def run(mode: str) -> list[Figure]:
         result = run_python(["-X", "importtime", *help_cmd], json_result=False)
         help_walls, cli_rows = [result["wall"]], parse_importtime(result["stderr"])
         note = "measured with -X importtime on"
-    models_walls = [run_python([str(ROOT / "cli.py"), "models"], json_result=False)["wall"]
-                    for _ in range(size["help_runs"])]  # fmt: skip
+    models_walls = [
+        run_python([str(ROOT / "cli.py"), "models"], json_result=False)["wall"] for _ in range(size["help_runs"])
+    ]
     zoo_wall, zoo_rows = importtime("import zoo")
     # `import cli` has a row for cli; a run of `python cli.py` imports cli's imports at the top level.
     root = ["cli"] if any(name == "cli" and not chain for name, _, _, chain in cli_rows) else []
@@ -113,17 +132,43 @@ def run(mode: str) -> list[Figure]:
     fit = min(fits, key=lambda f: f["to_first_step"])
     cli_heavy, zoo_heavy = heavy_report(cli_rows, OPTIONAL_HEAVY), heavy_report(zoo_rows, OPTIONAL_HEAVY)
     return [
-        single("zoo --help (python cli.py --help), best run", min(help_walls), "s", at_most=HELP_LIMIT_S,
-               runs=help_walls, note=note),  # fmt: skip
-        single("zoo models (python cli.py models), best run", min(models_walls), "s", at_most=MODELS_LIMIT_S,
-               runs=models_walls),  # fmt: skip
-        single("import cli", cli_total, "s", direct_imports={n: round(c, 3) for c, n in top},
-               heavy=heavy_report(cli_rows, OTHER_HEAVY)),  # fmt: skip
-        single("optional heavy libraries imported by `import cli`", len(cli_heavy), "", at_most=0,
-               imported=cli_heavy),  # fmt: skip
-        single("optional heavy libraries imported by `import zoo`", len(zoo_heavy), "", at_most=0,
-               imported=zoo_heavy, seconds=zoo_wall),  # fmt: skip
-        single("zoo fit (digits CNN) launch to first training step", fit["to_first_step"], "s",
-               to_fit_start=fit["to_fit_start"], fit_start_to_first_step=fit["to_first_step"] - fit["to_fit_start"],
-               runs=fits),  # fmt: skip
+        single(
+            "zoo --help (python cli.py --help), best run",
+            min(help_walls),
+            "s",
+            at_most=HELP_LIMIT_S,
+            runs=help_walls,
+            note=note,
+        ),
+        single(
+            "zoo models (python cli.py models), best run",
+            min(models_walls),
+            "s",
+            at_most=MODELS_LIMIT_S,
+            runs=models_walls,
+        ),
+        single(
+            "import cli",
+            cli_total,
+            "s",
+            direct_imports={n: round(c, 3) for c, n in top},
+            heavy=heavy_report(cli_rows, OTHER_HEAVY),
+        ),
+        single("optional heavy libraries imported by `import cli`", len(cli_heavy), "", at_most=0, imported=cli_heavy),
+        single(
+            "optional heavy libraries imported by `import zoo`",
+            len(zoo_heavy),
+            "",
+            at_most=0,
+            imported=zoo_heavy,
+            seconds=zoo_wall,
+        ),
+        single(
+            "zoo fit (digits CNN) launch to first training step",
+            fit["to_first_step"],
+            "s",
+            to_fit_start=fit["to_fit_start"],
+            fit_start_to_first_step=fit["to_first_step"] - fit["to_fit_start"],
+            runs=fits,
+        ),
     ]

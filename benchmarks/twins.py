@@ -113,10 +113,14 @@ def zoo_classifier(spec: dict[str, Any], input_shape: Sequence[int], num_classes
     from zoo.tasks import Classifier
 
     return Classifier(
-        backbone=spec["backbone"], backbone_kwargs=spec["backbone_kwargs"], num_classes=num_classes,
-        input_shape=tuple(input_shape), label_smoothing=spec["label_smoothing"],
-        optimizer=partial(spec["optimizer"], **spec["optimizer_kwargs"]), **task,
-    )  # fmt: skip
+        backbone=spec["backbone"],
+        backbone_kwargs=spec["backbone_kwargs"],
+        num_classes=num_classes,
+        input_shape=tuple(input_shape),
+        label_smoothing=spec["label_smoothing"],
+        optimizer=partial(spec["optimizer"], **spec["optimizer_kwargs"]),
+        **task,
+    )
 
 
 def plain_twin(spec: dict[str, Any], input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, Any, Any]:
@@ -168,8 +172,9 @@ def zoo_trainer(max_epochs: int = 1, max_steps: int = -1, defaults: bool = False
     if defaults:
         return cli_trainer(max_epochs, max_steps, **kw)
     with quiet():
-        return Trainer(**{"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "max_steps": max_steps,
-                          **BARE, **kw})  # fmt: skip
+        return Trainer(
+            **{"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "max_steps": max_steps, **BARE, **kw}
+        )
 
 
 def cli_trainer(max_epochs: int, max_steps: int = -1, **kw: Any) -> Any:
@@ -178,11 +183,18 @@ def cli_trainer(max_epochs: int, max_steps: int = -1, **kw: Any) -> Any:
     from zoo.run.build import build
 
     args = [
-        "--model=zoo.tasks.Classifier", "--model.backbone=mlp", "--data=datamodules.SklearnTabular",
-        f"--trainer.max_epochs={max_epochs}", f"--trainer.max_steps={max_steps}", "--trainer.accelerator=cpu",
-        "--trainer.devices=1", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=10",
-        "--pictures=false", *[f"--trainer.{k}={v}" for k, v in kw.items()],
-    ]  # fmt: skip
+        "--model=zoo.tasks.Classifier",
+        "--model.backbone=mlp",
+        "--data=datamodules.SklearnTabular",
+        f"--trainer.max_epochs={max_epochs}",
+        f"--trainer.max_steps={max_steps}",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=10",
+        "--pictures=false",
+        *[f"--trainer.{k}={v}" for k, v in kw.items()],
+    ]
     with quiet():
         return build(args)[2]
 

@@ -63,8 +63,9 @@ def _rotation(degrees: Union[float, list[float]] = 15.0) -> Any:
     return _v2().RandomRotation(degrees)
 
 
-def _random_resized_crop(image: ImageInfo, scale: Sequence[float] = (0.08, 1.0),
-                         ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Any:  # fmt: skip
+def _random_resized_crop(
+    image: ImageInfo, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)
+) -> Any:
     return _v2().RandomResizedCrop(image.size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)
 
 
@@ -74,8 +75,13 @@ def _random_crop(image: ImageInfo, padding: Optional[int] = None, padding_mode: 
     return _v2().RandomCrop(image.size, padding=padding, padding_mode=padding_mode)
 
 
-def _color_jitter(image: ImageInfo, brightness: float = 0.4, contrast: float = 0.4,
-                  saturation: Optional[float] = None, hue: float = 0.0) -> Any:  # fmt: skip
+def _color_jitter(
+    image: ImageInfo,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: Optional[float] = None,
+    hue: float = 0.0,
+) -> Any:
     if image.channels == 1 and (saturation or hue):
         # torchvision silently leaves grey images alone here; a setting that does nothing should not pass unseen.
         raise ValueError("saturation and hue change colours, but these images are grey (1 channel): leave them out")
@@ -98,8 +104,12 @@ def _auto_augment(policy: str = "imagenet") -> Any:
     return v2.AutoAugment(v2.AutoAugmentPolicy(policy))
 
 
-def _random_erasing(p: float = 0.5, scale: Sequence[float] = (0.02, 0.33), ratio: Sequence[float] = (0.3, 3.3),
-                    value: Union[float, str] = 0.0) -> Any:  # fmt: skip
+def _random_erasing(
+    p: float = 0.5,
+    scale: Sequence[float] = (0.02, 0.33),
+    ratio: Sequence[float] = (0.3, 3.3),
+    value: Union[float, str] = 0.0,
+) -> Any:
     return _v2().RandomErasing(p=p, scale=tuple(scale), ratio=tuple(ratio), value=value)
 
 
@@ -194,9 +204,14 @@ class ImageAugment(NamedTuple):
         return _v2().Compose([s for s in steps if s is not None])
 
 
-def build_image_augment(specs: Sequence[AugmentSpec], size: Sequence[int], channels: int, owner: str,
-                        per_batch: bool = False, sample_channels: Optional[int] = None
-                        ) -> Optional[ImageAugment]:  # fmt: skip
+def build_image_augment(
+    specs: Sequence[AugmentSpec],
+    size: Sequence[int],
+    channels: int,
+    owner: str,
+    per_batch: bool = False,
+    sample_channels: Optional[int] = None,
+) -> Optional[ImageAugment]:
     """The image augmentations ``specs`` name, for images of ``size`` (H, W) and ``channels`` as stored.
 
     With ``per_batch``, every augmentation after the last one without a batched version runs per batch
@@ -223,8 +238,9 @@ def build_image_augment(specs: Sequence[AugmentSpec], size: Sequence[int], chann
     before = [t for name, t in built[:split] if name not in AFTER_NORMALISATION]
     after = [t for name, t in built[:split] if name in AFTER_NORMALISATION]
     v2 = _v2()
-    return ImageAugment(v2.Compose(before) if before else None, v2.Compose(after) if after else None,
-                        tuple(twins[split:]), image.size)  # fmt: skip
+    return ImageAugment(
+        v2.Compose(before) if before else None, v2.Compose(after) if after else None, tuple(twins[split:]), image.size
+    )
 
 
 def build_series_augment(specs: Sequence[AugmentSpec], owner: str) -> Optional[nn.Module]:
@@ -276,8 +292,14 @@ class BatchMix:
     two, where the shorter one contributes its padding (0, the channel mean after per-channel normalisation).
     """
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
-                 switch_prob: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+    ) -> None:
         check_mix(mixup_alpha, cutmix_alpha, prob)
         self.num_classes = num_classes
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha

@@ -42,7 +42,7 @@ from datamodules.augment_warp import (
     draw,
     draw_between,
     on_device,
-)  # fmt: skip
+)
 
 
 # --- colour ------------------------------------------------------------------------------------------------
@@ -129,8 +129,9 @@ class Erasing:
 
     def _boxes(self, height: int, width: int) -> Boxes:
         if (height, width) not in self.boxes:  # here the first side is the height
-            self.boxes[height, width] = Boxes(height * width, self.scale, self.ratio,
-                                              lambda h, w: (h < height) & (w < width))  # fmt: skip
+            self.boxes[height, width] = Boxes(
+                height * width, self.scale, self.ratio, lambda h, w: (h < height) & (w < width)
+            )
         return self.boxes[height, width]
 
     def __call__(self, x: torch.Tensor, black: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -192,8 +193,13 @@ class BatchAugment:
         self.steps: list[Any] = []
         for op in ops:  # consecutive geometric ops share one matrix; a crop with its own padding mode stands alone
             alone = isinstance(op, Crop) and op.mode != "constant"
-            if isinstance(op, Geometric) and not alone and self.steps and isinstance(self.steps[-1], Warp) \
-                    and self.steps[-1].mode == "constant":  # fmt: skip
+            if (
+                isinstance(op, Geometric)
+                and not alone
+                and self.steps
+                and isinstance(self.steps[-1], Warp)
+                and self.steps[-1].mode == "constant"
+            ):
                 self.steps[-1] = Warp([*self.steps[-1].ops, op], size)
             else:
                 self.steps.append(Warp([op], size) if isinstance(op, Geometric) else op)
@@ -216,6 +222,8 @@ class BatchAugment:
         return (x - mean) / std if space == PIXELS else x
 
     def __repr__(self) -> str:
-        names = [type(s).__name__ + (f"({', '.join(type(o).__name__ for o in s.ops)})" if isinstance(s, Warp) else "")
-                 for s in self.steps]  # fmt: skip
+        names = [
+            type(s).__name__ + (f"({', '.join(type(o).__name__ for o in s.ops)})" if isinstance(s, Warp) else "")
+            for s in self.steps
+        ]
         return f"BatchAugment({', '.join(names)})"

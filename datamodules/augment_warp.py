@@ -44,6 +44,7 @@ def _eyes(n: int) -> np.ndarray:
 def on_device(array: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.from_numpy(array).to(device=device, dtype=dtype)
 
+
 # --- geometric ops: per-sample matrices, output -> input, in centred pixels of the stored image -------------------
 # A pixel (row, col) of an H x W image is at (col - (W - 1) / 2, row - (H - 1) / 2): the image's centre is 0.
 class Geometric:
@@ -88,8 +89,13 @@ class Boxes:
     whole-pixel sides ``(a, b) = (sqrt(area * r), sqrt(area / r))`` rounded, the first that ``fits(a, b)`` taken
     (a condition on upper and lower bounds of each side)."""
 
-    def __init__(self, area: float, scale: Sequence[float], ratio: Sequence[float],
-                 fits: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        area: float,
+        scale: Sequence[float],
+        ratio: Sequence[float],
+        fits: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    ) -> None:
         self.area, self.scale, self.log_ratio, self.fits = area, tuple(scale), np.log(ratio), fits
         a, b = self.sides(np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]))  # at the draws' extremes
         self.always = bool(fits(a.max(), b.max()) and fits(a.min(), b.min()))  # the first try is every box

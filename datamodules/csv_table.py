@@ -59,8 +59,10 @@ class Table:
         absent = [n for n in names if n not in self.columns]
         if absent:
             hint = did_you_mean(absent[0], self.columns, n=1, form=" (did you mean {}?)")
-            raise DataError(f"{self.path} has no {what} {', '.join(repr(a) for a in absent)}{hint}; its columns "
-                            f"are: {', '.join(self.columns)}")  # fmt: skip
+            raise DataError(
+                f"{self.path} has no {what} {', '.join(repr(a) for a in absent)}{hint}; its columns "
+                f"are: {', '.join(self.columns)}"
+            )
 
 
 def read_table(path: str) -> Table:
@@ -119,7 +121,9 @@ def column_kind(table: Table, column: str) -> str:
         return "numeric"
     if len(words) * 2 < len(cells):
         i = words[0]
-        raise DataError(f"{table.where(i, column)}: {table.rows[i][table.columns.index(column)]!r} is not a number, "
-                        f"but {len(cells) - len(words)} of the column's {len(cells)} values are; fix it, leave the "
-                        "cell empty (missing), or list the column in data.categorical_columns")  # fmt: skip
+        raise DataError(
+            f"{table.where(i, column)}: {table.rows[i][table.columns.index(column)]!r} is not a number, "
+            f"but {len(cells) - len(words)} of the column's {len(cells)} values are; fix it, leave the "
+            "cell empty (missing), or list the column in data.categorical_columns"
+        )
     return "categorical"

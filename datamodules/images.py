@@ -58,9 +58,19 @@ class Digits(ZooDataModule):
         mix_prob: float = 1.0,
     ) -> None:
         super().__init__(
-            "data", batch_size, num_workers, val_split, test_split, seed, num_classes,
-            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob, drop_last=drop_last,
-        )  # fmt: skip
+            "data",
+            batch_size,
+            num_workers,
+            val_split,
+            test_split,
+            seed,
+            num_classes,
+            augment=augment,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mix_prob=mix_prob,
+            drop_last=drop_last,
+        )
         self.image_augment = build_image_augment(self.augment, (8, 8), channels=1, owner="Digits", per_batch=True)
         if classes is not None:
             bad = [c for c in classes if c not in range(10)]
@@ -166,8 +176,10 @@ def image_files(path: str) -> list[str]:
     """An image file, or every image file under a folder (sorted); a clear error for anything else."""
     if os.path.isfile(path):
         if not path.lower().endswith(IMAGE_EXTENSIONS):
-            raise DataError(f"{path}: this model reads images; give an image file ({', '.join(IMAGE_EXTENSIONS)}) "
-                            "or a folder of them")  # fmt: skip
+            raise DataError(
+                f"{path}: this model reads images; give an image file ({', '.join(IMAGE_EXTENSIONS)}) "
+                "or a folder of them"
+            )
         return [path]
     if not os.path.isdir(path):
         raise DataError(f"{os.path.abspath(path)}: no such file or folder")
@@ -268,9 +280,19 @@ class ImageFolder(ZooDataModule):
         mix_prob: float = 1.0,
     ) -> None:
         super().__init__(
-            data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes,
-            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob, drop_last=drop_last,
-        )  # fmt: skip
+            data_dir,
+            batch_size,
+            num_workers,
+            val_split,
+            test_split,
+            seed,
+            num_classes,
+            augment=augment,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mix_prob=mix_prob,
+            drop_last=drop_last,
+        )
         if channels not in (1, 3):
             raise ConfigError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
         image_size = 64 if image_size is None else image_size

@@ -256,9 +256,18 @@ class TimeSeries(PaddedSequenceDataModule):
         mix_prob: float = 1.0,
     ) -> None:
         super().__init__(
-            data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes,
-            augment=augment, mixup_alpha=mixup_alpha, mix_prob=mix_prob, drop_last=drop_last,
-        )  # fmt: skip
+            data_dir,
+            batch_size,
+            num_workers,
+            val_split,
+            0.0,
+            seed,
+            num_classes,
+            augment=augment,
+            mixup_alpha=mixup_alpha,
+            mix_prob=mix_prob,
+            drop_last=drop_last,
+        )
         self.series_augment = build_series_augment(self.augment, owner="TimeSeries")
         if normalize not in ("per_channel", "per_series", "none"):
             raise ConfigError(f"data.normalize={normalize!r} must be 'per_channel', 'per_series' or 'none'")

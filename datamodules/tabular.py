@@ -45,8 +45,9 @@ class SklearnTabular(ZooDataModule):
         seed: int = 42,
         num_classes: Optional[int] = None,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes,
-                         drop_last=drop_last)  # fmt: skip
+        super().__init__(
+            data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes, drop_last=drop_last
+        )
         self.name = name
         self.task = _SETS[name][1]
 

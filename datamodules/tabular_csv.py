@@ -67,8 +67,9 @@ class TabularCSV(ZooDataModule):
         seed: int = 42,
         num_classes: Optional[int] = None,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes,
-                         drop_last=drop_last)  # fmt: skip
+        super().__init__(
+            data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes, drop_last=drop_last
+        )
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.target_column = target_column
         self.feature_columns = list(feature_columns) if feature_columns is not None else None
@@ -118,9 +119,11 @@ class TabularCSV(ZooDataModule):
         numeric_keys = all(v is not None for v in values)
         names = sorted(set(keys), key=lambda k: (float(k), k) if numeric_keys else (0.0, k))
         if len(names) < 2:
-            raise DataError(f"{self.train_file}, column {target!r}: every row has the class {names[0]!r}; a "
-                            "classifier needs at least two classes (for numbers to predict, set data.task: "
-                            "regression)")  # fmt: skip
+            raise DataError(
+                f"{self.train_file}, column {target!r}: every row has the class {names[0]!r}; a "
+                "classifier needs at least two classes (for numbers to predict, set data.task: "
+                "regression)"
+            )
         index = {name: k for k, name in enumerate(names)}
         return task, names, np.array([index[k] for k in keys], dtype=np.int64)
 
@@ -157,9 +160,19 @@ class TabularCSV(ZooDataModule):
             cells = table.column(c)
             vocab[c] = sorted({category_key(cells[i]) for i in train.tolist() if cells[i].lower() not in MISSING})
         task, class_names, y = self._labels
-        state = {"target_column": self.target_column, "task": task, "class_names": class_names, "features": features,
-                 "numeric": numeric, "categorical": categorical, "median": median, "mean": mean, "std": std,
-                 "indicators": indicators, "vocab": vocab}  # fmt: skip
+        state = {
+            "target_column": self.target_column,
+            "task": task,
+            "class_names": class_names,
+            "features": features,
+            "numeric": numeric,
+            "categorical": categorical,
+            "median": median,
+            "mean": mean,
+            "std": std,
+            "indicators": indicators,
+            "vocab": vocab,
+        }
         if task == "regression":
             spread = float(y[train].std(ddof=1)) if len(train) > 1 else 0.0
             state["target_mean"], state["target_std"] = float(y[train].mean()), spread if spread > 1e-8 else 1.0
@@ -249,8 +262,10 @@ class TabularCSV(ZooDataModule):
             if cells[i].lower() in MISSING:
                 raise DataError(f"{table.where(i, target)}: the target is missing; fill it in or remove the row")
             if key not in index:
-                raise DataError(f"{table.where(i, target)}: the class {cells[i]!r} is not among the training "
-                                f"file's classes {state['class_names']} ({self.train_file})")  # fmt: skip
+                raise DataError(
+                    f"{table.where(i, target)}: the class {cells[i]!r} is not among the training "
+                    f"file's classes {state['class_names']} ({self.train_file})"
+                )
             out[k] = index[key]
         return out
 
@@ -290,8 +305,9 @@ class TabularCSV(ZooDataModule):
         x_test, y_test = arrays(test, test_rows)
         num_numeric = len(self.table_state["numeric"])
         categorical = list(range(num_numeric, x_train.shape[1])) or None
-        return BaselineData("table", np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), x_test,
-                            y_test, categorical)  # fmt: skip
+        return BaselineData(
+            "table", np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), x_test, y_test, categorical
+        )
 
     # --- checkpoints and new inputs ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

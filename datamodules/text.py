@@ -147,10 +147,13 @@ class TextClassification(PaddedSequenceDataModule):
         seed: int = 42,
         num_classes: Optional[int] = None,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes,
-                         drop_last=drop_last)  # fmt: skip
+        super().__init__(
+            data_dir, batch_size, num_workers, val_split, test_split, seed, num_classes, drop_last=drop_last
+        )
         for name, value, least in (
-            ("max_length", max_length, 1), ("min_freq", min_freq, 1), ("max_vocab", max_vocab, 3)
+            ("max_length", max_length, 1),
+            ("min_freq", min_freq, 1),
+            ("max_vocab", max_vocab, 3),
         ):
             if value < least:
                 raise ConfigError(f"data.{name}={value} must be at least {least}")
@@ -270,8 +273,10 @@ class TextClassification(PaddedSequenceDataModule):
         """The texts of a CSV / TSV / JSON-lines file (its ``text_column``; labels optional), tokenised as in
         training. Samples are named by their row (1 = the first text)."""
         if os.path.splitext(path)[1].lower() not in FORMATS:
-            raise DataError(f"{path}: this model reads text; give a {' / '.join(sorted(set(FORMATS.values())))} "
-                            f"file with a {self.text_column!r} column")  # fmt: skip
+            raise DataError(
+                f"{path}: this model reads text; give a {' / '.join(sorted(set(FORMATS.values())))} "
+                f"file with a {self.text_column!r} column"
+            )
         texts, _ = read_texts(path, self.text_column, None)
         ids = self.encode(texts)
         names = [str(i + 1) for i in range(len(ids))]
@@ -371,10 +376,22 @@ class VaderWords(TextClassification):
             raise ConfigError(f"data.train_size={train_size} must be at least 2")
         files = {s: os.path.join(data_dir, f"{s}.csv") for s in ("train", "val", "test")}
         super().__init__(
-            files["train"], files["val"], files["test"], "word", "sentiment", tokenizer, max_length,
-            data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, val_split=val_split,
-            test_split=test_split, seed=seed, num_classes=num_classes, drop_last=drop_last,
-        )  # fmt: skip
+            files["train"],
+            files["val"],
+            files["test"],
+            "word",
+            "sentiment",
+            tokenizer,
+            max_length,
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_split=val_split,
+            test_split=test_split,
+            seed=seed,
+            num_classes=num_classes,
+            drop_last=drop_last,
+        )
         self.threshold = threshold
         self.train_size = train_size
         self._write_splits(files)

@@ -67,9 +67,19 @@ class _Classic(ZooDataModule):
         mix_prob: float = 1.0,
     ) -> None:
         super().__init__(
-            data_dir, batch_size, num_workers, val_split, 0.0, seed, num_classes,
-            augment=augment, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, mix_prob=mix_prob, drop_last=drop_last,
-        )  # fmt: skip
+            data_dir,
+            batch_size,
+            num_workers,
+            val_split,
+            0.0,
+            seed,
+            num_classes,
+            augment=augment,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mix_prob=mix_prob,
+            drop_last=drop_last,
+        )
         self.download = download
         if image_size is not None and image_size < 1:
             raise ConfigError(f"data.image_size={image_size} must be at least 1")
@@ -79,8 +89,14 @@ class _Classic(ZooDataModule):
         self.channels = channels or self.shape[0]
         # Parameters in pixels of the stored images. Per sample, they see the stored uint8 pixels, before any
         # resize or channel conversion; per batch (most), the normalised batch the model gets, on its device.
-        self.image_augment = build_image_augment(self.augment, self.shape[1:], self.shape[0], type(self).__name__,
-                                                 per_batch=True, sample_channels=self.channels)  # fmt: skip
+        self.image_augment = build_image_augment(
+            self.augment,
+            self.shape[1:],
+            self.shape[0],
+            type(self).__name__,
+            per_batch=True,
+            sample_channels=self.channels,
+        )
         # A pretrained backbone's own statistics (the CLI passes them) replace the dataset's.
         converted = self.channels != self.shape[0]
         self.mean = list(mean) if mean is not None else _fit_channels(type(self).mean, self.channels, converted)
@@ -164,7 +180,6 @@ class _Classic(ZooDataModule):
             UInt8Images(x[val], y[val], **read),
             UInt8Images(test_x, test_y, **read),
         )
-
 
     def baseline_data(self) -> BaselineData:
         """Train + validation images (a seeded subsample of at most 10,000) and the whole test split, normalised

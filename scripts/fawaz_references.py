@@ -18,8 +18,16 @@ from collections import defaultdict
 from pathlib import Path
 
 # The classification sets aeon ships, and their names in the UCR 2015 archive where they differ.
-AEON_SETS = ("ACSF1", "ArrowHead", "BasicMotions", "GunPoint", "ItalyPowerDemand", "JapaneseVowels", "OSULeaf",
-             "PickupGestureWiimoteZ")  # fmt: skip
+AEON_SETS = (
+    "ACSF1",
+    "ArrowHead",
+    "BasicMotions",
+    "GunPoint",
+    "ItalyPowerDemand",
+    "JapaneseVowels",
+    "OSULeaf",
+    "PickupGestureWiimoteZ",
+)
 UCR2015_NAMES = {"GunPoint": "Gun_Point"}
 MODELS = {"MLP": "mlp", "FCN": "fcn", "ResNet": "resnet"}
 PAPER = "Fawaz et al. 2019, Deep learning for time series classification: a review"
@@ -52,24 +60,47 @@ def per_run_table(path: Path, models: dict[str, str], wanted: set[str], source: 
             values = runs.get((dataset, key))
             if values:
                 std = f"{statistics.stdev(values):.1f}" if len(values) > 1 else ""
-                rows.append(dict(dataset=dataset, model=model, accuracy=f"{statistics.mean(values):.1f}", std=std,
-                                 runs=str(len(values)), source=source))  # fmt: skip
+                rows.append(
+                    dict(
+                        dataset=dataset,
+                        model=model,
+                        accuracy=f"{statistics.mean(values):.1f}",
+                        std=std,
+                        runs=str(len(values)),
+                        source=source,
+                    )
+                )
     return rows
 
 
 def main(dl4tsc: Path, inception: Path) -> None:
-    rows = averaged_table(dl4tsc / "results/results-uea-avg-std.csv", f"{PAPER} (UCR 2015 archive; dl-4-tsc "
-                          "results/results-uea-avg-std.csv)")  # fmt: skip
-    rows += averaged_table(dl4tsc / "results/results-mts-avg-std.csv", f"{PAPER} (Baydogan MTS archive; dl-4-tsc "
-                           "results/results-mts-avg-std.csv)")  # fmt: skip
+    rows = averaged_table(
+        dl4tsc / "results/results-uea-avg-std.csv",
+        f"{PAPER} (UCR 2015 archive; dl-4-tsc results/results-uea-avg-std.csv)",
+    )
+    rows += averaged_table(
+        dl4tsc / "results/results-mts-avg-std.csv",
+        f"{PAPER} (Baydogan MTS archive; dl-4-tsc results/results-mts-avg-std.csv)",
+    )
     covered = {r["dataset"] for r in rows}
-    rows += per_run_table(dl4tsc / "results/results-ucr-128.csv", MODELS, set(AEON_SETS) - covered,
-                          "dl-4-tsc on the UCR 2018 archive, after the paper (results/results-ucr-128.csv)")  # fmt: skip
-    rows += per_run_table(inception / "results-InceptionTime-85.csv", {"InceptionTime": "InceptionTime"}, covered,
-                          f"{INCEPTION} (UCR 2015 archive; InceptionTime results-InceptionTime-85.csv)")  # fmt: skip
-    rows += per_run_table(inception / "results-InceptionTime-128.csv", {"InceptionTime": "InceptionTime"},
-                          set(AEON_SETS) - covered, f"{INCEPTION} (UCR 2018 archive; InceptionTime "
-                          "results-InceptionTime-128.csv)")  # fmt: skip
+    rows += per_run_table(
+        dl4tsc / "results/results-ucr-128.csv",
+        MODELS,
+        set(AEON_SETS) - covered,
+        "dl-4-tsc on the UCR 2018 archive, after the paper (results/results-ucr-128.csv)",
+    )
+    rows += per_run_table(
+        inception / "results-InceptionTime-85.csv",
+        {"InceptionTime": "InceptionTime"},
+        covered,
+        f"{INCEPTION} (UCR 2015 archive; InceptionTime results-InceptionTime-85.csv)",
+    )
+    rows += per_run_table(
+        inception / "results-InceptionTime-128.csv",
+        {"InceptionTime": "InceptionTime"},
+        set(AEON_SETS) - covered,
+        f"{INCEPTION} (UCR 2018 archive; InceptionTime results-InceptionTime-128.csv)",
+    )
     writer = csv.DictWriter(sys.stdout, ["dataset", "model", "accuracy", "std", "runs", "source"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: (r["dataset"], r["model"])))

@@ -75,10 +75,20 @@ def run(name: str, workdir: Path, seed: int | None = None, done: set[str] | None
     seeded = [] if seed is None else [f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(EXPERIMENTS / f"{name}.yaml"),
-         "--trainer.enable_progress_bar=false", "--pictures=false", *seeded],
-        cwd=workdir, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "fit",
+            "--config",
+            str(EXPERIMENTS / f"{name}.yaml"),
+            "--trainer.enable_progress_bar=false",
+            "--pictures=false",
+            *seeded,
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")

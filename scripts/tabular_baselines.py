@@ -52,11 +52,21 @@ def write_table(name: str, folder: Path) -> Path:
 def run_recipe(path: Path, task: str, seed: int, workdir: Path) -> float:
     """The recipe's test accuracy or R2, trained through `zoo fit` as a user would."""
     name = f"{path.stem}_seed{seed}"
-    args = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / f"configs/recipes/tabular_{task}.yaml"),
-            f"--data.train_file={path}", "--data.target_column=target", f"--data.seed={seed}",
-            f"--seed_everything={seed}", f"--trainer.logger.init_args.name={name}",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--pictures=false"]  # fmt: skip
+    args = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "fit",
+        "--config",
+        str(ROOT / f"configs/recipes/tabular_{task}.yaml"),
+        f"--data.train_file={path}",
+        "--data.target_column=target",
+        f"--data.seed={seed}",
+        f"--seed_everything={seed}",
+        f"--trainer.logger.init_args.name={name}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--pictures=false",
+    ]
     done = subprocess.run(args, cwd=workdir, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"zoo fit failed on {path}:\n{done.stderr[-3000:]}")

@@ -50,13 +50,19 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run_zoo(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_zoo(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run `python cli.py ARGS` as a user would, in a subprocess; returns the finished process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # Under feature_loss every parameter of every backbone gets a gradient of at least ~4e-3 somewhere; float32

@@ -56,7 +56,11 @@ class PoisonBatch(Callback):
         self.epoch, self.batch, self.stage = epoch, batch, stage
 
     def _poison(self, trainer: Trainer, stage: str, batch: Any, batch_idx: int) -> None:
-        if (stage, trainer.current_epoch, batch_idx) == (self.stage, self.epoch, self.batch) and not trainer.sanity_checking:
+        if (stage, trainer.current_epoch, batch_idx) == (
+            self.stage,
+            self.epoch,
+            self.batch,
+        ) and not trainer.sanity_checking:
             inputs = batch[0]
             assert isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
             inputs.fill_(float("nan"))

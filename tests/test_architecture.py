@@ -106,8 +106,12 @@ def test_the_registry_is_the_only_lazy_loader():
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_private_name_of_another_module_is_imported(name):
-    taken = [(f"{module}.{attr}", line) for module, names in imported(name, module_level=False).items()
-             for attr, line in names if attr.startswith("_") and not attr.startswith("__")]  # fmt: skip
+    taken = [
+        (f"{module}.{attr}", line)
+        for module, names in imported(name, module_level=False).items()
+        for attr, line in names
+        if attr.startswith("_") and not attr.startswith("__")
+    ]
     # `from zoo.backbones import pretrained as adapters; adapters._x`: a private name reached as an attribute.
     aliases = {}
     for node in ast.walk(TREES[name]):

@@ -265,9 +265,16 @@ class BatchesSeen(Callback):
 
 def _fit(model, dm, *callbacks) -> None:
     Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
-    ).fit(model, datamodule=dm)  # fmt: skip
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    ).fit(model, datamodule=dm)
 
 
 def _classifier(**kwargs) -> Classifier:
@@ -344,8 +351,17 @@ def test_bad_mix_settings_are_named(kwargs, message):
 
 def test_unknown_augmentation_through_the_cli_exits_2(workdir, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--data", "configs/data/digits.yaml", "--model", "configs/model/mlp.yaml",
-              "--data.init_args.augment=[hflip, {name: rotaton, degrees: 10}]", *TINY])  # fmt: skip
+        main(
+            [
+                "fit",
+                "--data",
+                "configs/data/digits.yaml",
+                "--model",
+                "configs/model/mlp.yaml",
+                "--data.init_args.augment=[hflip, {name: rotaton, degrees: 10}]",
+                *TINY,
+            ]
+        )
     assert exit_info.value.code == 2
     assert "unknown augmentation 'rotaton'; Digits takes hflip" in capsys.readouterr().err
 
@@ -379,12 +395,23 @@ def test_mixup_of_data_without_classes_is_a_config_error():
 def test_mixup_with_a_task_without_classes_exits_2_from_the_command_line(workdir, capsys):
     # main() is what `python cli.py` runs; in-process it skips 5 s of imports in a fresh interpreter.
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--data", "configs/data/digits.yaml", "--model", "zoo.tasks.Autoencoder",
-              "--data.init_args.mixup_alpha=0.2", *TINY])  # fmt: skip
+        main(
+            [
+                "fit",
+                "--data",
+                "configs/data/digits.yaml",
+                "--model",
+                "zoo.tasks.Autoencoder",
+                "--data.init_args.mixup_alpha=0.2",
+                *TINY,
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "zoo: error: data.mixup_alpha=0.2: MixUp / CutMix turn labels into class probabilities, which " \
-           "Autoencoder cannot learn from; use zoo.tasks.Classifier, or remove data.mixup_alpha" in err  # fmt: skip
+    assert (
+        "zoo: error: data.mixup_alpha=0.2: MixUp / CutMix turn labels into class probabilities, which "
+        "Autoencoder cannot learn from; use zoo.tasks.Classifier, or remove data.mixup_alpha" in err
+    )
     assert "Traceback" not in err
 
 

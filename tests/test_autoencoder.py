@@ -18,7 +18,9 @@ def low_rank_images(n: int = 256) -> torch.Tensor:
     return (weights * patterns).sum(1)
 
 
-@pytest.mark.parametrize("backbone,kwargs", [("mlp", {"hidden_sizes": (64,)}), ("cnn", {"channels": (8,), "dense": (32,)})])
+@pytest.mark.parametrize(
+    "backbone,kwargs", [("mlp", {"hidden_sizes": (64,)}), ("cnn", {"channels": (8,), "dense": (32,)})]
+)
 def test_autoencoder_learns_to_reconstruct(backbone: str, kwargs: dict) -> None:
     torch.manual_seed(0)
     x = low_rank_images()
@@ -27,9 +29,12 @@ def test_autoencoder_learns_to_reconstruct(backbone: str, kwargs: dict) -> None:
     with torch.no_grad():
         before = torch.nn.functional.mse_loss(model(x), x).item()
     trainer = Trainer(
-        max_epochs=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=30,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
-    )  # fmt: skip
+    )
     trainer.fit(model, loader)
     model.eval()
     with torch.no_grad():

@@ -99,8 +99,11 @@ def test_minirocket_regression_on_series():
 
 def test_text_baseline_reads_the_raw_strings(workdir: Path):
     good, bad = ["good", "great", "lovely"], ["bad", "awful", "dull"]
-    rows = [f"{('the film was ' + w)} {i},{label}" for i in range(40)
-            for w, label in ((good[i % 3], "pos"), (bad[i % 3], "neg"))]  # fmt: skip
+    rows = [
+        f"{('the film was ' + w)} {i},{label}"
+        for i in range(40)
+        for w, label in ((good[i % 3], "pos"), (bad[i % 3], "neg"))
+    ]
     (workdir / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     data = prepared(TextClassification(train_file="reviews.csv"))
     assert data.kind == "text" and data.x_train[0].startswith("the film was")
@@ -215,8 +218,9 @@ def test_without_aeon_minirocket_is_skipped_with_a_note(monkeypatch: pytest.Monk
     for module in ("aeon", "aeon.transformations.collection.convolution_based"):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     series = [np.ones((12, 1))] * 4
-    results = run_baselines(BaselineData("series", series, np.array([0, 1, 0, 1]), series, np.array([0, 1, 0, 1])),
-                            "classification")  # fmt: skip
+    results = run_baselines(
+        BaselineData("series", series, np.array([0, 1, 0, 1]), series, np.array([0, 1, 0, 1])), "classification"
+    )
     assert set(results) == {f"baseline/majority/{k}" for k in ("acc", "f1", "auroc", "seconds")}
     assert "baseline minirocket skipped: aeon is not installed" in capsys.readouterr().err
 
@@ -232,8 +236,13 @@ DIGITS_CNN = ["--config", "configs/experiments/digits_cnn.yaml", *TINY]
 def test_fit_writes_the_baselines_into_test_metrics_and_says_the_model_does_not_beat_them(workdir: Path, capsys):
     main(["fit", *DIGITS_CNN, "--baseline=true"])  # after it: one epoch of 3 batches, far from a logistic regression
     metrics = json.loads((workdir / "runs/digits_cnn/version_0/test_metrics.json").read_text())
-    assert {"test/acc", "baseline/majority/acc", "baseline/pixels_logreg/acc", "baseline/pixels_logreg/f1",
-            "baseline/pixels_logreg/seconds"} <= set(metrics)  # fmt: skip
+    assert {
+        "test/acc",
+        "baseline/majority/acc",
+        "baseline/pixels_logreg/acc",
+        "baseline/pixels_logreg/f1",
+        "baseline/pixels_logreg/seconds",
+    } <= set(metrics)
     assert metrics["baseline/pixels_logreg/acc"] > 0.9
     out = capsys.readouterr()
     assert f"the model (test/acc {metrics['test/acc']:.4f}) does not beat the baseline pixels_logreg" in out.out

@@ -25,8 +25,11 @@ def fake_run(out: Path, dataset: str, seed: int, acc: float, baselines: bool = T
     folder.mkdir(parents=True)
     metrics = {"test/acc": acc, "test/loss": 0.5}
     if baselines:
-        metrics |= {"baseline/majority/acc": 0.3, "baseline/minirocket/acc": acc - 0.01 * seed,
-                    "baseline/minirocket/seconds": 2.0}  # fmt: skip
+        metrics |= {
+            "baseline/majority/acc": 0.3,
+            "baseline/minirocket/acc": acc - 0.01 * seed,
+            "baseline/minirocket/seconds": 2.0,
+        }
     (folder / "test_metrics.json").write_text(json.dumps(metrics))
     (folder / "benchmark_run.json").write_text(json.dumps({"returncode": 0, "seconds": 10.0 + seed}))
     return folder
@@ -36,9 +39,16 @@ def test_references_ship_with_the_package_and_hold_the_published_figures() -> No
     text = resources.files("zoo").joinpath("references", "ucr_fawaz2019.csv").read_text()
     assert text.splitlines()[0] == "dataset,model,accuracy,std,runs,source"
     refs = {(r["dataset"], r["model"]): r for r in read_references()}
-    expected = {("JapaneseVowels", "ResNet"): 99.2, ("JapaneseVowels", "FCN"): 99.3, ("JapaneseVowels", "MLP"): 97.6,
-                ("GunPoint", "ResNet"): 99.1, ("GunPoint", "FCN"): 100.0, ("ItalyPowerDemand", "ResNet"): 96.3,
-                ("ArrowHead", "ResNet"): 84.5, ("OSULeaf", "ResNet"): 97.9}  # fmt: skip
+    expected = {
+        ("JapaneseVowels", "ResNet"): 99.2,
+        ("JapaneseVowels", "FCN"): 99.3,
+        ("JapaneseVowels", "MLP"): 97.6,
+        ("GunPoint", "ResNet"): 99.1,
+        ("GunPoint", "FCN"): 100.0,
+        ("ItalyPowerDemand", "ResNet"): 96.3,
+        ("ArrowHead", "ResNet"): 84.5,
+        ("OSULeaf", "ResNet"): 97.9,
+    }
     for key, accuracy in expected.items():
         assert refs[key]["accuracy"] == accuracy, key
     assert all(r["source"] for r in refs.values())
@@ -46,8 +56,11 @@ def test_references_ship_with_the_package_and_hold_the_published_figures() -> No
 
 
 def test_table_json_and_picture_from_run_folders(tmp_path: Path) -> None:
-    runs = [read_run(fake_run(tmp_path, name, seed, acc), name, seed)
-            for name, accs in ACCS.items() for seed, acc in enumerate(accs)]  # fmt: skip
+    runs = [
+        read_run(fake_run(tmp_path, name, seed, acc), name, seed)
+        for name, accs in ACCS.items()
+        for seed, acc in enumerate(accs)
+    ]
     datasets = [DataSet("ArrowHead", n_train=36, n_test=175), DataSet("GunPoint", n_train=50, n_test=150)]
     table, paths = write_benchmark(tmp_path, datasets, runs, "test/acc", "fcn on two sets")
 
@@ -75,8 +88,9 @@ def test_table_json_and_picture_from_run_folders(tmp_path: Path) -> None:
 
 def test_one_seed_has_no_std_and_a_failed_run_is_listed(tmp_path: Path) -> None:
     ok = read_run(fake_run(tmp_path, "GunPoint", 0, 0.9, baselines=False), "GunPoint", 0)
-    failed = RunResult("GunPoint", 1, str(tmp_path / "GunPoint/seed_1"), False, log="x/benchmark.log",
-                       reason="exit code 1")  # fmt: skip
+    failed = RunResult(
+        "GunPoint", 1, str(tmp_path / "GunPoint/seed_1"), False, log="x/benchmark.log", reason="exit code 1"
+    )
     table, _ = write_benchmark(tmp_path, [DataSet("GunPoint")], [ok, failed], "test/acc", "t")
     row = next(line for line in table.splitlines() if line.startswith("| GunPoint"))
     assert "| 90.0 |" in row and row.endswith("| 1/2 |")
@@ -106,8 +120,22 @@ def test_finished_runs_are_reused_and_a_failed_run_does_not_stop_the_others(
     workdir: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture
 ) -> None:
     fake_run(workdir / "out", "GunPoint", 0, 0.97)
-    main(["benchmark", "--config", JAPANESE_FCN, "--datasets", "GunPoint", "ItalyPowerDemand", "--seeds", "0", "1",
-          "--out", "out", "--trainer.max_epochs=1"])  # fmt: skip
+    main(
+        [
+            "benchmark",
+            "--config",
+            JAPANESE_FCN,
+            "--datasets",
+            "GunPoint",
+            "ItalyPowerDemand",
+            "--seeds",
+            "0",
+            "1",
+            "--out",
+            "out",
+            "--trainer.max_epochs=1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert len(fake_fit) == 3  # GunPoint seed 0 was finished
     assert "run 1/4  GunPoint  seed 0  test/acc=0.9700  10 s  (finished before: reused)" in printed
@@ -122,8 +150,21 @@ def test_finished_runs_are_reused_and_a_failed_run_does_not_stop_the_others(
     assert "| ItalyPowerDemand | 67/1029 | 50.0 |" in printed and "| 1/2 |" in printed
 
     fake_fit.clear()  # again: only the failed run runs
-    main(["benchmark", "--config", JAPANESE_FCN, "--datasets", "GunPoint", "ItalyPowerDemand", "--seeds", "0", "1",
-          "--out", "out"])  # fmt: skip
+    main(
+        [
+            "benchmark",
+            "--config",
+            JAPANESE_FCN,
+            "--datasets",
+            "GunPoint",
+            "ItalyPowerDemand",
+            "--seeds",
+            "0",
+            "1",
+            "--out",
+            "out",
+        ]
+    )
     assert len(fake_fit) == 1 and "--data.seed=1" in fake_fit[0] and "--data.name=ItalyPowerDemand" in fake_fit[0]
     fake_fit.clear()
     main(["benchmark", "--config", JAPANESE_FCN, "--datasets", "GunPoint", "--seeds", "0", "--out", "out", "--rerun"])
@@ -137,8 +178,21 @@ def test_dry_run_prints_the_commands_and_runs_nothing(
     train, test = workdir / "Mine_TRAIN.ts", workdir / "Mine_TEST.ts"
     for path in (train, test):
         path.write_text("@problemName Mine\n@classLabel true a b\n@data\n1,2,3:a\n\n4,5,6:b\n")
-    main(["benchmark", "--config", JAPANESE_FCN, "--datasets", "GunPoint", f"{train}:{test}", "--seeds", "0",
-          "--out", "out", "--dry-run"])  # fmt: skip
+    main(
+        [
+            "benchmark",
+            "--config",
+            JAPANESE_FCN,
+            "--datasets",
+            "GunPoint",
+            f"{train}:{test}",
+            "--seeds",
+            "0",
+            "--out",
+            "out",
+            "--dry-run",
+        ]
+    )
     printed = capsys.readouterr().out
     assert fake_fit == [] and not (workdir / "out/benchmark.md").exists()
     assert "# run 1/2 GunPoint seed 0 (finished: reused)" in printed
@@ -175,8 +229,19 @@ def test_an_unknown_override_stops_before_any_run(workdir: Path, capsys: pytest.
 
 @pytest.mark.slow
 def test_a_real_tiny_benchmark(workdir: Path) -> None:
-    done = run_zoo("benchmark", "--config", JAPANESE_FCN, "--datasets", "ItalyPowerDemand", "--seeds", "0",
-                   "--out", "bench", *TINY, cwd=workdir)  # fmt: skip
+    done = run_zoo(
+        "benchmark",
+        "--config",
+        JAPANESE_FCN,
+        "--datasets",
+        "ItalyPowerDemand",
+        "--seeds",
+        "0",
+        "--out",
+        "bench",
+        *TINY,
+        cwd=workdir,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = workdir / "bench/ItalyPowerDemand/seed_0"
     acc = json.loads((run / "test_metrics.json").read_text())["test/acc"]

@@ -114,13 +114,15 @@ def test_strict_fails_only_on_a_missed_target_without_contention(tmp_path: Path,
 
 # --- pieces ----------------------------------------------------------------------------------------------
 def test_importtime_tree_gives_each_module_its_chain_of_importers():
-    stderr = "\n".join([
-        "import time: self [us] | cumulative | imported package",
-        "import time:    100000 |     100000 |     transformers.utils",
-        "import time:    200000 |     300000 |   transformers",
-        "import time:     50000 |     350000 | torchmetrics",
-        "import time:        10 |         10 | json",
-    ])  # fmt: skip
+    stderr = "\n".join(
+        [
+            "import time: self [us] | cumulative | imported package",
+            "import time:    100000 |     100000 |     transformers.utils",
+            "import time:    200000 |     300000 |   transformers",
+            "import time:     50000 |     350000 | torchmetrics",
+            "import time:        10 |         10 | json",
+        ]
+    )
     rows = parse_importtime(stderr)
     assert rows[0] == ("transformers.utils", 0.1, 0.1, ["torchmetrics", "transformers"])
     report = heavy_report(rows, ("transformers", "timm"))

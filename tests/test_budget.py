@@ -53,7 +53,9 @@ def test_processes_and_accumulation_count_in_the_steps_per_epoch():
 def test_too_few_steps_are_named_before_training():
     decided = plan(train_size=32, val_size=4, batch_size=32, steps=None, max_epochs=20)
     few = [note for note in decided.notes if "few to train" in note]
-    assert few and "only 80 optimizer steps" in few[0] and f"under {MIN_STEPS}" in few[0]  # 36 samples / 9 = 4 steps x 20 epochs
+    assert (
+        few and "only 80 optimizer steps" in few[0] and f"under {MIN_STEPS}" in few[0]
+    )  # 36 samples / 9 = 4 steps x 20 epochs
 
 
 def test_a_non_positive_step_budget_is_refused():
@@ -63,11 +65,20 @@ def test_a_non_positive_step_budget_is_refused():
 
 # --- through `zoo fit` -----------------------------------------------------------------------------
 SERIES = [
-    "fit", "--config", "configs/recipes/series_classification.yaml", "--data.name", "ArrowHead",
-    "--model.backbone_kwargs", '{"num_features": 840}', "--trainer.enable_progress_bar=false",
-    "--data.val_split=0.1", "--selection=auto",  # the recipe trains on everything; auto decides the same here
-    "--trainer.enable_model_summary=false", "--pictures=false", "--baseline=false",
-]  # fmt: skip
+    "fit",
+    "--config",
+    "configs/recipes/series_classification.yaml",
+    "--data.name",
+    "ArrowHead",
+    "--model.backbone_kwargs",
+    '{"num_features": 840}',
+    "--trainer.enable_progress_bar=false",
+    "--data.val_split=0.1",
+    "--selection=auto",  # the recipe trains on everything; auto decides the same here
+    "--trainer.enable_model_summary=false",
+    "--pictures=false",
+    "--baseline=false",
+]
 
 
 def test_series_recipe_on_small_data_trains_on_all_of_it_for_its_steps(workdir):
@@ -149,7 +160,9 @@ def test_tree_baseline_survives_empty_and_many_level_columns():
     y = (signal > 0).astype(int)
     data = BaselineData("table", x[:300], y[:300], x[300:], y[300:], categorical=[2])
     results = run_baselines(data, "classification")
-    assert results["baseline/hist_gradient_boosting/acc"] > 0.9 and "baseline/hist_gradient_boosting/failed" not in results
+    assert (
+        results["baseline/hist_gradient_boosting/acc"] > 0.9 and "baseline/hist_gradient_boosting/failed" not in results
+    )
     said = comparison({"test/acc": 0.5}, {**results, "baseline/minirocket/failed": 1.0}, "classification")
     assert "minirocket failed (see above): the comparison is with the others only" in said
 

@@ -63,10 +63,17 @@ def test_test_and_validate_from_checkpoint_write_metrics_json(workdir: Path) -> 
 
 def test_config_groups_compose_with_overrides(workdir: Path) -> None:
     zoo(
-        "fit", "--data", "configs/data/breast_cancer.yaml", "--model", "configs/model/mlp.yaml",
-        "--trainer", "configs/trainer/default.yaml", "--model.init_args.label_smoothing=0.1",
-        "--trainer.logger.init_args.name=bc", *TINY,
-    )  # fmt: skip
+        "fit",
+        "--data",
+        "configs/data/breast_cancer.yaml",
+        "--model",
+        "configs/model/mlp.yaml",
+        "--trainer",
+        "configs/trainer/default.yaml",
+        "--model.init_args.label_smoothing=0.1",
+        "--trainer.logger.init_args.name=bc",
+        *TINY,
+    )
     config = (workdir / "runs/bc/version_0/config.yaml").read_text()
     assert "name: breast_cancer" in config and "label_smoothing: 0.1" in config
     metrics = json.loads((workdir / "runs/bc/version_0/test_metrics.json").read_text())
@@ -147,9 +154,15 @@ def test_classifier_on_regression_data_is_refused(workdir: Path, capsys: pytest.
 
 def test_missing_dataset_files_offline_say_where_to_put_them(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     err = error_of(
-        capsys, "fit", "--data", "configs/data/mnist.yaml", "--data.download=false",
-        "--model", "configs/model/cnn.yaml", *TINY,
-    )  # fmt: skip
+        capsys,
+        "fit",
+        "--data",
+        "configs/data/mnist.yaml",
+        "--data.download=false",
+        "--model",
+        "configs/model/cnn.yaml",
+        *TINY,
+    )
     assert str(workdir / "data" / "MNIST" / "raw") in err
     assert "train-images-idx3-ubyte" in err and "--data.download true" in err
 
@@ -215,7 +228,9 @@ def test_version_names_the_zoo_torch_and_lightning_without_importing_torch() -> 
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"zoo {_project_version()}", f"torch {metadata.version('torch')}", f"lightning {metadata.version('lightning')}",
+        f"zoo {_project_version()}",
+        f"torch {metadata.version('torch')}",
+        f"lightning {metadata.version('lightning')}",
         "torch imported: False",
     ]
     assert torch.__version__.startswith(metadata.version("torch"))
@@ -265,10 +280,16 @@ def test_image_data_takes_the_timm_backbones_size_channels_and_statistics(workdi
 
     write_mnist(workdir / "data", "MNIST")
     cli = ZooCLI(
-        args=["--data=MNIST", "--data.download=false", "--model=Classifier", "--model.backbone=timm/test_resnet",
-              "--model.pretrained=false", "--trainer.logger=false"],
+        args=[
+            "--data=MNIST",
+            "--data.download=false",
+            "--model=Classifier",
+            "--model.backbone=timm/test_resnet",
+            "--model.pretrained=false",
+            "--trainer.logger=false",
+        ],
         run=False,
-    )  # fmt: skip
+    )
     dm = cli.datamodule
     assert (dm.image_size, dm.channels, dm.mean, dm.std) == (160, 3, [0.5] * 3, [0.5] * 3)  # timm's test_resnet cfg
     assert cli.model.input_shape == (3, 160, 160)
@@ -276,10 +297,17 @@ def test_image_data_takes_the_timm_backbones_size_channels_and_statistics(workdi
     assert dm.train_set[0][0].shape == (3, 160, 160)
     # what the user sets wins
     cli = ZooCLI(
-        args=["--data=MNIST", "--data.download=false", "--data.image_size=64", "--model=Classifier",
-              "--model.backbone=timm/test_resnet", "--model.pretrained=false", "--trainer.logger=false"],
+        args=[
+            "--data=MNIST",
+            "--data.download=false",
+            "--data.image_size=64",
+            "--model=Classifier",
+            "--model.backbone=timm/test_resnet",
+            "--model.pretrained=false",
+            "--trainer.logger=false",
+        ],
         run=False,
-    )  # fmt: skip
+    )
     assert cli.datamodule.image_size == 64 and cli.datamodule.mean == [0.5] * 3
 
 
@@ -289,10 +317,15 @@ def test_text_data_takes_the_hf_backbones_tokenizer(workdir: Path) -> None:
 
     train = write(workdir / "train.csv", ROWS)
     cli = ZooCLI(
-        args=["--data=TextClassification", f"--data.train_file={train}", "--model=Classifier",
-              "--model.backbone=hf/sentence-transformers/all-MiniLM-L6-v2", "--model.pretrained=false",
-              "--trainer.logger=false"],
+        args=[
+            "--data=TextClassification",
+            f"--data.train_file={train}",
+            "--model=Classifier",
+            "--model.backbone=hf/sentence-transformers/all-MiniLM-L6-v2",
+            "--model.pretrained=false",
+            "--trainer.logger=false",
+        ],
         run=False,
-    )  # fmt: skip
+    )
     assert Path(cli.datamodule.tokenizer) == Path(minilm_dir())
     assert cli.datamodule.vocab_size == 30522 and cli.model.backbone.num_features == 384

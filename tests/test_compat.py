@@ -81,8 +81,16 @@ def test_lightning_cli_helpers_behave_as_used(monkeypatch):
 
     from zoo.lightning_cli import ZooCLI
 
-    cli = ZooCLI(args=["--model=zoo.tasks.Classifier", "--model.backbone=mlp", "--data=datamodules.SklearnTabular",
-                       "--trainer.logger=false", "--trainer.max_epochs=1"], run=False)  # fmt: skip
+    cli = ZooCLI(
+        args=[
+            "--model=zoo.tasks.Classifier",
+            "--model.backbone=mlp",
+            "--data=datamodules.SklearnTabular",
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+        ],
+        run=False,
+    )
     assert compat.subcommand_parser(cli, None) is cli.parser
     assert compat.config_get(cli, cli.config, "trainer.max_epochs") == 1
     assert compat.config_get(cli, cli.config, "not_there", default="d") == "d"

@@ -44,8 +44,12 @@ def test_config_loads(path, capsys, monkeypatch):
     resolved = yaml.safe_load(printed.out)
     group = yaml.safe_load((ROOT / path).read_text())
     # the file's own settings are in the resolved config, where its role puts them
-    where = {"data": resolved["data"], "model": resolved["model"], "trainer": resolved["trainer"],
-             "logger": resolved["trainer"]["logger"]}.get(Path(path).parent.name, resolved)  # fmt: skip
+    where = {
+        "data": resolved["data"],
+        "model": resolved["model"],
+        "trainer": resolved["trainer"],
+        "logger": resolved["trainer"]["logger"],
+    }.get(Path(path).parent.name, resolved)
     if isinstance(where, list):  # a logger given once becomes a list of one
         (where,) = where
     for key in ("class_path", "accelerator", "strategy", "max_epochs"):

@@ -137,9 +137,7 @@ def test_digits_bad_subset_settings_are_named(kwargs, error, message):
 
 
 # --- SklearnTabular ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "name, num_classes, features", [("breast_cancer", 2, 30), ("wine", 3, 13), ("iris", 3, 4)]
-)
+@pytest.mark.parametrize("name, num_classes, features", [("breast_cancer", 2, 30), ("wine", 3, 13), ("iris", 3, 4)])
 def test_tabular_classification_metadata(name, num_classes, features):
     dm = SklearnTabular(name=name)
     dm.setup()
@@ -256,7 +254,9 @@ def test_batch_size_below_one_raises():
 
 def test_the_cli_and_the_datamodules_import_scikit_learn_only_when_data_needs_it():
     # scikit-learn pulls in pandas: ~60 MiB and 0.2 s that an image or text run never uses.
-    code = ("import sys, cli, datamodules; from zoo.lightning_cli import ZooCLI; "
-            "print(sorted(m for m in ('sklearn', 'pandas') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys, cli, datamodules; from zoo.lightning_cli import ZooCLI; "
+        "print(sorted(m for m in ('sklearn', 'pandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

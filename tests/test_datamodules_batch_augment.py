@@ -41,10 +41,16 @@ def test_every_name_but_the_policy_searches_has_a_batched_version():
     assert set(IMAGE_AUGMENTS) - batched == {"rand_augment", "trivial_augment", "auto_augment"}
 
 
-@pytest.mark.parametrize("op", [Rotation([-30.0, 30.0]), ResizedCrop((0.5, 1.0), (0.75, 1.33), (8, 8)),
-                                ColorJitter((0.5, 1.5), (0.5, 1.5), (0.5, 1.5), (-0.2, 0.2)),
-                                Erasing(1.0, (0.1, 0.3), (0.5, 2.0), [0.0])],
-                         ids=lambda op: type(op).__name__)  # fmt: skip
+@pytest.mark.parametrize(
+    "op",
+    [
+        Rotation([-30.0, 30.0]),
+        ResizedCrop((0.5, 1.0), (0.75, 1.33), (8, 8)),
+        ColorJitter((0.5, 1.5), (0.5, 1.5), (0.5, 1.5), (-0.2, 0.2)),
+        Erasing(1.0, (0.1, 0.3), (0.5, 2.0), [0.0]),
+    ],
+    ids=lambda op: type(op).__name__,
+)
 def test_each_sample_draws_its_own_parameters(op):
     x = torch.rand(1, 3, 8, 8).expand(32, -1, -1, -1)  # one image, 32 times
     out = Warp([op], (8, 8))(x, BLACK) if isinstance(op, (Rotation, ResizedCrop)) else op(x)
@@ -72,18 +78,29 @@ def test_each_sample_gets_its_own_resized_crop_of_torchvisions_boxes():
     out = Warp([ResizedCrop([0.3, 0.3], [0.8, 0.8], (12, 10))], (12, 10))(x, BLACK)  # a 7 x 5 box, placed at random
     where = []
     for sample in out:
-        errors = {(i, j): (sample - TF.resized_crop(x[0], i, j, 7, 5, [12, 10]))[:, 1:-1, 1:-1].abs().max()
-                  for i in range(6) for j in range(6)}  # fmt: skip
+        errors = {
+            (i, j): (sample - TF.resized_crop(x[0], i, j, 7, 5, [12, 10]))[:, 1:-1, 1:-1].abs().max()
+            for i in range(6)
+            for j in range(6)
+        }
         best = min(errors, key=errors.get)
         assert errors[best] < 1e-5  # inside its edge (bilinear reads half a pixel past the box there)
         where.append(best)
     assert len(set(where)) > 8
 
 
-@pytest.mark.parametrize("scale, ratio, size, retries", [
-    ((0.08, 1.0), (3 / 4, 4 / 3), (6, 20), True),  # torchvision's defaults on a wide image: misses, and the fallback
-    ((0.8, 1.0), (0.9, 1.1), (8, 8), False),  # the digits recipe's: every first try fits
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "scale, ratio, size, retries",
+    [
+        (
+            (0.08, 1.0),
+            (3 / 4, 4 / 3),
+            (6, 20),
+            True,
+        ),  # torchvision's defaults on a wide image: misses, and the fallback
+        ((0.8, 1.0), (0.9, 1.1), (8, 8), False),  # the digits recipe's: every first try fits
+    ],
+)
 def test_resized_crop_boxes_follow_torchvisions_distribution(scale, ratio, size, retries):
     transform = v2.RandomResizedCrop(size, scale, ratio)
     params = [transform.make_params([torch.zeros(3, *size)]) for _ in range(3000)]
@@ -119,8 +136,9 @@ def test_flips_are_per_sample_coins_and_compose_with_rotation():
     kept, flipped = ((out == x).flatten(1).all(1), (out == x.flip(-1)).flatten(1).all(1))
     assert bool((kept | flipped).all()) and 16 < int(flipped.sum()) < 48
     both = Warp([Flip(1.0, axis=1), Rotation([90.0, 90.0])], (5, 5))(x, BLACK)  # flip first, then rotate
-    torch.testing.assert_close(both, TF.rotate(x.flip(-2), 90.0, interpolation=v2.InterpolationMode.BILINEAR),
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        both, TF.rotate(x.flip(-2), 90.0, interpolation=v2.InterpolationMode.BILINEAR), atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("which, factor", [(0, 1.4), (1, 0.6), (2, 1.7), (3, 0.2), (3, -0.45)])
@@ -174,8 +192,12 @@ def test_colour_ops_see_pixels_and_the_result_is_normalised_again():
 
 
 def test_batches_keep_their_dtype():
-    ops = [Rotation([-20.0, 20.0]), Crop([1, 1, 1, 1], "constant"), ColorJitter((0.5, 1.5), None, None, (-0.1, 0.1)),
-           Erasing(1.0, (0.1, 0.2), (0.5, 2.0), [0.0])]  # fmt: skip
+    ops = [
+        Rotation([-20.0, 20.0]),
+        Crop([1, 1, 1, 1], "constant"),
+        ColorJitter((0.5, 1.5), None, None, (-0.1, 0.1)),
+        Erasing(1.0, (0.1, 0.2), (0.5, 2.0), [0.0]),
+    ]
     augment = BatchAugment(ops, (8, 8), [0.5] * 3, [0.2] * 3)
     assert augment(torch.randn(4, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
 
@@ -200,7 +222,9 @@ def test_what_runs_per_sample_and_what_per_batch():
 
     # everything after the last augmentation without a batched version runs per batch, in the per-sample order
     assert split(["hflip", "rand_augment", "rotation", "random_erasing"]) == (
-        ["RandomHorizontalFlip", "RandAugment"], ["Rotation", "Erasing"])
+        ["RandomHorizontalFlip", "RandAugment"],
+        ["Rotation", "Erasing"],
+    )
     assert split(["random_erasing", "auto_augment"]) == (["AutoAugment"], ["Erasing"])  # erasing runs last anyway
     assert split(["random_crop", "hflip"]) == ([], ["Crop", "Flip"])
     assert split(["color_jitter", "hflip"], sample_channels=1) == (["ColorJitter"], ["Flip"])  # colours made grey
@@ -233,8 +257,15 @@ def test_cifar10_example_config_is_the_standard_recipe():
 def test_the_model_summarys_example_input_is_left_alone():
     # Lightning's model summary sends the model's example_input_array (a bare tensor) through the batch hooks.
     dm = Digits(batch_size=32, augment=["rotation"], mixup_alpha=0.2)
-    Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=True).fit(_classifier(num_classes=10), datamodule=dm)
+    Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=True,
+    ).fit(_classifier(num_classes=10), datamodule=dm)
     dm.trainer.training, example = True, torch.zeros(1, 1, 8, 8)
     assert dm.on_after_batch_transfer(example, 0) is example
     assert dm.on_after_batch_transfer([example, torch.zeros(1)], 0)[1].shape == (1, 10)  # a batch is mixed

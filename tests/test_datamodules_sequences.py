@@ -29,6 +29,7 @@ def write_ts(path: Path, cases: list[tuple[np.ndarray, str]], dims: int | None =
     """A .ts file of ``(series (T, C), label)`` cases; NaN is written as '?'."""
     dims = dims if dims is not None else cases[0][0].shape[1]
     labels = " ".join(sorted({label for _, label in cases}))
+
     def dim(values: np.ndarray) -> str:
         return ",".join("?" if np.isnan(v) else repr(float(v)) for v in values)
 
@@ -148,7 +149,7 @@ def test_batches_are_padded_to_the_longest_series_with_masks(files):
     lengths = [len(s) for s in dm.test_set.sequences]
     assert dm.input_shape[0] == max(lengths + [len(s) for s in dm.train_set.sequences + dm.val_set.sequences])
     seen = 0
-    for (batch, y) in dm.test_dataloader():
+    for batch, y in dm.test_dataloader():
         x, mask = batch["x"], batch["mask"]
         true = torch.tensor(lengths[seen : seen + len(y)])
         assert x.dtype == torch.float32 and mask.dtype == torch.bool and y.dtype == torch.long

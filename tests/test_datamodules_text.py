@@ -234,10 +234,16 @@ def test_vader_words_split_by_stem_with_the_lexicon_labels(tmp_path: Path):
     dm.setup()
     lexicon = dict(VaderWords.lexicon())
     words = {s: read_texts(str(tmp_path / "vader" / f"{s}.csv"), "word", "sentiment") for s in ("train", "val", "test")}
-    assert [len(words[s][0]) for s in ("train", "val", "test")] == [len(dm.train_set), len(dm.val_set), len(dm.test_set)]
+    assert [len(words[s][0]) for s in ("train", "val", "test")] == [
+        len(dm.train_set),
+        len(dm.val_set),
+        len(dm.test_set),
+    ]
     assert sum(len(w[0]) for w in words.values()) == 5586  # alphabetic words rated at least 1 from neutral
     for texts, labels in words.values():
-        assert all((lexicon[w] > 0) == (label == "positive") and abs(lexicon[w]) >= 1 for w, label in zip(texts, labels))
+        assert all(
+            (lexicon[w] > 0) == (label == "positive") and abs(lexicon[w]) >= 1 for w, label in zip(texts, labels)
+        )
     stems = {s: {w[:5] for w in words[s][0]} for s in words}
     assert not (stems["train"] & stems["test"] or stems["train"] & stems["val"] or stems["val"] & stems["test"])
     assert len(words["test"][0]) == pytest.approx(0.2 * 5586, rel=0.15)

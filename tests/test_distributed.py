@@ -91,8 +91,10 @@ def test_fsdp_recipe_wraps_the_zoo_transformer_blocks_in_bf16():
     policy = strategy.kwargs["auto_wrap_policy"]
     assert isinstance(policy, ModuleWrapPolicy)
     # The classes named are the blocks the registry builds: renaming one would leave FSDP one giant unit.
-    for backbone in (create_backbone("vit_micro", input_shape=(1, 8, 8)),
-                     create_backbone("transformer", input_shape=(16, 3))):  # fmt: skip
+    for backbone in (
+        create_backbone("vit_micro", input_shape=(1, 8, 8)),
+        create_backbone("transformer", input_shape=(16, 3)),
+    ):
         wrapped = [m for m in backbone.modules() if type(m) in policy._module_classes]
         assert len(wrapped) >= 2, type(backbone).__name__
 
@@ -106,11 +108,22 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     (workdir / "configs").symlink_to(ROOT / "configs")
     (workdir / "loggers.yaml").write_text(TWO_LOGGERS)
     result = run_zoo(
-        "fit", "--config", "configs/experiments/digits_cnn.yaml", "--config", "loggers.yaml",
-        "--trainer", "configs/trainer/ddp_cpu.yaml", "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
-        "--trainer.limit_val_batches=2", "--trainer.log_every_n_steps=1", *QUIET, *probe_args(workdir / "probe"),
-        cwd=workdir, env={"HOME": str(workdir), **NO_WANDB_LOGIN},
-    )  # fmt: skip
+        "fit",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        "--config",
+        "loggers.yaml",
+        "--trainer",
+        "configs/trainer/ddp_cpu.yaml",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=1",
+        *QUIET,
+        *probe_args(workdir / "probe"),
+        cwd=workdir,
+        env={"HOME": str(workdir), **NO_WANDB_LOGIN},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return SimpleNamespace(workdir=workdir, result=result, probes=read_probes(workdir / "probe"))
 
@@ -183,9 +196,15 @@ def test_ddp_tests_the_best_checkpoint_after_fit_and_writes_metrics_once(ddp_run
 def test_checkpoint_written_under_ddp_tests_in_one_process_with_the_same_metrics(ddp_run):
     (best,) = (ddp_run.workdir / "runs" / "ddp" / "version_0" / "checkpoints").glob("best-*.ckpt")
     result = run_zoo(
-        "test", "--config", "configs/experiments/digits_cnn.yaml", "--ckpt_path", str(best),
-        "--trainer.logger=false", *QUIET, cwd=ddp_run.workdir,
-    )  # fmt: skip
+        "test",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        "--ckpt_path",
+        str(best),
+        "--trainer.logger=false",
+        *QUIET,
+        cwd=ddp_run.workdir,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     single = json.loads((ddp_run.workdir / metrics_path(result.stdout)).read_text())
     under_ddp = json.loads((ddp_run.workdir / metrics_path(ddp_run.result.stdout)).read_text())
@@ -212,10 +231,24 @@ def test_a_finished_ddp_run_destroys_its_process_group_before_exit(workdir: Path
     import subprocess
 
     result = subprocess.run(
-        [sys.executable, "-c", AFTER_MAIN, "fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY,
-         "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=1"],
-        cwd=workdir, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            AFTER_MAIN,
+            "fit",
+            "--config",
+            "configs/experiments/digits_cnn.yaml",
+            *TINY,
+            "--trainer.strategy=ddp",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+        ],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 1/1" in result.stderr  # a process group was set up (gloo, one process)
     assert "left after main: False []" in result.stdout, result.stdout[-2000:]
@@ -227,11 +260,26 @@ def test_torchrun_launches_the_ddp_cpu_recipe(workdir: Path):
     import subprocess
 
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "cli.py"),
-         "fit", "--config", "configs/experiments/digits_cnn.yaml", "--trainer", "configs/trainer/ddp_cpu.yaml",
-         *TINY, *probe_args(workdir / "probe")],
-        cwd=workdir, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "cli.py"),
+            "fit",
+            "--config",
+            "configs/experiments/digits_cnn.yaml",
+            "--trainer",
+            "configs/trainer/ddp_cpu.yaml",
+            *TINY,
+            *probe_args(workdir / "probe"),
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stderr  # 2 processes in one group: torchrun's, not 2 more each
     rank0, rank1 = read_probes(workdir / "probe")
@@ -272,19 +320,42 @@ def test_slurm_script_trains_with_ddp_under_srun(workdir: Path):
     (workdir / "bin").mkdir()
     (workdir / "bin" / "srun").write_text(FAKE_SRUN)
     (workdir / "bin" / "srun").chmod(0o755)
-    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "zoo", "SLURM_NNODES": "1", "SLURM_NTASKS": "2",
-             "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODELIST": "localhost", "SLURM_CPUS_PER_TASK": "1"}  # fmt: skip
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "zoo",
+        "SLURM_NNODES": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_CPUS_PER_TASK": "1",
+    }
     env = {
-        **os.environ, **slurm, **NO_WANDB_LOGIN, "HOME": str(workdir), "MASTER_PORT": str(_free_port()),
+        **os.environ,
+        **slurm,
+        **NO_WANDB_LOGIN,
+        "HOME": str(workdir),
+        "MASTER_PORT": str(_free_port()),
         "PATH": f"{workdir / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }  # fmt: skip
+    }
     env.pop("WANDB_RUN_ID", None)
     result = subprocess.run(
-        ["bash", "scripts/slurm.sbatch", "configs/experiments/digits_cnn.yaml",
-         "--trainer", "configs/trainer/ddp_cpu.yaml", "--trainer.logger", "configs/logger/wandb.yaml",
-         *TINY, *probe_args(workdir / "probe")],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            "bash",
+            "scripts/slurm.sbatch",
+            "configs/experiments/digits_cnn.yaml",
+            "--trainer",
+            "configs/trainer/ddp_cpu.yaml",
+            "--trainer.logger",
+            "configs/logger/wandb.yaml",
+            *TINY,
+            *probe_args(workdir / "probe"),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SLURM auto-requeueing enabled" in result.stderr  # Lightning saw a SLURM job, not a local run
     rank0, rank1 = read_probes(workdir / "probe")

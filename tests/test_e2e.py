@@ -41,9 +41,14 @@ def _provide_requirements(experiment: str, workdir: Path, cache: dict[str, Path]
             (home / "configs").symlink_to(ROOT / "configs")
             _provide_requirements(required, home, cache, tmp)
             done = run_zoo(
-                "fit", "--config", f"configs/experiments/{required}.yaml", "--trainer.enable_progress_bar=false",
-                "--pictures=false", cwd=home, timeout=900,
-            )  # fmt: skip
+                "fit",
+                "--config",
+                f"configs/experiments/{required}.yaml",
+                "--trainer.enable_progress_bar=false",
+                "--pictures=false",
+                cwd=home,
+                timeout=900,
+            )
             assert done.returncode == 0, done.stderr[-3000:]
             cache[required] = home / "runs" / required
         (workdir / "runs").mkdir(exist_ok=True)
@@ -59,9 +64,14 @@ def test_experiment_reaches_its_target(
     _provide_requirements(experiment, workdir, pretrained_runs, tmp_path_factory.mktemp("required"))
     start = time.perf_counter()
     result = run_zoo(
-        "fit", "--config", f"configs/experiments/{experiment}.yaml", "--trainer.enable_progress_bar=false",
-        "--pictures=false", cwd=workdir, timeout=900,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        f"configs/experiments/{experiment}.yaml",
+        "--trainer.enable_progress_bar=false",
+        "--pictures=false",
+        cwd=workdir,
+        timeout=900,
+    )
     elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = results.latest_test_metrics(experiment, workdir)

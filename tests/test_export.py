@@ -25,18 +25,35 @@ CLASSES = ["cat", "dog", "bird"]
 SEQ = (6, 3)  # (T, C)
 CASES: dict[str, dict[str, Any]] = {
     "mlp": {"backbone": "mlp", "input_shape": (8,), "backbone_kwargs": {"hidden_sizes": [16], "norm": "batch"}},
-    "resnet18": {"backbone": "resnet18", "input_shape": (1, 8, 8),
-                 "backbone_kwargs": {"widths": [4, 8, 8, 8], "stem": "small"}},
-    "vit_micro": {"backbone": "vit_micro", "input_shape": (1, 8, 8),
-                  "backbone_kwargs": {"embed_dim": 16, "depth": 1, "num_heads": 2}},
-    "transformer": {"backbone": "transformer", "input_shape": SEQ,
-                    "backbone_kwargs": {"d_model": 16, "num_heads": 2, "num_layers": 1, "dim_feedforward": 16,
-                                        "pool": "mean"}},
-    "transformer_tokens": {"backbone": "transformer", "input_shape": (6,), "vocab_size": 20,
-                           "backbone_kwargs": {"d_model": 16, "num_heads": 2, "num_layers": 1, "dim_feedforward": 16,
-                                               "positional": "learned"}},
+    "resnet18": {
+        "backbone": "resnet18",
+        "input_shape": (1, 8, 8),
+        "backbone_kwargs": {"widths": [4, 8, 8, 8], "stem": "small"},
+    },
+    "vit_micro": {
+        "backbone": "vit_micro",
+        "input_shape": (1, 8, 8),
+        "backbone_kwargs": {"embed_dim": 16, "depth": 1, "num_heads": 2},
+    },
+    "transformer": {
+        "backbone": "transformer",
+        "input_shape": SEQ,
+        "backbone_kwargs": {"d_model": 16, "num_heads": 2, "num_layers": 1, "dim_feedforward": 16, "pool": "mean"},
+    },
+    "transformer_tokens": {
+        "backbone": "transformer",
+        "input_shape": (6,),
+        "vocab_size": 20,
+        "backbone_kwargs": {
+            "d_model": 16,
+            "num_heads": 2,
+            "num_layers": 1,
+            "dim_feedforward": 16,
+            "positional": "learned",
+        },
+    },
     "fcn1d": {"backbone": "fcn1d", "input_shape": SEQ, "backbone_kwargs": {"filters": [4, 8], "kernel_sizes": [3, 3]}},
-}  # fmt: skip
+}
 
 
 def _checkpoint(run_dir: Path, with_config: bool = True, **hparams: Any) -> Path:
@@ -52,8 +69,10 @@ def _checkpoint(run_dir: Path, with_config: bool = True, **hparams: Any) -> Path
             m.running_var.uniform_(0.5, 2.0)
     ckpt: dict[str, Any] = {"epoch": 3, "global_step": 12, "state_dict": task.state_dict(), "hyper_parameters": hparams}
     if with_config:
-        config = {"model": {"class_path": "zoo.tasks.Classifier"},
-                  "data": {"class_path": "datamodules.Digits", "init_args": {"batch_size": 4}}}  # fmt: skip
+        config = {
+            "model": {"class_path": "zoo.tasks.Classifier"},
+            "data": {"class_path": "datamodules.Digits", "init_args": {"batch_size": 4}},
+        }
         ckpt[CONFIG_KEY] = yaml.safe_dump(config)
         ckpt["Digits"] = {"class_names": CLASSES, "stats": {"mean": 0.5}}  # the datamodule's state
     path = run_dir / "checkpoints" / "last.ckpt"

@@ -112,10 +112,17 @@ class Recorder(Callback):
 
 def fit(model, callbacks, max_epochs=3, **trainer_kwargs) -> Trainer:
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
         **trainer_kwargs,
-    )  # fmt: skip
+    )
     train, val = loaders()
     trainer.fit(model, train, val)
     return trainer
@@ -152,7 +159,10 @@ def test_frozen_parameters_get_no_update_and_no_weight_decay():
         # linear warmup for 2 epochs, then cosine
         lambda opt: torch.optim.lr_scheduler.SequentialLR(
             opt,
-            [torch.optim.lr_scheduler.LinearLR(opt, 0.1, total_iters=2), torch.optim.lr_scheduler.CosineAnnealingLR(opt, 4)],
+            [
+                torch.optim.lr_scheduler.LinearLR(opt, 0.1, total_iters=2),
+                torch.optim.lr_scheduler.CosineAnnealingLR(opt, 4),
+            ],
             milestones=[2],
         ),
         lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=24),
@@ -182,10 +192,15 @@ def test_resume_after_an_unfreeze_matches_the_uninterrupted_run(tmp_path: Path):
         callback = FineTuning("progressive", backbone_lr_ratio=0.5, layer_lr_decay=0.8)
         checkpoint = ModelCheckpoint(dirpath=dirpath, save_last=True) if dirpath else None
         trainer = Trainer(
-            accelerator="cpu", max_epochs=max_epochs, logger=False, enable_progress_bar=False,
-            enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=checkpoint is not None,
+            accelerator="cpu",
+            max_epochs=max_epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            enable_checkpointing=checkpoint is not None,
             callbacks=[callback, recorder, *([checkpoint] if checkpoint else [])],
-        )  # fmt: skip
+        )
         train, val = loaders()
         trainer.fit(model, train, val, ckpt_path=ckpt_path, weights_only=False)  # our own file: hparams hold a partial
         groups = [(g["name"], g["lr"], len(g["params"])) for g in trainer.optimizers[0].param_groups]
@@ -206,10 +221,15 @@ def test_resume_after_an_unfreeze_matches_the_uninterrupted_run(tmp_path: Path):
 # --- the CLI: LR of every group logged, `zoo groups` ------------------------------------------------
 def test_cli_logs_the_lr_of_every_named_group(workdir: Path):
     result = run_zoo(
-        "fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY, "--trainer.max_epochs=2",
-        "--finetuning.strategy=freeze_then_unfreeze", "--finetuning.backbone_lr_ratio=0.1",
+        "fit",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        *TINY,
+        "--trainer.max_epochs=2",
+        "--finetuning.strategy=freeze_then_unfreeze",
+        "--finetuning.backbone_lr_ratio=0.1",
         cwd=workdir,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "FineTuning: epoch 1: unfroze backbone.stage0" in result.stderr + result.stdout
     rows = list(csv.DictReader((workdir / "runs/digits_cnn/version_0/metrics.csv").open()))
@@ -230,9 +250,18 @@ def _table(stdout: str) -> dict[str, list[str]]:
 
 def test_zoo_groups_prints_the_schedule(workdir: Path):
     result = run_zoo(
-        "groups", "resnet18", "--strategy", "progressive", "--unfreeze_every", "2", "--layer_lr_decay", "0.5",
-        "--epochs", "4", cwd=workdir,
-    )  # fmt: skip
+        "groups",
+        "resnet18",
+        "--strategy",
+        "progressive",
+        "--unfreeze_every",
+        "2",
+        "--layer_lr_decay",
+        "0.5",
+        "--epochs",
+        "4",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     table = _table(result.stdout)
     assert list(table) == [*BACKBONE, "head"]
@@ -244,9 +273,15 @@ def test_zoo_groups_prints_the_schedule(workdir: Path):
 
 def test_zoo_groups_from_a_config_with_overrides(workdir: Path):
     result = run_zoo(
-        "groups", "--config", "configs/experiments/digits_cnn.yaml", "--finetuning.strategy=milestones",
-        "--finetuning.milestones={2: 1, 3: -1}", "--epochs", "4", cwd=workdir,
-    )  # fmt: skip
+        "groups",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        "--finetuning.strategy=milestones",
+        "--finetuning.milestones={2: 1, 3: -1}",
+        "--epochs",
+        "4",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     table = _table(result.stdout)
     assert list(table) == ["backbone.stage0", "backbone.stage1", "backbone.dense", "head"]

@@ -140,8 +140,14 @@ def test_discriminative_rates_keep_their_ratios_and_frozen_groups_stay_still(wor
     config = with_optimizer(workdir, "tests.test_lr_find.RecordingAdamW", {"lr": 0.001, "weight_decay": 0.0})
     RecordingAdamW.steps.clear()
     # block1 (top) trains from epoch 0 at 0.2 x the head's LR; block0 stays frozen in epoch 0.
-    lr_find("--finetuning.strategy=milestones", "--finetuning.milestones={0: 1, 3: -1}",
-            "--finetuning.backbone_lr_ratio=0.2", "--output", "sweep", config=config)  # fmt: skip
+    lr_find(
+        "--finetuning.strategy=milestones",
+        "--finetuning.milestones={0: 1, 3: -1}",
+        "--finetuning.backbone_lr_ratio=0.2",
+        "--output",
+        "sweep",
+        config=config,
+    )
     result = json.loads((workdir / "sweep/lr_find.json").read_text())
     steps = RecordingAdamW.steps
     assert len(steps) == 30

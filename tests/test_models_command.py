@@ -26,8 +26,9 @@ def test_listing_registered_names_imports_no_torch():
         "heavy = sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules)\n"
         "print('heavy:', heavy)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resnet18" in done.stdout and "11,168,832" in done.stdout and "mlp" not in done.stdout
     assert "heavy: []" in done.stdout

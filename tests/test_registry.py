@@ -37,8 +37,11 @@ def test_register_records_entry_and_first_doc_line(scratch_registry):
     register_backbone("zz_tiny", family="test", input_kind="vector")(_tiny)
     entry = get_backbone_entry("zz_tiny")
     assert (entry.name, entry.family, entry.input_kind, entry.description) == (
-        "zz_tiny", "test", "vector", "A tiny test backbone."
-    )  # fmt: skip
+        "zz_tiny",
+        "test",
+        "vector",
+        "A tiny test backbone.",
+    )
     assert list(entry.parameters()) == ["input_shape", "width"]
     assert create_backbone("zz_tiny", width=5).out_features == 5
 

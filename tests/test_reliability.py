@@ -27,7 +27,10 @@ CKPTS = "runs/digits_mlp/version_{}/checkpoints"
 
 
 def probe(name: str, **kwargs) -> list[str]:
-    return [f"--trainer.callbacks+=tests.fault_probes.{name}", *[f"--trainer.callbacks.{k}={v}" for k, v in kwargs.items()]]
+    return [
+        f"--trainer.callbacks+=tests.fault_probes.{name}",
+        *[f"--trainer.callbacks.{k}={v}" for k, v in kwargs.items()],
+    ]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -42,8 +45,12 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 @pytest.mark.parametrize(
     "extra",
-    [[], pytest.param(["--finetuning.strategy=freeze_then_unfreeze", "--finetuning.unfreeze_epoch=1"],
-                      marks=pytest.mark.slow)],
+    [
+        [],
+        pytest.param(
+            ["--finetuning.strategy=freeze_then_unfreeze", "--finetuning.unfreeze_epoch=1"], marks=pytest.mark.slow
+        ),
+    ],
     ids=["shuffled_dropout", "after_an_unfreeze"],
 )
 def test_sigkill_then_resume_from_last_is_bit_identical_to_an_uninterrupted_run(workdir: Path, extra):
@@ -126,8 +133,14 @@ def _all_finite(folder: Path) -> None:
 
 
 def test_a_finite_loss_whose_update_makes_weights_non_finite_stops_naming_the_step(workdir: Path):
-    huge = ["--config", "configs/experiments/digits_mlp.yaml", *TINY, "--trainer.max_epochs=20",
-            "--trainer.limit_train_batches=1", "--model.init_args.optimizer.init_args.lr=1e6"]  # fmt: skip
+    huge = [
+        "--config",
+        "configs/experiments/digits_mlp.yaml",
+        *TINY,
+        "--trainer.max_epochs=20",
+        "--trainer.limit_train_batches=1",
+        "--model.init_args.optimizer.init_args.lr=1e6",
+    ]
     result = run_zoo("fit", *huge, cwd=workdir)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "tensor(s) non-finite" in result.stderr and "Traceback" not in result.stderr
@@ -163,7 +176,9 @@ def test_no_checkpoint_is_written_with_non_finite_weights():
 
 
 @pytest.mark.parametrize(
-    "how", [["--data.init_args.val_split=0", "--selection=best"], ["--trainer.max_steps=2"]], ids=["no_validation_split", "stops_before_it"]
+    "how",
+    [["--data.init_args.val_split=0", "--selection=best"], ["--trainer.max_steps=2"]],
+    ids=["no_validation_split", "stops_before_it"],
 )
 def test_no_validation_metric_yet_trains_on_with_one_message(workdir: Path, capsys, how):
     from cli import main
@@ -255,7 +270,10 @@ def test_untrusted_checkpoints_are_refused_and_never_run(trained: Path, workdir:
         (["fit", *config, f"--ckpt_path={foreign}"], "refused, hyper_parameters._class_path names 'os.system'"),
         (["predict", f"--ckpt_path={evil}", "examples/digits"], "refused, it holds Python objects"),
         (["export", f"--ckpt_path={evil}"], "refused, it holds Python objects"),
-        (["predict", f"--ckpt_path={foreign}", "examples/digits"], "refused, hyper_parameters._class_path names 'os.system'"),
+        (
+            ["predict", f"--ckpt_path={foreign}", "examples/digits"],
+            "refused, hyper_parameters._class_path names 'os.system'",
+        ),
         (["fit", *config, f"--ckpt_path={truncated}"], "may be truncated or corrupt"),
         (["predict", f"--ckpt_path={truncated}", "examples/digits"], "may be truncated or corrupt"),
     ]
@@ -287,8 +305,16 @@ def _image_folder(root: Path, per_class: int = 6) -> Path:
     return root
 
 
-FOLDER = ["--data", "configs/data/image_folder.yaml", "--data.image_size=16", "--data.batch_size=4",
-          "--model", "configs/model/cnn.yaml", "--model.backbone_kwargs.channels=[4, 8]", *TINY]  # fmt: skip
+FOLDER = [
+    "--data",
+    "configs/data/image_folder.yaml",
+    "--data.image_size=16",
+    "--data.batch_size=4",
+    "--model",
+    "configs/model/cnn.yaml",
+    "--model.backbone_kwargs.channels=[4, 8]",
+    *TINY,
+]
 
 
 def test_an_unreadable_image_is_named_before_training(workdir: Path, capsys):
@@ -312,7 +338,9 @@ def test_data_with_other_channels_than_the_checkpoint_is_refused(workdir: Path, 
     main(["fit", *FOLDER, f"--data.data_dir={root}"])
     ckpt = next((workdir / "runs").rglob("last.ckpt"))
     err = error_of(capsys, "test", *FOLDER, f"--data.data_dir={root}", "--data.channels=1", f"--ckpt_path={ckpt}")
-    assert "the checkpoint's model takes inputs of shape (3, 16, 16) but the data (ImageFolder) gives (1, 16, 16)" in err
+    assert (
+        "the checkpoint's model takes inputs of shape (3, 16, 16) but the data (ImageFolder) gives (1, 16, 16)" in err
+    )
 
 
 def test_labels_outside_the_classes_are_named_before_training():
@@ -327,8 +355,11 @@ def test_labels_outside_the_classes_are_named_before_training():
 
         def build(self):
             x = torch.zeros(6, 2)
-            return (TensorDataset(x, torch.tensor([0, 1, 2, 5, 1, -1])), TensorDataset(x[:2], torch.tensor([0, 1])),
-                    TensorDataset(x[:2], torch.tensor([0, 2])))  # fmt: skip
+            return (
+                TensorDataset(x, torch.tensor([0, 1, 2, 5, 1, -1])),
+                TensorDataset(x[:2], torch.tensor([0, 1])),
+                TensorDataset(x[:2], torch.tensor([0, 2])),
+            )
 
     with pytest.raises(DataError, match=r"2 training labels fall outside 0..2 \(e.g. \[-1, 5\]\)"):
         Labelled().setup("fit")
@@ -368,8 +399,16 @@ def test_an_epoch_never_ends_on_a_batch_of_one_sample(workdir: Path, caplog):
     # sample: PyTorch stopped the run at the end of the first epoch.
     from cli import main
 
-    main(["fit", "--config", "configs/experiments/breast_cancer_mlp.yaml", *TINY, "--trainer.limit_train_batches=1.0",
-          "--data.batch_size=92"])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/experiments/breast_cancer_mlp.yaml",
+            *TINY,
+            "--trainer.limit_train_batches=1.0",
+            "--data.batch_size=92",
+        ]
+    )
     assert "369 training samples per process make batches of 92 end on one of a single sample" in caplog.text
     assert list((workdir / "runs").rglob("last.ckpt"))
 

@@ -34,9 +34,15 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 3-epoch digits CNN run with RunPictures, tested on the whole test split (360 images)."""
     cwd = _workspace(tmp_path_factory.mktemp("digits"))
     result = run_zoo(
-        "fit", "--config", "configs/experiments/digits_cnn.yaml", *TINY, "--trainer.max_epochs=3",
-        "--trainer.limit_test_batches=1.0", *PICTURES, cwd=cwd,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        *TINY,
+        "--trainer.max_epochs=3",
+        "--trainer.limit_test_batches=1.0",
+        *PICTURES,
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd / "runs" / "digits_cnn" / "version_0"
 
@@ -140,8 +146,11 @@ def test_learning_curves_mark_the_best_checkpoint_epoch(digits_run: Path) -> Non
     labels = [line.get_label() for line in loss_ax.get_lines()]
     assert labels[:3] == ["train", "val", f"best epoch ({best})"]
     assert sorted(line.get_label() for line in score_ax.get_lines() if not line.get_label().startswith("_")) == [
-        "train/acc", "train/f1", "val/acc", "val/f1"
-    ]  # fmt: skip
+        "train/acc",
+        "train/f1",
+        "val/acc",
+        "val/f1",
+    ]
     assert "test: acc" in fig.get_suptitle()
 
 
@@ -163,8 +172,10 @@ def _curves(fig) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
     """Every labelled line of a learning-curves figure: (panel title, label) -> (epochs, values)."""
     return {
         (ax.get_title(), line.get_label()): (list(map(float, line.get_xdata())), list(map(float, line.get_ydata())))
-        for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_")
-    }  # fmt: skip
+        for ax in fig.axes
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+    }
 
 
 def test_end_of_fit_curves_are_the_ones_report_draws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,8 +198,14 @@ def test_end_of_fit_curves_are_the_ones_report_draws(tmp_path: Path, monkeypatch
     torch.manual_seed(0)
     model = Classifier(backbone="mlp", backbone_kwargs={"hidden_sizes": [8]}, input_shape=(6,), num_classes=3)
     data = DataLoader(TensorDataset(torch.randn(48, 6), torch.randint(0, 3, (48,))), batch_size=8)
-    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=CSVLogger(tmp_path), callbacks=[RunPictures()],
-                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=CSVLogger(tmp_path),
+        callbacks=[RunPictures()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, data, data)
     report([trainer.log_dir, "--output", str(tmp_path / "report"), "--plots", "learning_curves"])
     fitted, reported = (_curves(fig) for fig in drawn)
@@ -223,8 +240,9 @@ def test_report_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_regression_run_has_curves_but_no_confusion_matrix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cwd = _workspace(tmp_path / "work")
-    result = run_zoo("fit", "--config", "configs/experiments/diabetes_mlp.yaml", *TINY, "--trainer.max_epochs=2",
-                     *PICTURES, cwd=cwd)  # fmt: skip
+    result = run_zoo(
+        "fit", "--config", "configs/experiments/diabetes_mlp.yaml", *TINY, "--trainer.max_epochs=2", *PICTURES, cwd=cwd
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = cwd / "runs" / "diabetes_mlp" / "version_0"
     assert not (run / "test_confusion.json").exists() and not (run / "confusion_matrix.png").exists()
@@ -241,16 +259,27 @@ def test_wandb_run_logs_the_pictures_as_images(tmp_path: Path) -> None:
     cwd = _workspace(tmp_path / "work")
     env = {"HOME": str(cwd), "WANDB_API_KEY": "", "WANDB_MODE": ""}  # not logged in: an offline run
     result = run_zoo(
-        "fit", "--config", "configs/experiments/digits_cnn.yaml", "--trainer.logger", "configs/logger/wandb.yaml",
-        *TINY, *PICTURES, cwd=cwd, env=env,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        "configs/experiments/digits_cnn.yaml",
+        "--trainer.logger",
+        "configs/logger/wandb.yaml",
+        *TINY,
+        *PICTURES,
+        cwd=cwd,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (offline,) = (cwd / "runs" / "wandb").glob("offline-run-*")
     media = offline / "files" / "media" / "images" / "pictures"
     logged = {re.sub(r"_\d+_[0-9a-f]+\.png$", "", p.name) for p in media.glob("*.png")}
     assert logged == {
-        "learning_curves", "learning_rate", "test_confusion_matrix", "val_confusion_matrix", "val_samples"
-    }  # fmt: skip
+        "learning_curves",
+        "learning_rate",
+        "test_confusion_matrix",
+        "val_confusion_matrix",
+        "val_samples",
+    }
     for path in media.glob("*.png"):
         with Image.open(path) as image:
             assert image.size[0] >= 300

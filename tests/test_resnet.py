@@ -156,13 +156,16 @@ def test_drop_rate_drops_pooled_features_in_training_only():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"input_shape": (1, 8, 8), "stem": "imagenet"}, r"a 8x8 input is too small for the imagenet stem.*"
-         r"at least 32x32.*stem: small.*larger image size"),
+        (
+            {"input_shape": (1, 8, 8), "stem": "imagenet"},
+            r"a 8x8 input is too small for the imagenet stem.*"
+            r"at least 32x32.*stem: small.*larger image size",
+        ),
         ({"input_shape": (3, 28, 28), "stem": "imagenet"}, r"a 28x28 input is too small for the imagenet stem"),
         ({"input_shape": (1, 4, 4)}, r"a 4x4 input is too small for the small stem.*at least 8x8.*larger image size"),
         ({"input_shape": (1, 16, 6), "stem": "small"}, r"a 16x6 input is too small"),
     ],
-)  # fmt: skip
+)
 def test_input_too_small_names_size_stem_and_fix(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         create_backbone("resnet18", **kwargs)

@@ -69,7 +69,10 @@ def test_experiments_sharing_a_folder_resume_only_their_own(workdir: Path, capsy
     )
     zoo("fit", *CNN, "--trainer.logger=false", "--ckpt_path=last", "--trainer.max_epochs=2")
     resumed = capsys.readouterr().err
-    assert "resuming from runs/checkpoints/last-v1.ckpt" in resumed or "resuming from runs/checkpoints/last.ckpt" in resumed
+    assert (
+        "resuming from runs/checkpoints/last-v1.ckpt" in resumed
+        or "resuming from runs/checkpoints/last.ckpt" in resumed
+    )
 
 
 def test_last_holds_the_steps_after_the_last_validation(workdir: Path):
@@ -110,11 +113,15 @@ def test_last_falls_back_to_a_best_checkpoint_and_killed_writes_are_cleaned_up(w
 def test_sigterm_during_validation_resumes_redoing_it(workdir: Path, epoch, batch):
     run = [*RUN, "--trainer.limit_val_batches=3"]
     assert run_zoo("fit", *run, cwd=workdir).returncode == 0
-    stopped = run_zoo("fit", *run, *probe("SignalAt", epoch=epoch, batch=batch, signal="TERM", stage="val"), cwd=workdir)
+    stopped = run_zoo(
+        "fit", *run, *probe("SignalAt", epoch=epoch, batch=batch, signal="TERM", stage="val"), cwd=workdir
+    )
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     resumed = run_zoo("fit", *run, "--ckpt_path=last", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_weights(weights(workdir / CKPTS.format(2) / "last.ckpt"), weights(workdir / CKPTS.format(0) / "last.ckpt"))
+    assert_same_weights(
+        weights(workdir / CKPTS.format(2) / "last.ckpt"), weights(workdir / CKPTS.format(0) / "last.ckpt")
+    )
     # The interrupted validation was run again in full (or, stopped at its last batch, finished before the stop):
     # every epoch has the uninterrupted run's val/loss.
     val = [_val_losses(workdir / CKPTS.format(v) / "../metrics.csv") for v in (0, 1, 2)]

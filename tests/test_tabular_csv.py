@@ -40,8 +40,15 @@ def _mixed(path: Path, n: int = 120, seed: int = 0) -> Path:
         colour = str(rng.choice(["red", "green", "blue"]))
         label = "pos" if (colour == "red") != (x > 0) else "neg"
         value = 2 * x + 3 * (colour == "red") + 0.1 * float(rng.normal())
-        rows.append(["" if rng.random() < 0.1 else f"{x:.4f}", "" if rng.random() < 0.05 else colour,
-                     int(rng.integers(0, 6)), label, f"{value:.4f}"])  # fmt: skip
+        rows.append(
+            [
+                "" if rng.random() < 0.1 else f"{x:.4f}",
+                "" if rng.random() < 0.05 else colour,
+                int(rng.integers(0, 6)),
+                label,
+                f"{value:.4f}",
+            ]
+        )
     return _write(path, ["x", "colour", "count", "label", "value"], rows)
 
 
@@ -81,8 +88,12 @@ def test_unseen_and_missing_categories_are_code_zero(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("values", "task"),
-    [(["a", "b"] * 10, "classification"), ([1, 2, 3] * 7, "classification"), ([0.5, 1.5] * 10, "regression"),
-     (list(range(30)), "regression")],  # fmt: skip
+    [
+        (["a", "b"] * 10, "classification"),
+        ([1, 2, 3] * 7, "classification"),
+        ([0.5, 1.5] * 10, "regression"),
+        (list(range(30)), "regression"),
+    ],
 )
 def test_task_auto_reads_words_and_few_integers_as_classes(tmp_path: Path, values: list, task: str) -> None:
     path = _write(tmp_path / "t.csv", ["f", "y"], [[i, v] for i, v in enumerate(values)])
@@ -158,21 +169,36 @@ def _bad(tmp_path: Path, case: str) -> tuple[TabularCSV, str]:
 @pytest.mark.parametrize(
     ("case", "said"),
     [
-        ("missing target", r"train\.csv has no target column 'lable' \(did you mean 'label'\?\); its columns are: "
-                           r"x, colour, count, label, value"),
+        (
+            "missing target",
+            r"train\.csv has no target column 'lable' \(did you mean 'label'\?\); its columns are: "
+            r"x, colour, count, label, value",
+        ),
         ("empty file", r"empty\.csv is empty: a table needs a header row"),
         ("one class", r"one\.csv, column 'y': every row has the class 'a'; a classifier needs at least two classes"),
-        ("typo in a numeric column", r"typo\.csv, line 8, column 'f': '12\.\.5' is not a number, but 19 of the "
-                                     r"column's 20 values are"),
-        ("word in a numeric test column", r"test\.csv, line 3, column 'x': 'high' is not a number, and this column "
-                                          r"is numeric in .*train\.csv"),
-        ("unknown test class", r"test\.csv, line 3, column 'label': the class 'maybe' is not among the training "
-                               r"file's classes \['neg', 'pos'\]"),
-        ("feature absent from predict file", r"new\.csv has no feature column\(s\) \(the model reads them; trained "
-                                             r"on .*train\.csv\) 'colour' \(did you mean 'color'\?\); its columns "
-                                             r"are: x, color, count"),
+        (
+            "typo in a numeric column",
+            r"typo\.csv, line 8, column 'f': '12\.\.5' is not a number, but 19 of the "
+            r"column's 20 values are",
+        ),
+        (
+            "word in a numeric test column",
+            r"test\.csv, line 3, column 'x': 'high' is not a number, and this column "
+            r"is numeric in .*train\.csv",
+        ),
+        (
+            "unknown test class",
+            r"test\.csv, line 3, column 'label': the class 'maybe' is not among the training "
+            r"file's classes \['neg', 'pos'\]",
+        ),
+        (
+            "feature absent from predict file",
+            r"new\.csv has no feature column\(s\) \(the model reads them; trained "
+            r"on .*train\.csv\) 'colour' \(did you mean 'color'\?\); its columns "
+            r"are: x, color, count",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_csv_names_file_line_and_column(tmp_path: Path, case: str, said: str) -> None:
     data, stage = _bad(tmp_path, case)
     with pytest.raises(DataError, match=said):
@@ -182,9 +208,17 @@ def test_bad_csv_names_file_line_and_column(tmp_path: Path, case: str, said: str
 def test_bad_csv_exits_2_without_traceback(workdir: Path) -> None:
     _mixed(workdir / "train.csv")
     _write(workdir / "test.csv", ["x", "colour", "count", "label"], [[0.1, "red", 1, "maybe"]])
-    done = run_zoo("fit", "--config", "configs/recipes/tabular_classification.yaml", "--data.train_file=train.csv",
-                   "--data.target_column=label", "--data.test_file=test.csv",
-                   f"--data.feature_columns=[{','.join(FEATURES)}]", *TINY, cwd=workdir)  # fmt: skip
+    done = run_zoo(
+        "fit",
+        "--config",
+        "configs/recipes/tabular_classification.yaml",
+        "--data.train_file=train.csv",
+        "--data.target_column=label",
+        "--data.test_file=test.csv",
+        f"--data.feature_columns=[{','.join(FEATURES)}]",
+        *TINY,
+        cwd=workdir,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "test.csv, line 2, column 'label': the class 'maybe' is not among" in done.stderr
 
@@ -206,8 +240,9 @@ def test_tabular_mlp_embeds_each_categorical_column_by_the_fastai_rule() -> None
 
 
 def test_categorical_data_with_a_backbone_that_cannot_embed_is_named() -> None:
-    with pytest.raises(ConfigError, match="1 categorical column.*which backbone 'mlp' cannot embed; use "
-                                          "model.backbone: tabular_mlp"):  # fmt: skip
+    with pytest.raises(
+        ConfigError, match="1 categorical column.*which backbone 'mlp' cannot embed; use model.backbone: tabular_mlp"
+    ):
         Classifier(backbone="mlp", input_shape=(3,), num_classes=2, categories=[4])
 
 
@@ -216,9 +251,16 @@ def test_categorical_data_with_a_backbone_that_cannot_embed_is_named() -> None:
 def test_fit_then_predict_a_new_csv_without_the_target(workdir: Path, task: str) -> None:
     _mixed(workdir / "train.csv")
     target = "label" if task == "classification" else "value"
-    done = run_zoo("fit", "--config", f"configs/recipes/tabular_{task}.yaml", "--data.train_file=train.csv",
-                   f"--data.target_column={target}", f"--data.feature_columns=[{','.join(FEATURES)}]", *TINY,
-                   cwd=workdir)  # fmt: skip
+    done = run_zoo(
+        "fit",
+        "--config",
+        f"configs/recipes/tabular_{task}.yaml",
+        "--data.train_file=train.csv",
+        f"--data.target_column={target}",
+        f"--data.feature_columns=[{','.join(FEATURES)}]",
+        *TINY,
+        cwd=workdir,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = workdir / "runs" / f"tabular_{task}" / "version_0"
     metrics = json.loads((run / "test_metrics.json").read_text())
@@ -242,10 +284,18 @@ def test_fit_then_predict_a_new_csv_without_the_target(workdir: Path, task: str)
 def test_recipe_learns_a_class_that_needs_the_category(workdir: Path) -> None:
     _mixed(workdir / "train.csv", n=600)
     _mixed(workdir / "test.csv", n=300, seed=1)
-    done = run_zoo("fit", "--config", "configs/recipes/tabular_classification.yaml", "--data.train_file=train.csv",
-                   "--data.target_column=label", "--data.test_file=test.csv",
-                   f"--data.feature_columns=[{','.join(FEATURES)}]", "--trainer.enable_progress_bar=false",
-                   "--pictures=false", cwd=workdir)  # fmt: skip
+    done = run_zoo(
+        "fit",
+        "--config",
+        "configs/recipes/tabular_classification.yaml",
+        "--data.train_file=train.csv",
+        "--data.target_column=label",
+        "--data.test_file=test.csv",
+        f"--data.feature_columns=[{','.join(FEATURES)}]",
+        "--trainer.enable_progress_bar=false",
+        "--pictures=false",
+        cwd=workdir,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((workdir / "runs/tabular_classification/version_0/test_metrics.json").read_text())
     assert metrics["test/acc"] >= 0.85, metrics  # x > 0 xor red: neither column alone does better than ~0.67

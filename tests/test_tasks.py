@@ -19,19 +19,28 @@ TINY_MLP = {"hidden_sizes": (8, 6)}
 
 def make_classifier(**kwargs) -> Classifier:
     torch.manual_seed(0)
-    return Classifier(**{"backbone": "mlp", "backbone_kwargs": TINY_MLP, "input_shape": (4,), "num_classes": 3, **kwargs})
+    return Classifier(
+        **{"backbone": "mlp", "backbone_kwargs": TINY_MLP, "input_shape": (4,), "num_classes": 3, **kwargs}
+    )
 
 
 def make_regressor(**kwargs) -> Regressor:
     torch.manual_seed(0)
-    return Regressor(**{"backbone": "mlp", "backbone_kwargs": TINY_MLP, "input_shape": (4,), "num_targets": 1, **kwargs})
+    return Regressor(
+        **{"backbone": "mlp", "backbone_kwargs": TINY_MLP, "input_shape": (4,), "num_targets": 1, **kwargs}
+    )
 
 
 def tiny_trainer(max_epochs: int) -> Trainer:
     return Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, enable_progress_bar=False, logger=False,
-        enable_checkpointing=False, enable_model_summary=False,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
 
 
 # --- Classifier: construction -------------------------------------------------------------------------
@@ -105,9 +114,13 @@ def test_param_groups_name_every_layer_group_once():
     model = make_classifier()
     groups = model.param_groups()
     assert [g["name"] for g in groups] == [
-        "backbone.block0", "backbone.block0.no_decay", "backbone.block1", "backbone.block1.no_decay",
-        "head", "head.no_decay",
-    ]  # fmt: skip
+        "backbone.block0",
+        "backbone.block0.no_decay",
+        "backbone.block1",
+        "backbone.block1.no_decay",
+        "head",
+        "head.no_decay",
+    ]
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
 
@@ -188,10 +201,12 @@ def test_training_metrics_cover_every_batch_of_the_epoch(task, monkeypatch):
         out = model(x)
     logged = trainer.callback_metrics
     if task == "classifier":
-        assert float(logged["train/acc"]) == pytest.approx(float(M.accuracy(out, y, "multiclass", num_classes=3,
-                                                                            average="micro")), abs=1e-6)
-        assert float(logged["train/f1"]) == pytest.approx(float(M.f1_score(out, y, "multiclass", num_classes=3,
-                                                                          average="macro")), abs=1e-6)
+        assert float(logged["train/acc"]) == pytest.approx(
+            float(M.accuracy(out, y, "multiclass", num_classes=3, average="micro")), abs=1e-6
+        )
+        assert float(logged["train/f1"]) == pytest.approx(
+            float(M.f1_score(out, y, "multiclass", num_classes=3, average="macro")), abs=1e-6
+        )
     else:
         assert float(logged["train/mae"]) == pytest.approx(float(M.mean_absolute_error(out.squeeze(-1), y)), abs=1e-6)
     assert not model._train_metrics_buffer

@@ -37,10 +37,17 @@ def data(n: int = 64, batch_size: int = 8, shuffle: bool = False) -> DataLoader:
 
 def fit(model, max_epochs=2, callbacks=(), batch_size=8, val=True, **trainer_kwargs) -> Trainer:
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
         **trainer_kwargs,
-    )  # fmt: skip
+    )
     trainer.fit(model, data(batch_size=batch_size), data(32) if val else None)
     return trainer
 
@@ -67,16 +74,22 @@ def _head_lr(trainer: Trainer) -> float:
 @pytest.mark.parametrize(
     ("class_path", "init_args", "expected"),
     [
-        ("torch.optim.SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
-         {"momentum": 0.9, "nesterov": True}),
+        (
+            "torch.optim.SGD",
+            {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+            {"momentum": 0.9, "nesterov": True},
+        ),
         ("torch.optim.Adam", {"lr": 0.01, "betas": [0.8, 0.99], "weight_decay": 1e-4}, {"betas": (0.8, 0.99)}),
         ("torch.optim.AdamW", {"lr": 0.01, "betas": [0.9, 0.95], "weight_decay": 0.05}, {"betas": (0.9, 0.95)}),
-        ("torch.optim.RMSprop", {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "weight_decay": 1e-4},
-         {"alpha": 0.9, "momentum": 0.5}),
+        (
+            "torch.optim.RMSprop",
+            {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "weight_decay": 1e-4},
+            {"alpha": 0.9, "momentum": 0.5},
+        ),
         ("torch.optim.Adagrad", {"lr": 0.01, "weight_decay": 1e-4}, {}),  # any torch.optim class
     ],
     ids=["sgd_nesterov", "adam", "adamw", "rmsprop", "adagrad"],
-)  # fmt: skip
+)
 def test_optimizers_from_config_never_decay_biases_or_norms(workdir: Path, class_path, init_args, expected):
     from cli import ZooCLI
 
@@ -168,11 +181,13 @@ def test_one_cycle_gets_its_total_steps_from_the_trainer():
         (partial(torch.optim.lr_scheduler.StepLR, step_size=2, gamma=0.5), [0.1, 0.1, 0.05, 0.05, 0.025]),
         (partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[1, 4], gamma=0.1), [0.1, 0.01, 0.01, 0.01, 0.001]),
         (partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5), [0.1, 0.05, 0.025, 0.0125, 0.00625]),
-        (partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4),
-         [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(5)]),
+        (
+            partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4),
+            [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(5)],
+        ),
     ],
     ids=["step", "multistep", "exponential", "cosine"],
-)  # fmt: skip
+)
 def test_epoch_schedules_step_once_per_epoch(scheduler, expected):
     lrs = LRs()
     model = mlp(optimizer=partial(torch.optim.SGD, lr=0.1), lr_scheduler=scheduler)
@@ -186,11 +201,14 @@ def test_plateau_follows_the_monitor_given_in_the_config(workdir: Path):
 
     cli = ZooCLI(
         args=[
-            *DIGITS_MLP, "--model.lr_scheduler=lightning.pytorch.cli.ReduceLROnPlateau",
-            "--model.lr_scheduler.monitor=val/acc", "--model.lr_scheduler.mode=max", *TINY,
+            *DIGITS_MLP,
+            "--model.lr_scheduler=lightning.pytorch.cli.ReduceLROnPlateau",
+            "--model.lr_scheduler.monitor=val/acc",
+            "--model.lr_scheduler.mode=max",
+            *TINY,
         ],
         run=False,
-    )  # fmt: skip
+    )
     cli.model.trainer = cli.trainer
     config = cli.model.configure_optimizers()["lr_scheduler"]
     assert (config["monitor"], config["interval"], config["scheduler"].mode) == ("val/acc", "epoch", "max")
@@ -210,17 +228,25 @@ def test_plateau_reduces_the_lr_when_the_monitored_metric_stalls():
 
 def test_plateau_on_a_metric_the_task_does_not_log_is_refused(workdir: Path, capsys):
     err = error_of(
-        capsys, "fit", *DIGITS_MLP, "--model.lr_scheduler=lightning.pytorch.cli.ReduceLROnPlateau",
-        "--model.lr_scheduler.monitor=val/accuracy", *TINY,
-    )  # fmt: skip
+        capsys,
+        "fit",
+        *DIGITS_MLP,
+        "--model.lr_scheduler=lightning.pytorch.cli.ReduceLROnPlateau",
+        "--model.lr_scheduler.monitor=val/accuracy",
+        *TINY,
+    )
     assert "monitors 'val/accuracy', which this task does not log" in err and "'val/acc'" in err
 
 
 def test_plateau_without_validation_is_refused(workdir: Path, capsys):
     err = error_of(
-        capsys, "fit", *DIGITS_MLP, "--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau",
-        *TINY, "--trainer.limit_val_batches=0",
-    )  # fmt: skip
+        capsys,
+        "fit",
+        *DIGITS_MLP,
+        "--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau",
+        *TINY,
+        "--trainer.limit_val_batches=0",
+    )
     assert "no validation (trainer.limit_val_batches=0)" in err and "train/loss" in err
 
 
@@ -307,15 +333,24 @@ def test_grad_norm_monitor_skips_frozen_groups():
 
     from zoo.callbacks import FineTuning
 
-    fit(mlp(), max_epochs=1, callbacks=[FineTuning("feature_extraction"), GradNormMonitor(), Keys()], log_every_n_steps=1)
+    fit(
+        mlp(),
+        max_epochs=1,
+        callbacks=[FineTuning("feature_extraction"), GradNormMonitor(), Keys()],
+        log_every_n_steps=1,
+    )
     assert set(seen) == {"grad_norm/total", "grad_norm/head"}
 
 
 def test_ema_weight_averaging_from_the_command_line(workdir: Path):
     zoo(
-        "fit", *DIGITS_MLP, *TINY, "--trainer.max_epochs=2",
-        "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.5",
-    )  # fmt: skip
+        "fit",
+        *DIGITS_MLP,
+        *TINY,
+        "--trainer.max_epochs=2",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
+        "--trainer.callbacks.decay=0.5",
+    )
     ckpt = torch.load(workdir / "runs/digits_mlp/version_0/checkpoints/last.ckpt", weights_only=False)
     # The checkpoint's weights are the average; the raw ones are kept beside them for resuming.
     assert "current_model_state" in ckpt and "averaging_state" in ckpt
@@ -325,10 +360,15 @@ def test_ema_weight_averaging_from_the_command_line(workdir: Path):
 
 def test_swa_from_the_command_line_switches_to_its_lr(workdir: Path):
     zoo(
-        "fit", *DIGITS_MLP, *TINY, "--trainer.max_epochs=3",
-        "--trainer.callbacks+=StochasticWeightAveraging", "--trainer.callbacks.swa_lrs=0.0005",
-        "--trainer.callbacks.swa_epoch_start=1", "--trainer.callbacks.annealing_epochs=1",
-    )  # fmt: skip
+        "fit",
+        *DIGITS_MLP,
+        *TINY,
+        "--trainer.max_epochs=3",
+        "--trainer.callbacks+=StochasticWeightAveraging",
+        "--trainer.callbacks.swa_lrs=0.0005",
+        "--trainer.callbacks.swa_epoch_start=1",
+        "--trainer.callbacks.annealing_epochs=1",
+    )
     rows = list(csv.DictReader(open(workdir / "runs/digits_mlp/version_0/metrics.csv")))
     head_lrs = [float(r["lr-AdamW/head"]) for r in rows if r.get("lr-AdamW/head")]
     assert head_lrs[0] == pytest.approx(0.001) and head_lrs[-1] == pytest.approx(0.0005)

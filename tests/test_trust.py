@@ -69,7 +69,10 @@ PLACES = {
     ),
     "hparams_attribute_chain": _set(
         "hyper_parameters.lr_scheduler",
-        lambda m: {"class_path": "torch.optim.lr_scheduler.LambdaLR", "init_args": {"lr_lambda": "zoo.checkpoints.os._exit"}},
+        lambda m: {
+            "class_path": "torch.optim.lr_scheduler.LambdaLR",
+            "init_args": {"lr_lambda": "zoo.checkpoints.os._exit"},
+        },
     ),
     "hparams_chain_as_class": _set("hyper_parameters.optimizer", lambda m: {"class_path": "zoo.checkpoints.os.system"}),
     "callback_state": _set("callbacks.FineTuning.evil", popen),
@@ -80,7 +83,10 @@ PLACES = {
 def _shared_with_an_unchecked_place(ckpt: dict, marker: Path) -> str:
     # The same arguments dict first under a key of no class (seen there first), then where LambdaLR takes them.
     arguments = {"lr_lambda": "os._exit"}
-    ckpt["hyper_parameters"]["lr_scheduler"] = {"class_path": "torch.optim.lr_scheduler.LambdaLR", "init_args": arguments}
+    ckpt["hyper_parameters"]["lr_scheduler"] = {
+        "class_path": "torch.optim.lr_scheduler.LambdaLR",
+        "init_args": arguments,
+    }
     ckpt["callbacks"]["FineTuning"]["kept"] = arguments
     return "hyper_parameters.lr_scheduler.init_args.lr_lambda"
 
@@ -149,21 +155,23 @@ def test_the_refusal_can_fail(trained, workdir: Path):
 
 
 # --- trust_remote_code: only from the user's own config or command line ----------------------------------------
-REMOTE_CODE = '''
+REMOTE_CODE = """
 import pathlib
 pathlib.Path({marker!r}).touch()
 from transformers import PretrainedConfig
 
 class RemoteConfig(PretrainedConfig):
     model_type = "remote"
-'''
+"""
 
 
 def _remote_code_model(folder: Path, marker: Path) -> Path:
     """A local HuggingFace model folder whose config is its own Python code (``auto_map``)."""
     folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "remote", "auto_map": {"AutoConfig": "remote.RemoteConfig", '
-                                        '"AutoModel": "remote.RemoteConfig"}}')  # fmt: skip
+    (folder / "config.json").write_text(
+        '{"model_type": "remote", "auto_map": {"AutoConfig": "remote.RemoteConfig", '
+        '"AutoModel": "remote.RemoteConfig"}}'
+    )
     (folder / "remote.py").write_text(REMOTE_CODE.format(marker=str(marker)))
     return folder
 
@@ -215,7 +223,9 @@ def test_shared_and_deeply_nested_values_neither_hang_nor_crash_the_check():
 
     # 4**29 paths through 30 aliased lists: walked as 30 lists, each once.
     bomb = ["a0: &a0 [x]", *(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 30))]
-    config = "data:\n  class_path: datamodules.Digits\n  init_args:\n    bomb:\n" + "".join(f"      {b}\n" for b in bomb)
+    config = "data:\n  class_path: datamodules.Digits\n  init_args:\n    bomb:\n" + "".join(
+        f"      {b}\n" for b in bomb
+    )
     start = time.monotonic()
     check_is_data({CONFIG_KEY: config}, "x.ckpt")
     assert time.monotonic() - start < 5

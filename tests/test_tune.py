@@ -43,8 +43,18 @@ def epoch_rows(run_dir: Path, column: str) -> list[float]:
 
 
 def test_values_stay_in_the_space_reach_the_config_and_best_yaml_runs(workdir: Path, capsys) -> None:
-    tune("--search", "configs/search/digits_mlp.yaml", "--sampler", "random", "--seed", "3", "--trials", "3",
-         "--metric", "val/acc")  # fmt: skip
+    tune(
+        "--search",
+        "configs/search/digits_mlp.yaml",
+        "--sampler",
+        "random",
+        "--seed",
+        "3",
+        "--trials",
+        "3",
+        "--metric",
+        "val/acc",
+    )
     out = capsys.readouterr().out
     space = yaml.safe_load((ROOT / "configs/search/digits_mlp.yaml").read_text())
     study = load()
@@ -76,14 +86,19 @@ def test_values_stay_in_the_space_reach_the_config_and_best_yaml_runs(workdir: P
     (run,) = (workdir / "runs/digits_mlp").iterdir()  # the original config's logger, not the trial's
     assert (run / "test_metrics.json").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
-    assert saved["optimizer"]["init_args"]["lr"] == pytest.approx(best["params"]["model.init_args.optimizer.init_args.lr"])
+    assert saved["optimizer"]["init_args"]["lr"] == pytest.approx(
+        best["params"]["model.init_args.optimizer.init_args.lr"]
+    )
 
 
 def test_grid_covers_every_point_once_and_searches_finetuning(workdir: Path) -> None:
-    space = write_space(workdir / "space.yaml", (
-        "finetuning.strategy: {type: categorical, choices: [full, feature_extraction]}\n"
-        "model.init_args.head_dropout: {type: float, low: 0.0, high: 0.5, step: 0.5}\n"
-    ))  # fmt: skip
+    space = write_space(
+        workdir / "space.yaml",
+        (
+            "finetuning.strategy: {type: categorical, choices: [full, feature_extraction]}\n"
+            "model.init_args.head_dropout: {type: float, low: 0.0, high: 0.5, step: 0.5}\n"
+        ),
+    )
     tune("--search", space, "--sampler", "grid", "--seed", "0")  # no --trials: the grid's 4 points
     tune("--search", space, "--sampler", "grid", "--trials", "9")  # exhausted: runs nothing more
     trials = load().trials
@@ -108,9 +123,10 @@ def test_median_pruner_stops_a_diverging_trial(workdir: Path) -> None:
 
 
 def test_invalid_trial_fails_with_its_message_and_the_study_goes_on(workdir: Path, capsys) -> None:
-    space = write_space(workdir / "space.yaml", (
-        "model.init_args.backbone_kwargs.activation: {type: categorical, choices: [relu, no_such_activation]}\n"
-    ))  # fmt: skip
+    space = write_space(
+        workdir / "space.yaml",
+        ("model.init_args.backbone_kwargs.activation: {type: categorical, choices: [relu, no_such_activation]}\n"),
+    )
     tune("--search", space, "--sampler", "grid", "--seed", "0", "--pruner", "none")
     by_choice = {t.params["model.init_args.backbone_kwargs.activation"]: t for t in load().trials}
     assert by_choice["relu"].state == TrialState.COMPLETE
@@ -144,7 +160,9 @@ def test_interrupted_study_resumes_to_the_requested_trials(workdir: Path, monkey
 
 
 def test_interrupted_grid_point_is_still_covered(workdir: Path, monkeypatch) -> None:
-    space = write_space(workdir / "space.yaml", "model.init_args.head_dropout: {type: categorical, choices: [0.0, 0.1, 0.2]}\n")
+    space = write_space(
+        workdir / "space.yaml", "model.init_args.head_dropout: {type: categorical, choices: [0.0, 0.1, 0.2]}\n"
+    )
     report = tune_module._Reporter.on_validation_end
 
     def ctrl_c_in_trial_1(self, trainer, pl_module) -> None:
@@ -165,11 +183,32 @@ def test_two_processes_share_one_sqlite_study(workdir: Path) -> None:
     space = write_space(workdir / "space.yaml", "model.init_args.head_dropout: {type: float, low: 0.0, high: 0.5}\n")
     workers = [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "cli.py"), "tune", "--config", MLP, "--search", space, "--study", "shared",
-             "--storage", f"sqlite:///{workdir}/shared.db", "--trials", "4", "--sampler", "random",
-             "--seed", str(seed), *TINY],
-            cwd=workdir, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "tune",
+                "--config",
+                MLP,
+                "--search",
+                space,
+                "--study",
+                "shared",
+                "--storage",
+                f"sqlite:///{workdir}/shared.db",
+                "--trials",
+                "4",
+                "--sampler",
+                "random",
+                "--seed",
+                str(seed),
+                *TINY,
+            ],
+            cwd=workdir,
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for seed in (1, 2)
     ]
     outputs = [w.communicate(timeout=240) for w in workers]
@@ -185,19 +224,32 @@ def test_two_processes_share_one_sqlite_study(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("space", "sampler", "expected"),
     [
-        ("finetuning.strateg: {type: categorical, choices: [full]}\n", "tpe",
-         ["'finetuning.strateg' is not a key of the config", "did you mean finetuning.strategy"]),
-        ("model.init_args.optimizer.init_args.lrr: {type: float, low: 1.0e-4, high: 0.1, log: true}\n", "tpe",
-         ["'model.init_args.optimizer.init_args.lrr'", "model.init_args.optimizer.init_args.lr"]),
-        ("model.init_args.head_dropout: {type: float, low: 0.5, high: 0.1}\n", "tpe",
-         ["model.init_args.head_dropout: low (0.5) must not be above high (0.1)"]),
-        ("model.init_args.head_dropout: {type: float, low: 0.0, high: 0.5}\n", "grid",
-         ["model.init_args.head_dropout: --sampler grid needs a grid", "add step:"]),
+        (
+            "finetuning.strateg: {type: categorical, choices: [full]}\n",
+            "tpe",
+            ["'finetuning.strateg' is not a key of the config", "did you mean finetuning.strategy"],
+        ),
+        (
+            "model.init_args.optimizer.init_args.lrr: {type: float, low: 1.0e-4, high: 0.1, log: true}\n",
+            "tpe",
+            ["'model.init_args.optimizer.init_args.lrr'", "model.init_args.optimizer.init_args.lr"],
+        ),
+        (
+            "model.init_args.head_dropout: {type: float, low: 0.5, high: 0.1}\n",
+            "tpe",
+            ["model.init_args.head_dropout: low (0.5) must not be above high (0.1)"],
+        ),
+        (
+            "model.init_args.head_dropout: {type: float, low: 0.0, high: 0.5}\n",
+            "grid",
+            ["model.init_args.head_dropout: --sampler grid needs a grid", "add step:"],
+        ),
     ],
     ids=["finetuning-key-typo", "optimizer-key-typo", "low-above-high", "grid-without-step"],
 )
-def test_bad_search_space_exits_2_before_any_trial(workdir: Path, capsys, space: str, sampler: str,
-                                                   expected: list[str]) -> None:  # fmt: skip
+def test_bad_search_space_exits_2_before_any_trial(
+    workdir: Path, capsys, space: str, sampler: str, expected: list[str]
+) -> None:
     path = write_space(workdir / "space.yaml", space)
     with pytest.raises(SystemExit) as stopped:
         tune("--search", path, "--sampler", sampler)

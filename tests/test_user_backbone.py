@@ -139,14 +139,32 @@ def test_checkpoint_never_imports_a_class_path_the_user_did_not_name(fitted, tmp
     ckpt = str(home / "runs/mine/version_0/checkpoints/last.ckpt")
     out, marker = tmp_path / "preds.csv", tmp_path / "imported"
     images = str(ROOT / "examples/digits")
-    refused = run_zoo("predict", "--ckpt_path", ckpt, images, "--output", str(out), cwd=home,
-                      env={**env, "IMPORT_MARKER": str(marker)})  # fmt: skip
+    refused = run_zoo(
+        "predict",
+        "--ckpt_path",
+        ckpt,
+        images,
+        "--output",
+        str(out),
+        cwd=home,
+        env={**env, "IMPORT_MARKER": str(marker)},
+    )
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert f"the class path '{MODULE}.MyNet'" in refused.stderr and f"--backbone {MODULE}.MyNet" in refused.stderr
     assert not marker.exists() and not out.exists()  # refused before the module was imported
 
-    done = run_zoo("predict", "--backbone", f"{MODULE}.MyNet", "--ckpt_path", ckpt, images, "--output", str(out),
-                   cwd=home, env={**env, "IMPORT_MARKER": str(marker)})  # fmt: skip
+    done = run_zoo(
+        "predict",
+        "--backbone",
+        f"{MODULE}.MyNet",
+        "--ckpt_path",
+        ckpt,
+        images,
+        "--output",
+        str(out),
+        cwd=home,
+        env={**env, "IMPORT_MARKER": str(marker)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 10 and all(0 <= int(r["predicted"]) <= 9 for r in rows)
@@ -229,8 +247,7 @@ def test_misspelt_argument_is_named(nets: str):
 def test_plain_module_is_one_layer_group_with_its_width_found(nets: str):
     from zoo.tasks import Classifier
 
-    task = Classifier(backbone=f"{MODULE}.Plain", backbone_kwargs={"hidden": 12}, input_shape=(1, 8, 8),
-                      num_classes=3)  # fmt: skip
+    task = Classifier(backbone=f"{MODULE}.Plain", backbone_kwargs={"hidden": 12}, input_shape=(1, 8, 8), num_classes=3)
     assert task.backbone.num_features == 12
     assert list(task.named_layer_groups()) == ["backbone.all", "head"]
     assert task(torch.zeros(2, 1, 8, 8)).shape == (2, 3)

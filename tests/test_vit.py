@@ -51,9 +51,16 @@ def test_vit_computes_the_same_features_as_timm_with_the_same_weights():
 
     torch.manual_seed(0)
     reference = VisionTransformer(
-        img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0,
-        num_classes=0, global_pool="token",
-    ).eval()  # fmt: skip
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+        num_classes=0,
+        global_pool="token",
+    ).eval()
     ours = ViTBackbone(**MICRO).eval()
     ours.load_state_dict(_timm_to_zoo(reference.state_dict()))  # strict: every key matches, none left over
     x = torch.randn(3, 1, 8, 8)
@@ -146,11 +153,15 @@ def test_features_see_every_patch_without_a_mask(pool):
 @pytest.mark.parametrize(
     "shape, patch, message",
     [
-        ((1, 30, 30), 4, r"a 30x30 image does not tile into 4x4 patches; set patch_size to one that divides both "
-                          r"30 and 30 \(1, 2, 3, 5, 6, 10, 15, 30\), or resize the images to multiples of 4"),
+        (
+            (1, 30, 30),
+            4,
+            r"a 30x30 image does not tile into 4x4 patches; set patch_size to one that divides both "
+            r"30 and 30 \(1, 2, 3, 5, 6, 10, 15, 30\), or resize the images to multiples of 4",
+        ),
         ((3, 224, 200), 16, r"a 224x200 image does not tile into 16x16 patches; .*\(1, 2, 4, 8\)"),
     ],
-)  # fmt: skip
+)
 def test_image_size_not_divisible_by_patch_size_names_both_and_the_fix(shape, patch, message):
     with pytest.raises(ConfigError, match=message):
         create_backbone("vit_micro", input_shape=shape, patch_size=patch)

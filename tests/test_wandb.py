@@ -36,9 +36,7 @@ def wandb_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """`zoo fit` digits_cnn with the W&B logger and no login: 2 epochs of 3 steps, pictures on, tested after."""
     workdir = tmp_path_factory.mktemp("wandb")
     (workdir / "configs").symlink_to(ROOT / "configs")
-    result = run_zoo(
-        *DIGITS_CNN, *TINY, "--trainer.max_epochs=2", "--pictures=true", cwd=workdir, env=_env(workdir)
-    )  # fmt: skip
+    result = run_zoo(*DIGITS_CNN, *TINY, "--trainer.max_epochs=2", "--pictures=true", cwd=workdir, env=_env(workdir))
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = offline_runs(workdir / "runs")
     return SimpleNamespace(workdir=workdir, result=result, run=run)
@@ -110,9 +108,14 @@ def test_resumed_fit_continues_the_same_wandb_run(wandb_run, workdir: Path):
     shutil.copytree(wandb_run.workdir / "runs", workdir / "runs")
     last = _checkpoints(workdir, wandb_run.run) / "last.ckpt"
     result = run_zoo(
-        *DIGITS_CNN, *TINY, "--trainer.max_epochs=3", "--ckpt_path", str(last.relative_to(workdir)),
-        cwd=workdir, env=_env(workdir),
-    )  # fmt: skip
+        *DIGITS_CNN,
+        *TINY,
+        "--trainer.max_epochs=3",
+        "--ckpt_path",
+        str(last.relative_to(workdir)),
+        cwd=workdir,
+        env=_env(workdir),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"W&B: continuing run {wandb_run.run.id}" in result.stderr
     first, resumed = offline_runs(workdir / "runs")
@@ -149,8 +152,11 @@ def test_an_explicit_run_id_or_a_csv_logger_is_left_alone(tmp_path: Path):
     assert continue_stored_run(lightnings) == "abc123" and lightnings.trainer.logger.init_args.id == "abc123"
     named = config((wandb, {"id": "mine"}))
     assert continue_stored_run(named) is None and named.trainer.logger.init_args.id == "mine"
-    for untouched in (config((csv, {"save_dir": "runs"})), config((wandb, {"id": None}), ckpt_path=str(plain)),
-                      config((wandb, {"id": None}), ckpt_path="last")):  # fmt: skip
+    for untouched in (
+        config((csv, {"save_dir": "runs"})),
+        config((wandb, {"id": None}), ckpt_path=str(plain)),
+        config((wandb, {"id": None}), ckpt_path="last"),
+    ):
         assert continue_stored_run(untouched) is None
         assert untouched.trainer.logger.init_args.get("id") is None
 
@@ -160,9 +166,14 @@ def test_log_model_uploads_the_best_checkpoint_as_a_model_artifact(workdir: Path
     # keeps this run local while the logger runs its online path (offline=False: log_model is on).
     online = ["--trainer.logger.init_args.offline=false", "--trainer.logger.init_args.log_model=true"]
     result = run_zoo(
-        *DIGITS_CNN, *TINY, "--trainer.max_epochs=2", "--test_after_fit=false", *online,
-        cwd=workdir, env=_env(workdir, WANDB_MODE="offline"),
-    )  # fmt: skip
+        *DIGITS_CNN,
+        *TINY,
+        "--trainer.max_epochs=2",
+        "--test_after_fit=false",
+        *online,
+        cwd=workdir,
+        env=_env(workdir, WANDB_MODE="offline"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = offline_runs(workdir / "runs")
     assert {(a.type, a.name) for a in run.artifacts} == {("model", f"model-{run.id}")}

@@ -77,8 +77,11 @@ def _close_match_hint(message: str) -> str:
     for cls_path in re.findall(r"class_path '([\w.]+)'", message):
         candidates |= _init_params(cls_path)
     known = {
-        "trainer": Trainer, "checkpoint": ModelCheckpoint, "early_stopping": EarlyStopping, "finetuning": FineTuning
-    }  # fmt: skip
+        "trainer": Trainer,
+        "checkpoint": ModelCheckpoint,
+        "early_stopping": EarlyStopping,
+        "finetuning": FineTuning,
+    }
     if group.split(".")[-1] in known:
         candidates |= _params_of(known[group.split(".")[-1]])
     return did_you_mean(key, sorted(candidates), form="\n  Did you mean {}?")

@@ -219,10 +219,13 @@ def baselines_of_run(
     try:
         data = datamodule.baseline_data()
         if data is not None and limit is not None and limit < len(data.y_test):
-            print(f"baselines: scored on the first {limit} test samples, as the model was (trainer.limit_test_batches)",
-                  file=sys.stderr)  # fmt: skip
-            data = BaselineData(data.kind, data.x_train, data.y_train, data.x_test[:limit], data.y_test[:limit],
-                                data.categorical)  # fmt: skip
+            print(
+                f"baselines: scored on the first {limit} test samples, as the model was (trainer.limit_test_batches)",
+                file=sys.stderr,
+            )
+            data = BaselineData(
+                data.kind, data.x_train, data.y_train, data.x_test[:limit], data.y_test[:limit], data.categorical
+            )
         results = run_baselines(data, task) if data is not None else {}
     except Exception as err:  # noqa: BLE001  (the data's baseline must never lose the run it is compared with)
         print(f"baselines skipped: {type(err).__name__}: {' '.join(str(err).split())[:300]}", file=sys.stderr)
@@ -250,8 +253,10 @@ def comparison(metrics: dict[str, float], baselines: dict[str, float], task: str
     ours = metrics.get(f"test/{metric}")
     if not scores or ours is None:
         return ""
-    lines = [f"baselines on the same test split, by {metric} ({'higher' if higher else 'lower'} is better):",
-             f"  {'model':<24}{ours:.4f}"]  # fmt: skip
+    lines = [
+        f"baselines on the same test split, by {metric} ({'higher' if higher else 'lower'} is better):",
+        f"  {'model':<24}{ours:.4f}",
+    ]
     for name, value in scores.items():
         lines.append(f"  {name:<24}{value:.4f}   ({baselines.get(f'baseline/{name}/seconds', math.nan):.1f} s)")
     failed = [k.split("/")[1] for k in baselines if k.startswith("baseline/") and k.endswith("/failed")]
@@ -262,16 +267,18 @@ def comparison(metrics: dict[str, float], baselines: dict[str, float], task: str
     if abs(margin) < 5e-5:  # the same score, up to float32 (the model's metrics) against float64
         lines.append(f"the model (test/{metric} {ours:.4f}) ties with the best baseline {best} ({scores[best]:.4f})")
     elif margin > 0:
-        lines.append(f"the model (test/{metric} {ours:.4f}) beats the best baseline {best} ({scores[best]:.4f}) "
-                     f"by {margin:.4f}")  # fmt: skip
+        lines.append(
+            f"the model (test/{metric} {ours:.4f}) beats the best baseline {best} ({scores[best]:.4f}) by {margin:.4f}"
+        )
     else:
         lines.append(f"the model (test/{metric} {ours:.4f}) does not beat the baseline {best} ({scores[best]:.4f})")
     return "\n".join(lines)
 
 
 # --- the linear probe of a pretrained backbone ----------------------------------------------------------
-def linear_probe(model: Any, datamodule: Any, task: str, test_samples: Optional[int] = None,
-                 cap: int = BASELINE_CAP) -> dict[str, float]:  # fmt: skip
+def linear_probe(
+    model: Any, datamodule: Any, task: str, test_samples: Optional[int] = None, cap: int = BASELINE_CAP
+) -> dict[str, float]:
     """``baseline/linear_probe/...``: a logistic regression or ridge on the frozen features of the model's
     backbone as pretrained (rebuilt with its pretrained weights, not the fine-tuned ones), for train + validation
     (at most ``cap`` samples) and the test split (its first ``test_samples``); {} where it is not pretrained."""

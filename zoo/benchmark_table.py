@@ -164,8 +164,15 @@ def markdown_table(summary: dict[str, dict[str, Any]], metric: str, title: str) 
     """The benchmark as a markdown table, then the sources of the published figures and the failed runs."""
     baselines = sorted({name for row in summary.values() for name in row["baselines"]})
     unit = " (%)" if _scale(metric) == 100 else ""
-    header = ["data set", "n train/test", f"model {metric}{unit}", *(f"baseline {b}" for b in baselines),
-              "published accuracy (%)", "time per run", "ok seeds"]  # fmt: skip
+    header = [
+        "data set",
+        "n train/test",
+        f"model {metric}{unit}",
+        *(f"baseline {b}" for b in baselines),
+        "published accuracy (%)",
+        "time per run",
+        "ok seeds",
+    ]
     sources: dict[str, int] = {}
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in summary.items():
@@ -175,12 +182,21 @@ def markdown_table(summary: dict[str, dict[str, Any]], metric: str, title: str) 
             std = f" ± {ref['std']:.1f}" if ref["std"] is not None else ""
             published.append(f"{ref['model']} {ref['accuracy']:.1f}{std} [{mark}]")
         sizes = f"{row['n_train']}/{row['n_test']}" if row["n_train"] is not None else "–"
-        cells = [name, sizes, _cell(row["model"], metric), *(_cell(row["baselines"].get(b), metric) for b in baselines),
-                 ", ".join(published) or "–", _seconds(row["seconds"]), f"{row['ok']}/{row['runs']}"]  # fmt: skip
+        cells = [
+            name,
+            sizes,
+            _cell(row["model"], metric),
+            *(_cell(row["baselines"].get(b), metric) for b in baselines),
+            ", ".join(published) or "–",
+            _seconds(row["seconds"]),
+            f"{row['ok']}/{row['runs']}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± sample std over the seeds that finished; the baselines' {short_name(metric)} is read from "
-                 f"`baseline/<name>/{short_name(metric)}` in each run's {METRICS_FILE}.")  # fmt: skip
+    lines.append(
+        f"Mean ± sample std over the seeds that finished; the baselines' {short_name(metric)} is read from "
+        f"`baseline/<name>/{short_name(metric)}` in each run's {METRICS_FILE}."
+    )
     if sources:
         lines += ["", "Published accuracy (mean ± std over the authors' runs):"]
         lines += [f"[{mark}] {source}" for source, mark in sources.items()]
@@ -215,19 +231,34 @@ def plot_benchmark(summary: dict[str, dict[str, Any]], metric: str, path: Path, 
         row = summary[name]
         seeds = [v * scale for v in row["seeds"].values() if v is not None and not math.isnan(v)]
         if seeds:
-            ax.scatter([i - 0.2] * len(seeds), seeds, color="C0", alpha=0.6, s=18, zorder=3,
-                       label=label("model, per seed"))  # fmt: skip
+            ax.scatter(
+                [i - 0.2] * len(seeds), seeds, color="C0", alpha=0.6, s=18, zorder=3, label=label("model, per seed")
+            )
             ax.hlines(row["model"]["mean"] * scale, i - 0.32, i - 0.08, color="C0", lw=2.5, label=label("model, mean"))
         for j, base in enumerate(baselines):
             stats = row["baselines"].get(base)
             if stats is not None:
-                ax.scatter([i], [stats["mean"] * scale], marker=markers[j % len(markers)], color=f"C{1 + j % 8}",
-                           s=36, zorder=3, label=label(f"baseline {base}"))  # fmt: skip
+                ax.scatter(
+                    [i],
+                    [stats["mean"] * scale],
+                    marker=markers[j % len(markers)],
+                    color=f"C{1 + j % 8}",
+                    s=36,
+                    zorder=3,
+                    label=label(f"baseline {base}"),
+                )
         if short_name(metric) == "acc":
             for ref in row["references"]:
                 k = models.index(ref["model"])
-                ax.scatter([i + 0.22], [ref["accuracy"] * scale / 100], marker="x", color=f"C{(k + 4) % 10}", s=36,
-                           zorder=3, label=label(f"published {ref['model']}"))  # fmt: skip
+                ax.scatter(
+                    [i + 0.22],
+                    [ref["accuracy"] * scale / 100],
+                    marker="x",
+                    color=f"C{(k + 4) % 10}",
+                    s=36,
+                    zorder=3,
+                    label=label(f"published {ref['model']}"),
+                )
     tilt = len(names) > 4
     ax.set_xticks(range(len(names)), names, rotation=20 if tilt else 0, ha="right" if tilt else "center")
     ax.set_xlim(-0.6, len(names) - 0.4)
@@ -241,9 +272,13 @@ def plot_benchmark(summary: dict[str, dict[str, Any]], metric: str, path: Path, 
 
 
 def write_benchmark(
-    out: Path, datasets: Sequence[DataSet], runs: Sequence[RunResult], metric: str, title: str,
+    out: Path,
+    datasets: Sequence[DataSet],
+    runs: Sequence[RunResult],
+    metric: str,
+    title: str,
     extra: Optional[dict[str, Any]] = None,
-) -> tuple[str, list[Path]]:  # fmt: skip
+) -> tuple[str, list[Path]]:
     """Write ``benchmark.md``, ``benchmark.json`` and ``benchmark.png`` into ``out``; returns the markdown and
     the paths. ``extra`` (the config, seeds, overrides, ...) goes into the JSON as is."""
     summary = summarise(datasets, runs, metric, read_references())
@@ -251,8 +286,13 @@ def write_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     md, js, png = out / "benchmark.md", out / "benchmark.json", out / "benchmark.png"
     md.write_text(table, encoding="utf-8")
-    content = {**(extra or {}), "metric": metric, "datasets": [asdict(d) for d in datasets],
-               "runs": [asdict(r) for r in runs], "summary": summary}  # fmt: skip
+    content = {
+        **(extra or {}),
+        "metric": metric,
+        "datasets": [asdict(d) for d in datasets],
+        "runs": [asdict(r) for r in runs],
+        "summary": summary,
+    }
     js.write_text(json.dumps(content, indent=2, default=str) + "\n", encoding="utf-8")
     plot_benchmark(summary, metric, png, title)
     return table, [md, js, png]

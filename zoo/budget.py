@@ -113,8 +113,10 @@ def plan(
     capped = ""
     if max_epochs is not None and 0 < max_epochs < epochs:  # a trainer.max_epochs given as well stays a limit
         epochs, steps, capped = max_epochs, min(steps, max_epochs * per_epoch), ", capped by trainer.max_epochs"
-    notes.append(f"budget: {steps} optimizer steps = {epochs} epochs of {per_epoch} steps ({samples} samples, "
-                 f"batches of {batch_size}){capped}")  # fmt: skip
+    notes.append(
+        f"budget: {steps} optimizer steps = {epochs} epochs of {per_epoch} steps ({samples} samples, "
+        f"batches of {batch_size}){capped}"
+    )
     if steps < MIN_STEPS:
         notes.append(
             f"budget: {steps} optimizer steps are few to train a network (under {MIN_STEPS}); raise --steps, "

@@ -47,8 +47,13 @@ def trusted_bases() -> tuple[type, ...]:
     from datamodules.base import ZooDataModule
     from zoo.tasks.base import ZooTask
 
-    return ZooTask, ZooDataModule, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, \
-        torch.optim.lr_scheduler.ReduceLROnPlateau  # fmt: skip
+    return (
+        ZooTask,
+        ZooDataModule,
+        torch.optim.Optimizer,
+        torch.optim.lr_scheduler.LRScheduler,
+        torch.optim.lr_scheduler.ReduceLROnPlateau,
+    )
 
 
 def trusted(path: Any, extra: Collection[str] = ()) -> bool:
@@ -98,8 +103,10 @@ def read_checkpoint(path: str, mmap: bool = False, trusted: Collection[str] = ()
         with open(path, "rb") as f:
             head = f.read(len(ZIP_MAGIC))
         if head != ZIP_MAGIC:
-            raise ConfigError(f"{path}: not a zoo checkpoint ({os.path.getsize(path)} bytes, not a file torch.save "
-                              "wrote); use a .ckpt file that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/")
+            raise ConfigError(
+                f"{path}: not a zoo checkpoint ({os.path.getsize(path)} bytes, not a file torch.save "
+                "wrote); use a .ckpt file that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/"
+            )
     ckpt = load_data(path, f"checkpoint {path}", mmap=mmap)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"{path}: not a zoo checkpoint (no state_dict); use a .ckpt file that `zoo fit` wrote")
@@ -163,8 +170,12 @@ def check_is_data(ckpt: dict[str, Any], path: str, trusted: Collection[str] = ()
     except RecursionError:
         raise ConfigError(f"{path}: refused, its contents nest deeper than any zoo checkpoint's") from None
     for where in distrust_remote_code(ckpt.get("hyper_parameters"), "hyper_parameters"):
-        log.warning("%s stores %s: true; a checkpoint cannot allow remote code, so it is off. Set it in your own "
-                    "config or command line if you trust that code", path, where)  # fmt: skip
+        log.warning(
+            "%s stores %s: true; a checkpoint cannot allow remote code, so it is off. Set it in your own "
+            "config or command line if you trust that code",
+            path,
+            where,
+        )
 
 
 def _stored_config(text: Any, path: str) -> dict[str, Any]:
@@ -174,8 +185,10 @@ def _stored_config(text: Any, path: str) -> dict[str, Any]:
         config = yaml.safe_load(text)
     except yaml.YAMLError as err:  # a !!python/... tag is refused by safe_load: nothing was built
         said = " ".join(str(err).split())
-        raise ConfigError(f"{path}: refused, its stored config ({CONFIG_KEY}) is not plain YAML ({said[:160]}); "
-                          "a zoo checkpoint's config holds no tags. Only load checkpoints you trust") from None  # fmt: skip
+        raise ConfigError(
+            f"{path}: refused, its stored config ({CONFIG_KEY}) is not plain YAML ({said[:160]}); "
+            "a zoo checkpoint's config holds no tags. Only load checkpoints you trust"
+        ) from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: its stored config ({CONFIG_KEY}) is not a mapping; not a zoo checkpoint")
     return config
@@ -286,8 +299,9 @@ def _zoo_class(class_path: Any, package: str, base: type, path: str, what: str) 
     """The class a checkpoint names, imported only from the zoo's own ``package`` and a subclass of ``base``:
     a checkpoint never makes us import or build anything else."""
     if not isinstance(class_path, str) or not class_path.startswith(f"{package}."):
-        raise ConfigError(f"{path}: not a zoo checkpoint (its {what} class is {class_path!r}); "
-                          "use a checkpoint that `zoo fit` wrote")  # fmt: skip
+        raise ConfigError(
+            f"{path}: not a zoo checkpoint (its {what} class is {class_path!r}); use a checkpoint that `zoo fit` wrote"
+        )
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name, None)
@@ -325,8 +339,10 @@ def load_task(path: str, ckpt: Optional[dict[str, Any]] = None, trusted: Collect
         raise ConfigError(f"{path}: cannot rebuild its model: {' '.join(str(err).split())[:300]}") from None
     missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
-        raise ConfigError(f"{path}: its weights do not fit the model it describes (missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]})")  # fmt: skip
+        raise ConfigError(
+            f"{path}: its weights do not fit the model it describes (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
     return task.eval()
 
 
@@ -341,8 +357,10 @@ def load_datamodule(ckpt: dict[str, Any], path: str, instead: str) -> Any:
 
     data = (run_config(ckpt) or {}).get("data")
     if not isinstance(data, dict) or "class_path" not in data:
-        raise ConfigError(f"{path} has no resolved config to rebuild its data from (it was written before "
-                          f"checkpoints carried one, or not by `zoo fit`); {instead}")  # fmt: skip
+        raise ConfigError(
+            f"{path} has no resolved config to rebuild its data from (it was written before "
+            f"checkpoints carried one, or not by `zoo fit`); {instead}"
+        )
     cls = _zoo_class(data["class_path"], "datamodules", ZooDataModule, path, "datamodule")
     try:
         datamodule = cls(**(data.get("init_args") or {}))
@@ -355,8 +373,9 @@ def load_datamodule(ckpt: dict[str, Any], path: str, instead: str) -> Any:
     try:
         datamodule.load_state_dict(state)
     except (TypeError, KeyError, ValueError) as err:
-        raise ConfigError(f"{path}: its data state does not fit {data['class_path']} ({err!r}); not a checkpoint "
-                          "that `zoo fit` wrote") from None  # fmt: skip
+        raise ConfigError(
+            f"{path}: its data state does not fit {data['class_path']} ({err!r}); not a checkpoint that `zoo fit` wrote"
+        ) from None
     return datamodule
 
 
@@ -375,8 +394,10 @@ def _check_data_state(state: dict[str, Any], path: str) -> None:
     }
     for key, fits in kinds.items():
         if state.get(key) is not None and not fits(state[key]):
-            raise ConfigError(f"{path}: its data state's {key!r} is not what a zoo datamodule stores "
-                              f"({type(state[key]).__name__}); not a checkpoint that `zoo fit` wrote")  # fmt: skip
+            raise ConfigError(
+                f"{path}: its data state's {key!r} is not what a zoo datamodule stores "
+                f"({type(state[key]).__name__}); not a checkpoint that `zoo fit` wrote"
+            )
 
 
 def run_config(ckpt: dict[str, Any]) -> Optional[dict[str, Any]]:

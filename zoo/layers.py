@@ -9,7 +9,9 @@ from torch import nn
 from zoo.errors import ConfigError
 
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]
-Init = Literal["default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "normal"]
+Init = Literal[
+    "default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "normal"
+]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -77,7 +79,9 @@ class PatchEmbed(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], patch_size: int, embed_dim: int) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ConfigError(f"patch embedding expects images of shape (C, H, W), got input_shape={tuple(input_shape)}")
+            raise ConfigError(
+                f"patch embedding expects images of shape (C, H, W), got input_shape={tuple(input_shape)}"
+            )
         channels, height, width = input_shape
         if patch_size < 1 or height % patch_size or width % patch_size:
             fits = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
@@ -117,7 +121,12 @@ class ConvBNAct(nn.Sequential):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, activation: str | None = "relu"
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        activation: str | None = "relu",
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False)
@@ -147,7 +156,9 @@ def sequence_channels(name: str, input_shape: tuple[int, ...], vocab_size: int |
             )
         return shape[1]
     if len(shape) != 1:
-        raise ConfigError(f"{name} with vocab_size={vocab_size} expects token ids of shape (T,), got input_shape={shape}")
+        raise ConfigError(
+            f"{name} with vocab_size={vocab_size} expects token ids of shape (T,), got input_shape={shape}"
+        )
     return None
 
 

@@ -188,9 +188,13 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
         if self.subcommand == "fit" and isinstance(self.datamodule, ZooDataModule):
             sizes = self.datamodule.split_sizes()
             try:
-                decided = budget_for(sizes, self.datamodule.batch_size, trainer_config,
-                                     config_get(self, self.config, "steps"),
-                                     config_get(self, self.config, "selection", "auto"))  # fmt: skip
+                decided = budget_for(
+                    sizes,
+                    self.datamodule.batch_size,
+                    trainer_config,
+                    config_get(self, self.config, "steps"),
+                    config_get(self, self.config, "selection", "auto"),
+                )
             except ZooError as err:
                 subcommand_parser(self, self.subcommand).error(str(err))
             apply_budget(decided, self.datamodule, trainer_config)
@@ -254,4 +258,3 @@ class ZooSaveConfig(SaveConfigCallback):
         if getattr(self, "_config_yaml", None) is None:
             self._config_yaml = self.parser.dump(self.config, skip_none=False, format="yaml")
         return self._config_yaml
-

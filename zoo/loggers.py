@@ -73,9 +73,15 @@ class WandbLogger(_LightningWandbLogger):
         os.makedirs(save_dir, exist_ok=True)
         # Lightning's logger passes resume="allow" to wandb.init: a known id continues that run.
         super().__init__(
-            name=name, save_dir=save_dir, offline=offline, project=project,
-            log_model=log_model, entity=entity, tags=tags, id=id,
-        )  # fmt: skip
+            name=name,
+            save_dir=save_dir,
+            offline=offline,
+            project=project,
+            log_model=log_model,
+            entity=entity,
+            tags=tags,
+            id=id,
+        )
         if wandb_init_kwargs(self).get("anonymous") is None:  # wandb 0.31 warns about the setting even when None
             wandb_init_kwargs(self).pop("anonymous", None)
         self._sync_hint_shown = False

@@ -163,10 +163,19 @@ def plot_learning_curves(
             for stage, style, alpha in (("train", "--", 0.55), ("val", "-", 1.0)):
                 if f"{stage}/{name}" in history:
                     xs, ys = _series(history, f"{stage}/{name}")
-                    ax.plot(xs, ys, style, marker="." if stage == "val" else None, color=color, alpha=alpha,
-                            label=f"{stage}/{name}")  # fmt: skip
-        ax.set(title="scores (higher is better)" if kind == "score" else "errors (data units, lower is better)",
-               xlabel="epoch")  # fmt: skip
+                    ax.plot(
+                        xs,
+                        ys,
+                        style,
+                        marker="." if stage == "val" else None,
+                        color=color,
+                        alpha=alpha,
+                        label=f"{stage}/{name}",
+                    )
+        ax.set(
+            title="scores (higher is better)" if kind == "score" else "errors (data units, lower is better)",
+            xlabel="epoch",
+        )
     if best is not None:
         for ax in axes:  # named once, in the loss panel's legend
             label = f"best epoch ({best})" if ax is loss_ax else None
@@ -210,8 +219,14 @@ def plot_learning_rates(
 
     order = {name: i for i, name in enumerate(group_order)}
     logged = lr_columns(history)
-    columns = sorted(logged, key=lambda c: (order.get(c.split("/", 1)[-1], len(order)),
-                                            c.split("/", 1)[-1].startswith("head"), logged.index(c)))  # fmt: skip
+    columns = sorted(
+        logged,
+        key=lambda c: (
+            order.get(c.split("/", 1)[-1], len(order)),
+            c.split("/", 1)[-1].startswith("head"),
+            logged.index(c),
+        ),
+    )
     if not columns:
         return None
     prefixes = {c.split("/", 1)[0] for c in columns}
@@ -220,9 +235,12 @@ def plot_learning_rates(
         layer_groups.setdefault(column.removesuffix(NO_DECAY), []).append(column)
     has_schedule = SCHEDULE_KEY in history
     fig, axes = new_figure(
-        9.0, 6.0 if has_schedule else 4.5, nrows=2 if has_schedule else 1, sharex=True,
+        9.0,
+        6.0 if has_schedule else 4.5,
+        nrows=2 if has_schedule else 1,
+        sharex=True,
         **({"height_ratios": [3, 1]} if has_schedule else {}),
-    )  # fmt: skip
+    )
     ax = axes[0]
 
     def label_of(column: str) -> str:  # the optimizer's name is in the axis label when there is one optimizer
@@ -236,15 +254,28 @@ def plot_learning_rates(
             xs, ys = _series(history, column)
             hidden_zero |= any(y <= 0 for y in ys)
             ys = [y if y > 0 else math.nan for y in ys]  # a zero LR (a frozen group) has no place on a log axis
-            ax.plot(xs, ys, "--" if i else "-", marker="." if len(xs) < 40 else None, color=color,
-                    label=label_of(base if same else column), linewidth=1.6)  # fmt: skip
+            ax.plot(
+                xs,
+                ys,
+                "--" if i else "-",
+                marker="." if len(xs) < 40 else None,
+                color=color,
+                label=label_of(base if same else column),
+                linewidth=1.6,
+            )
     ax.set_yscale("log")
-    ylabel = "learning rate" + (f" ({next(iter(prefixes))[len(LR_PREFIX):]})" if len(prefixes) == 1 else "")
+    ylabel = "learning rate" + (f" ({next(iter(prefixes))[len(LR_PREFIX) :]})" if len(prefixes) == 1 else "")
     ax.set(ylabel=ylabel, title="learning rate per optimizer group" + (" (zeros not shown)" if hidden_zero else ""))
     all_equal = len({tuple(_series(history, c)[1]) for c in columns}) == 1
     if all_equal and len(layer_groups) > 1:
-        ax.text(0.01, 0.02, f"all {len(layer_groups)} groups share one LR", transform=ax.transAxes,
-                fontsize="small", color="0.3")  # fmt: skip
+        ax.text(
+            0.01,
+            0.02,
+            f"all {len(layer_groups)} groups share one LR",
+            transform=ax.transAxes,
+            fontsize="small",
+            color="0.3",
+        )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="group", title_fontsize="small")
     if has_schedule:
@@ -265,9 +296,11 @@ def plot_learning_rates(
 
 
 def plot_confusion_matrix(
-    matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Optional[Union[str, Path]] = None,
+    matrix: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: Optional[Union[str, Path]] = None,
     title: str = "test confusion matrix",
-) -> Figure:  # fmt: skip
+) -> Figure:
     """Counts (rows: true class, columns: predicted), shaded by the fraction of each true class, so a
     rare class's mistakes show as clearly as a common one's. Counts are written in the cells up to 30
     classes; long class names are shortened. Saved to ``path``."""
@@ -287,16 +320,29 @@ def plot_confusion_matrix(
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
     font = 9 if n <= 15 else 7 if n <= 30 else 5
     ticks = np.arange(n) if n <= 100 else np.arange(0, n, math.ceil(n / 100))
-    ax.set_xticks(ticks, [names[i] for i in ticks], fontsize=font, rotation=45 if longest > 2 else 0,
-                  ha="right" if longest > 2 else "center", rotation_mode="anchor")  # fmt: skip
+    ax.set_xticks(
+        ticks,
+        [names[i] for i in ticks],
+        fontsize=font,
+        rotation=45 if longest > 2 else 0,
+        ha="right" if longest > 2 else "center",
+        rotation_mode="anchor",
+    )
     ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=font)
     ax.set(xlabel="predicted class", ylabel="true class")
     if n <= 30:
         for i in range(n):
             for j in range(n):
                 if counts[i, j] or i == j:
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=font,
-                            color="white" if shares[i, j] > 0.55 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        str(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if shares[i, j] > 0.55 else "black",
+                    )
     total, correct = int(counts.sum()), int(np.trace(counts))
     accuracy = correct / total if total else float("nan")
     ax.set_title(f"{title}\naccuracy {accuracy:.4f} ({correct}/{total})", fontsize=12 if n <= 30 else 16)

@@ -107,10 +107,11 @@ def register_variant(
     factory.__signature__ = signature.replace(  # type: ignore[attr-defined]  (what the registry and `zoo models` read)
         parameters=[
             p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=defaults.get(p.name, p.default))
-            for p in signature.parameters.values() if p.name not in fixed
+            for p in signature.parameters.values()
+            if p.name not in fixed
         ],
         return_annotation=builder,
-    )  # fmt: skip
+    )
     factory.__name__ = factory.__qualname__ = name
     factory.__module__ = builder.__module__
     factory.__doc__ = description

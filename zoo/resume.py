@@ -37,10 +37,13 @@ def resolve_last_checkpoint(config: Any, fresh_if_none: bool = True) -> Optional
         return str(path)
     passed = f" (passing over {others} checkpoint(s) of other experiments or unreadable)" if others else ""
     if not fresh_if_none:
-        raise ConfigError(f"--ckpt_path last: this config's runs ({where}) hold no checkpoint of it{passed}; train "
-                          "it with `zoo fit` first, or give the checkpoint's path")  # fmt: skip
-    print(f"--ckpt_path last: no checkpoint of this config in {where} yet{passed}, starting a fresh run",
-          file=sys.stderr)  # fmt: skip
+        raise ConfigError(
+            f"--ckpt_path last: this config's runs ({where}) hold no checkpoint of it{passed}; train "
+            "it with `zoo fit` first, or give the checkpoint's path"
+        )
+    print(
+        f"--ckpt_path last: no checkpoint of this config in {where} yet{passed}, starting a fresh run", file=sys.stderr
+    )
     return None
 
 
@@ -112,12 +115,17 @@ def check_same_experiment(ckpt: dict[str, Any], path: str, config: dict[str, Any
         "data": ((run_config(ckpt) or {}).get("data") or {}).get("class_path"),
     }
     model, data = config.get("model") or {}, config.get("data") or {}
-    asked = {"task": model.get("class_path"), "backbone": (model.get("init_args") or {}).get("backbone"),
-             "data": data.get("class_path")}  # fmt: skip
+    asked = {
+        "task": model.get("class_path"),
+        "backbone": (model.get("init_args") or {}).get("backbone"),
+        "data": data.get("class_path"),
+    }
     differ = [key for key in stored if stored[key] and asked[key] and stored[key] != asked[key]]
     if differ:
         was = ", ".join(f"{key} {stored[key]}" for key in differ)
         now = ", ".join(f"{key} {asked[key]}" for key in differ)
-        raise ConfigError(f"{path} is another experiment's checkpoint: it was trained with {was}, this config has "
-                          f"{now}. Resume with the config it was trained with, or drop --ckpt_path to train this one "
-                          "from scratch (model.backbone: zoo/<checkpoint> starts from its trained backbone)")  # fmt: skip
+        raise ConfigError(
+            f"{path} is another experiment's checkpoint: it was trained with {was}, this config has "
+            f"{now}. Resume with the config it was trained with, or drop --ckpt_path to train this one "
+            "from scratch (model.backbone: zoo/<checkpoint> starts from its trained backbone)"
+        )

@@ -88,4 +88,3 @@ class CNNBackbone(Backbone):
         if len(self.dense):
             groups["dense"] = self.dense
         return groups
-

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 Pool = Literal["cls", "mean"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "bert-base-uncased", "org/model"
 
+
 def local_dir(path: str) -> Optional[str]:
     """A local directory holding ``path``'s files: the path itself, its HuggingFace cache snapshot, or an
     offline package's copy; None when only the hub has it. Neither a directory nor a hub id raises."""
@@ -93,8 +94,9 @@ class HFBackbone(PretrainedBackbone):
     ``token_type_ids``); the zoo's padded-sequence batches (``x``, ``mask``) work too.
     """
 
-    def __init__(self, model: nn.Module, groups: dict[str, list[str]], preprocessing: dict[str, Any], pool: Pool,
-                 max_length: int) -> None:  # fmt: skip
+    def __init__(
+        self, model: nn.Module, groups: dict[str, list[str]], preprocessing: dict[str, Any], pool: Pool, max_length: int
+    ) -> None:
         super().__init__(model, int(model.config.hidden_size), groups, preprocessing)
         self.pool = pool
         self.max_length = max_length
@@ -164,19 +166,28 @@ def hf_backbone(
         if pretrained is False:
             model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
         else:
-            model, info = _quietly(AutoModel.from_pretrained, where, trust_remote_code=trust_remote_code,
-                                   dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True)
-            _check_loading(info, where, path)  # fmt: skip
+            model, info = _quietly(
+                AutoModel.from_pretrained,
+                where,
+                trust_remote_code=trust_remote_code,
+                dtype=torch.float32,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+            )
+            _check_loading(info, where, path)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # unused: the backbone pools itself, and DDP must see no unused parameters
     max_length = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
     if input_shape and input_shape[0] > max_length:
-        raise ConfigError(f"hf/{path} takes at most {max_length} tokens, the data has {input_shape[0]}: "
-                          f"set data.max_length to {max_length} or less")  # fmt: skip
+        raise ConfigError(
+            f"hf/{path} takes at most {max_length} tokens, the data has {input_shape[0]}: "
+            f"set data.max_length to {max_length} or less"
+        )
     rows = model.get_input_embeddings().num_embeddings
     if vocab_size is not None and vocab_size > rows:
-        logger.warning("hf/%s: the tokenizer has %d ids, the model %d embeddings; adding random rows", path,
-                       vocab_size, rows)  # fmt: skip
+        logger.warning(
+            "hf/%s: the tokenizer has %d ids, the model %d embeddings; adding random rows", path, vocab_size, rows
+        )
         model.resize_token_embeddings(vocab_size)
     preprocessing = {"tokenizer": local_dir(path) or path}
     return HFBackbone(model, _groups(model), preprocessing, pool, max_length)
@@ -199,12 +210,16 @@ def _check_loading(info: dict[str, Any], where: str, path: str) -> None:
     mismatched = [f"  {k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in sorted(info.get("mismatched_keys", []))]
     missing = sorted(k for k in info.get("missing_keys", []) if not k.startswith("pooler."))
     if missing:
-        mismatched.append(f"  missing from the weights: {', '.join(missing[:8])}"
-                          f"{f' (and {len(missing) - 8} more)' if len(missing) > 8 else ''}")  # fmt: skip
+        mismatched.append(
+            f"  missing from the weights: {', '.join(missing[:8])}"
+            f"{f' (and {len(missing) - 8} more)' if len(missing) > 8 else ''}"
+        )
     if mismatched:
         lines = "\n".join(mismatched[:12])
-        raise ConfigError(f"the weights in {where} do not fit hf/{path}'s config:\n{lines}\n"
-                          "Use the config.json saved with these weights, or model.pretrained: false")  # fmt: skip
+        raise ConfigError(
+            f"the weights in {where} do not fit hf/{path}'s config:\n{lines}\n"
+            "Use the config.json saved with these weights, or model.pretrained: false"
+        )
 
 
 def _groups(model: nn.Module) -> dict[str, list[str]]:
@@ -222,7 +237,7 @@ def _groups(model: nn.Module) -> dict[str, list[str]]:
     current = "embeddings"
     for name, _ in model.named_parameters():
         if name.startswith(f"{prefix}."):
-            current = f"layer{name[len(prefix) + 1:].split('.')[0]}"
+            current = f"layer{name[len(prefix) + 1 :].split('.')[0]}"
         elif current != "embeddings":
             current = "top"
         names[current].append(name)
@@ -266,5 +281,11 @@ def _param_count(path: str) -> int:
 
 def hf_entry(path: str) -> BackboneEntry:
     local_dir(path)  # a name that is neither a directory nor a hub id raises here
-    return BackboneEntry(f"hf/{path}", functools.partial(hf_backbone, path), "hf", "text",
-                         f"transformers encoder {path}", functools.partial(_param_count, path))  # fmt: skip
+    return BackboneEntry(
+        f"hf/{path}",
+        functools.partial(hf_backbone, path),
+        "hf",
+        "text",
+        f"transformers encoder {path}",
+        functools.partial(_param_count, path),
+    )

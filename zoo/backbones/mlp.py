@@ -61,4 +61,3 @@ class MLPBackbone(Backbone):
 
     def layer_groups(self) -> dict[str, nn.Module]:
         return {f"block{i}": block for i, block in enumerate(self.blocks)}
-

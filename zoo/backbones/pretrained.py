@@ -137,8 +137,11 @@ def read_weights(path: str, label: str = "model.pretrained") -> dict[str, torch.
     """A state dict from a ``.safetensors`` file or a ``torch.save`` file (read as data: :func:`load_data`)."""
     from zoo.checkpoints import load_data
 
-    state = load_data(path, f"{label}={path!r}", unreadable="not a readable weights file: expected "
-                      "torch.save(model.state_dict(), path) or a .safetensors file")  # fmt: skip
+    state = load_data(
+        path,
+        f"{label}={path!r}",
+        unreadable="not a readable weights file: expected torch.save(model.state_dict(), path) or a .safetensors file",
+    )
     if isinstance(state, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):  # training scripts often wrap the weights
             if isinstance(state.get(key), Mapping):
@@ -147,7 +150,7 @@ def read_weights(path: str, label: str = "model.pretrained") -> dict[str, torch.
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{label}={path!r}: holds no state dict (a mapping of names to tensors)")
     if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -156,8 +159,9 @@ def mismatch_report(model: nn.Module, state: Mapping[str, torch.Tensor], limit: 
     own = model.state_dict()
     lines = [
         f"  {k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items() if k in own and v.shape != own[k].shape
-    ][:limit]  # fmt: skip
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ][:limit]
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     for what, keys in (("missing from the file", missing), ("unexpected in the file", unexpected)):
@@ -173,8 +177,10 @@ def load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
     """Load ``state`` strictly; a file that does not fit raises naming every key and both shapes."""
     report = mismatch_report(model, state)
     if report:
-        raise ConfigError(f"the weights in {source} do not fit {target}:\n{report}\nPass weights of the same "
-                          f"architecture ({HOW_TO_PASS})")  # fmt: skip
+        raise ConfigError(
+            f"the weights in {source} do not fit {target}:\n{report}\nPass weights of the same "
+            f"architecture ({HOW_TO_PASS})"
+        )
     model.load_state_dict(state, strict=False)  # strict but for num_batches_tracked, which old files lack
 
 
@@ -289,10 +295,14 @@ def _check_no_cycle(path: str, hparams: dict[str, Any]) -> None:
     source, rest = split_source(str(hparams["backbone"]))
     while source == "zoo" and os.path.isfile(rest):
         if os.path.abspath(rest) in chain:
-            raise ConfigError(f"zoo/{path}: its backbone comes back to itself ({' -> '.join([*chain, rest])}); "
-                              "not a checkpoint that `zoo fit` wrote")  # fmt: skip
+            raise ConfigError(
+                f"zoo/{path}: its backbone comes back to itself ({' -> '.join([*chain, rest])}); "
+                "not a checkpoint that `zoo fit` wrote"
+            )
         chain.append(os.path.abspath(rest))
-        source, rest = split_source(str((read_checkpoint(rest, mmap=True).get("hyper_parameters") or {}).get("backbone")))
+        source, rest = split_source(
+            str((read_checkpoint(rest, mmap=True).get("hyper_parameters") or {}).get("backbone"))
+        )
 
 
 @functools.lru_cache(maxsize=1)  # the registry entry, the backbone and its preprocessing read the same file
@@ -302,9 +312,11 @@ def _read_zoo_checkpoint(path: str, mtime_ns: int, size: int) -> tuple[dict[str,
     ckpt = read_checkpoint(path)  # data only: every class it names trusted, no remote code
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or "backbone" not in hparams:
-        raise ConfigError(f"checkpoint {path}: not a zoo checkpoint (no model hyper_parameters with a backbone); use "
-                          "one that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/*.ckpt")  # fmt: skip
-    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+        raise ConfigError(
+            f"checkpoint {path}: not a zoo checkpoint (no model hyper_parameters with a backbone); use "
+            "one that `zoo fit` wrote, runs/<name>/version_<n>/checkpoints/*.ckpt"
+        )
+    state = {k[len("backbone.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
     return hparams, state
 
 
@@ -345,8 +357,11 @@ def zoo_backbone(
         logger.info(
             "zoo/%s: loaded its %s backbone (%s parameters); the checkpoint's head (%s) is not loaded: "
             "the task builds a new head, initialised for its own num_classes",
-            path, original, f"{sum(p.numel() for p in backbone.parameters()):,}", head,
-        )  # fmt: skip
+            path,
+            original,
+            f"{sum(p.numel() for p in backbone.parameters()):,}",
+            head,
+        )
     backbone.preprocessing = preprocessing_of(original, **kwargs)
     return backbone
 
@@ -360,9 +375,14 @@ def zoo_entry(path: str) -> BackboneEntry:
 
     original, kwargs = _original(read_zoo_checkpoint(path)[0])
     entry = get_backbone_entry(original)
-    return BackboneEntry(f"zoo/{path}", functools.partial(zoo_backbone, path), entry.family, entry.input_kind,
-                         f"{original} trained by zoo fit, from {path}",
-                         lambda: count_without_weights(lambda: create_backbone(original, **kwargs)))  # fmt: skip
+    return BackboneEntry(
+        f"zoo/{path}",
+        functools.partial(zoo_backbone, path),
+        entry.family,
+        entry.input_kind,
+        f"{original} trained by zoo fit, from {path}",
+        lambda: count_without_weights(lambda: create_backbone(original, **kwargs)),
+    )
 
 
 def zoo_names(pattern: str) -> list[str]:

@@ -183,9 +183,24 @@ def _check_size(height: int, width: int, stem: str, num_stages: int) -> None:
 
 # --- registered variants: the block and the depth ---------------------------------------------------------
 _IMAGE = {"family": "resnet", "input_kind": "image"}
-register_variant("resnet18", ResNetBackbone, **_IMAGE, fixed={"block": "basic", "layers": (2, 2, 2, 2)},
-                 description="ResNet-18 (basic blocks), small-input or ImageNet stem.")  # fmt: skip
-register_variant("resnet34", ResNetBackbone, **_IMAGE, fixed={"block": "basic", "layers": (3, 4, 6, 3)},
-                 description="ResNet-34 (basic blocks), small-input or ImageNet stem.")  # fmt: skip
-register_variant("resnet50", ResNetBackbone, **_IMAGE, fixed={"block": "bottleneck", "layers": (3, 4, 6, 3)},
-                 description="ResNet-50 (bottleneck blocks), small-input or ImageNet stem.")  # fmt: skip
+register_variant(
+    "resnet18",
+    ResNetBackbone,
+    **_IMAGE,
+    fixed={"block": "basic", "layers": (2, 2, 2, 2)},
+    description="ResNet-18 (basic blocks), small-input or ImageNet stem.",
+)
+register_variant(
+    "resnet34",
+    ResNetBackbone,
+    **_IMAGE,
+    fixed={"block": "basic", "layers": (3, 4, 6, 3)},
+    description="ResNet-34 (basic blocks), small-input or ImageNet stem.",
+)
+register_variant(
+    "resnet50",
+    ResNetBackbone,
+    **_IMAGE,
+    fixed={"block": "bottleneck", "layers": (3, 4, 6, 3)},
+    description="ResNet-50 (bottleneck blocks), small-input or ImageNet stem.",
+)

@@ -100,9 +100,7 @@ class RNNBackbone(Backbone):
         extra: dict[str, Any] = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.layers = nn.ModuleList()
         for _ in range(num_layers):
-            self.layers.append(
-                _CELLS[cell](width, hidden_size, batch_first=True, bidirectional=bidirectional, **extra)
-            )
+            self.layers.append(_CELLS[cell](width, hidden_size, batch_first=True, bidirectional=bidirectional, **extra))
             width = hidden_size * (2 if bidirectional else 1)
         self.dropout = nn.Dropout(dropout)
         self.attention = AttentionPool(width) if pool == "attention" else None
@@ -163,7 +161,9 @@ class RNNBackbone(Backbone):
 _SEQUENCE = {"family": "rnn", "input_kind": "sequence"}
 _FEATURES = "over variable-length sequences; features from the last real step or pooled."
 register_variant("rnn", RNNBackbone, **_SEQUENCE, fixed={"cell": "rnn"}, description=f"Elman RNN {_FEATURES}")
-register_variant("lstm", RNNBackbone, **_SEQUENCE, fixed={"cell": "lstm", "nonlinearity": "tanh"},
-                 description=f"LSTM {_FEATURES}")  # fmt: skip
-register_variant("gru", RNNBackbone, **_SEQUENCE, fixed={"cell": "gru", "nonlinearity": "tanh"},
-                 description=f"GRU {_FEATURES}")  # fmt: skip
+register_variant(
+    "lstm", RNNBackbone, **_SEQUENCE, fixed={"cell": "lstm", "nonlinearity": "tanh"}, description=f"LSTM {_FEATURES}"
+)
+register_variant(
+    "gru", RNNBackbone, **_SEQUENCE, fixed={"cell": "gru", "nonlinearity": "tanh"}, description=f"GRU {_FEATURES}"
+)

@@ -49,9 +49,7 @@ def _dilations(length: int, num_features: int, max_dilations: int) -> tuple[list
     true_max = min(per_kernel, max_dilations)
     multiplier = per_kernel / true_max
     max_exponent = np.log2(max(length - 1, KERNEL_LENGTH - 1) / (KERNEL_LENGTH - 1))
-    dilations, counts = np.unique(
-        np.logspace(0, max_exponent, true_max, base=2).astype(np.int64), return_counts=True
-    )
+    dilations, counts = np.unique(np.logspace(0, max_exponent, true_max, base=2).astype(np.int64), return_counts=True)
     counts = (counts * multiplier).astype(np.int64)
     for i in range(per_kernel - int(counts.sum())):  # the remainder, one each from the smallest dilation up
         counts[i % len(counts)] += 1

@@ -77,9 +77,11 @@ class TabularMLPBackbone(Backbone):
         categories = list(categories or [])
         num_columns = math.prod(input_shape)
         if len(categories) > num_columns or any(n < 1 for n in categories):
-            raise ConfigError(f"tabular_mlp: categories={categories} do not fit input_shape={tuple(input_shape)}: "
-                              "one cardinality (at least 1) per categorical column, the input's last "
-                              "columns")  # fmt: skip
+            raise ConfigError(
+                f"tabular_mlp: categories={categories} do not fit input_shape={tuple(input_shape)}: "
+                "one cardinality (at least 1) per categorical column, the input's last "
+                "columns"
+            )
         self.categories = categories
         self.num_numeric = num_columns - len(categories)
         self.embed = CategoryEmbedding(categories, embedding_dropout) if categories else None
@@ -106,9 +108,11 @@ class TabularMLPBackbone(Backbone):
             return self.blocks(x)
         exact = _EXACT_CODES.get(x.dtype)
         if exact is not None and max(self.categories) > exact:
-            raise ConfigError(f"tabular_mlp: a categorical column has {max(self.categories)} codes, more than "
-                              f"{x.dtype} inputs hold exactly ({exact}); use trainer.precision: bf16-mixed or "
-                              "32-true")  # fmt: skip
+            raise ConfigError(
+                f"tabular_mlp: a categorical column has {max(self.categories)} codes, more than "
+                f"{x.dtype} inputs hold exactly ({exact}); use trainer.precision: bf16-mixed or "
+                "32-true"
+            )
         codes = x[:, self.num_numeric :].round().long()  # (B, n_categorical)
         # A code outside a column's range is a category the data never had: code 0, as the datamodule maps those
         # (random check batches of `zoo export` hold such codes).

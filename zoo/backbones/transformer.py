@@ -30,9 +30,15 @@ class SequenceEmbedding(nn.Module):
     """
 
     def __init__(
-        self, in_channels: Optional[int], vocab_size: Optional[int], d_model: int, max_steps: int,
-        positional: Positional, cls_token: bool, dropout: float,
-    ) -> None:  # fmt: skip
+        self,
+        in_channels: Optional[int],
+        vocab_size: Optional[int],
+        d_model: int,
+        max_steps: int,
+        positional: Positional,
+        cls_token: bool,
+        dropout: float,
+    ) -> None:
         super().__init__()
         if vocab_size is not None:
             self.proj: nn.Module = nn.Embedding(vocab_size, d_model, padding_idx=0)
@@ -130,9 +136,7 @@ class TransformerBackbone(Backbone):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.forward_features(x, mask)
 
-    def forward_tokens(
-        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every token after the final norm, ``(B, T', d_model)``, and its mask ``(B, T')`` (CLS first if any)."""
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
@@ -153,4 +157,3 @@ class TransformerBackbone(Backbone):
     def layer_groups(self) -> dict[str, nn.Module]:
         """``embed`` (projection, CLS token, positions), ``layer0`` ... ``layer{num_layers-1}``, ``norm``."""
         return {"embed": self.embed, **{f"layer{i}": layer for i, layer in enumerate(self.layers)}, "norm": self.norm}
-

@@ -84,8 +84,11 @@ def user_entry(path: str) -> BackboneEntry:
         return user_backbone(path, factory, **kwargs)
 
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    own = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=p.default) for n, p in params.items()
-           if p.kind in kinds]  # fmt: skip
+    own = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=p.default)
+        for n, p in params.items()
+        if p.kind in kinds
+    ]
     if "input_shape" not in params:
         own.append(inspect.Parameter("input_shape", inspect.Parameter.KEYWORD_ONLY, default=None))
     own += [p for p in params.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
@@ -103,8 +106,9 @@ def user_backbone(path: str, factory: Callable[..., Any], input_shape: Any = Non
     try:
         model = factory(**kwargs)
     except TypeError as err:
-        raise ConfigError(f"backbone {path!r}: building it with {kwargs} failed ({err}); set its arguments in "
-                          "model.backbone_kwargs") from None  # fmt: skip
+        raise ConfigError(
+            f"backbone {path!r}: building it with {kwargs} failed ({err}); set its arguments in model.backbone_kwargs"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"backbone {path!r} built a {type(model).__name__}, not a torch.nn.Module")
     default = params["input_shape"].default if "input_shape" in params else None
@@ -141,22 +145,28 @@ class UserBackbone(Backbone):
             )
         if self.plain:
             if input_shape is None:
-                raise ConfigError(f"backbone {path!r} is a plain nn.Module: its feature width is found from "
-                                  "input_shape, which is not set")  # fmt: skip
+                raise ConfigError(
+                    f"backbone {path!r} is a plain nn.Module: its feature width is found from "
+                    "input_shape, which is not set"
+                )
             self.num_features = self._dry_width(input_shape)
         else:
             width = model.num_features
             if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-                raise ConfigError(f"backbone {path!r}: num_features must be a positive int, got {width!r}; "
-                                  f"{HOW_TO_ADD['num_features']}")  # fmt: skip
+                raise ConfigError(
+                    f"backbone {path!r}: num_features must be a positive int, got {width!r}; "
+                    f"{HOW_TO_ADD['num_features']}"
+                )
             self.num_features = width
             if not callable(model.forward_features) or not callable(model.layer_groups):
                 raise ConfigError(f"backbone {path!r}: forward_features and layer_groups must be methods")
             if input_shape is not None:
                 found = self._dry_width(input_shape)
                 if found != width:
-                    raise ConfigError(f"backbone {path!r}: forward_features returns {found} features per sample "
-                                      f"but num_features is {width}; make them agree")  # fmt: skip
+                    raise ConfigError(
+                        f"backbone {path!r}: forward_features returns {found} features per sample "
+                        f"but num_features is {width}; make them agree"
+                    )
         self._check_groups()
 
     def forward_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -183,33 +193,42 @@ class UserBackbone(Backbone):
                 out = self.forward_features(example)
         except Exception as err:  # noqa: BLE001  (the user's code: any failure means the same here)
             what = "forward" if self.plain else "forward_features"
-            raise ConfigError(f"backbone {self.path!r}: {what} failed on a zero batch of shape "
-                              f"{tuple(example.shape) if isinstance(example, torch.Tensor) else input_shape} "
-                              f"({type(err).__name__}: {err})") from None  # fmt: skip
+            raise ConfigError(
+                f"backbone {self.path!r}: {what} failed on a zero batch of shape "
+                f"{tuple(example.shape) if isinstance(example, torch.Tensor) else input_shape} "
+                f"({type(err).__name__}: {err})"
+            ) from None
         finally:
             self.model.train(was_training)
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             what = "forward" if self.plain else "forward_features"
-            raise ConfigError(f"backbone {self.path!r}: {what} must return features of shape (batch, features), "
-                              f"got {got}; pool or flatten them (e.g. x.flatten(1))")  # fmt: skip
+            raise ConfigError(
+                f"backbone {self.path!r}: {what} must return features of shape (batch, features), "
+                f"got {got}; pool or flatten them (e.g. x.flatten(1))"
+            )
         return int(out.shape[1])
 
     def _check_groups(self) -> None:
         groups = self.layer_groups()
         if not isinstance(groups, Mapping) or not all(isinstance(g, nn.Module) for g in groups.values()):
-            raise ConfigError(f"backbone {self.path!r}: layer_groups() returned {type(groups).__name__}; "
-                              f"{HOW_TO_ADD['layer_groups']}")  # fmt: skip
+            raise ConfigError(
+                f"backbone {self.path!r}: layer_groups() returned {type(groups).__name__}; {HOW_TO_ADD['layer_groups']}"
+            )
         if not groups:
             raise ConfigError(f"backbone {self.path!r}: layer_groups() is empty; {HOW_TO_ADD['layer_groups']}")
         seen: dict[int, str] = {}
         for name, group in groups.items():
             for p in group.parameters():
                 if id(p) in seen and seen[id(p)] != name:
-                    raise ConfigError(f"backbone {self.path!r}: a parameter is in both layer groups "
-                                      f"{seen[id(p)]!r} and {name!r}; each must be in exactly one")  # fmt: skip
+                    raise ConfigError(
+                        f"backbone {self.path!r}: a parameter is in both layer groups "
+                        f"{seen[id(p)]!r} and {name!r}; each must be in exactly one"
+                    )
                 seen[id(p)] = name
         missing = [n for n, p in self.model.named_parameters() if id(p) not in seen]
         if missing:
-            raise ConfigError(f"backbone {self.path!r}: parameters in no layer group: {', '.join(missing[:5])}; "
-                              "layer_groups() must hold every parameter (add the modules that own them)")  # fmt: skip
+            raise ConfigError(
+                f"backbone {self.path!r}: parameters in no layer group: {', '.join(missing[:5])}; "
+                "layer_groups() must hold every parameter (add the modules that own them)"
+            )

@@ -48,8 +48,13 @@ def image_preprocessing(mean: Any, std: Any, size: Any, interpolation: str, crop
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if channels != len(mean):
         mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
-    return {"mean": mean, "std": std, "input_size": (channels, *map(int, size)), "interpolation": interpolation,
-            "crop_pct": float(crop_pct)}  # fmt: skip
+    return {
+        "mean": mean,
+        "std": std,
+        "input_size": (channels, *map(int, size)),
+        "interpolation": interpolation,
+        "crop_pct": float(crop_pct),
+    }
 
 
 def _image_shape(source: str, input_shape: Optional[tuple[int, ...]], default: tuple[int, ...]) -> tuple[int, ...]:
@@ -80,8 +85,9 @@ def timm_preprocessing(name: str, input_shape: Optional[tuple[int, ...]] = None,
     cfg = timm_cfg(name)
     data = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg else {})
     channels = input_shape[0] if input_shape else data["input_size"][0]
-    return image_preprocessing(data["mean"], data["std"], data["input_size"][1:], data["interpolation"],
-                               data["crop_pct"], channels)  # fmt: skip
+    return image_preprocessing(
+        data["mean"], data["std"], data["input_size"][1:], data["interpolation"], data["crop_pct"], channels
+    )
 
 
 def _timm_weights(name: str, cfg: Any, pretrained: Pretrained) -> tuple[Optional[str], bool]:
@@ -94,8 +100,10 @@ def _timm_weights(name: str, cfg: Any, pretrained: Pretrained) -> tuple[Optional
         import timm
 
         tagged = timm.list_pretrained(f"{name.partition('.')[0]}*")[:5]
-        raise ConfigError(f"timm/{name} has no pretrained weights (timm has some for {tagged or 'none'}); "
-                          "set model.pretrained: false for random init")  # fmt: skip
+        raise ConfigError(
+            f"timm/{name} has no pretrained weights (timm has some for {tagged or 'none'}); "
+            "set model.pretrained: false for random init"
+        )
     if cfg.hf_hub_id:
         files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
         cached = hf_cached(cfg.hf_hub_id, files)
@@ -111,8 +119,10 @@ def _timm_weights(name: str, cfg: Any, pretrained: Pretrained) -> tuple[Optional
         if adapters.host_reachable(cfg.url):
             return None, True
         where = f"{cached} (from {cfg.url})"
-    raise ConfigError(f"timm/{name}: the pretrained weights are not on this machine and the network cannot be "
-                      f"reached. They are looked for in {where}. Copy them there, or pass the file: {HOW_TO_PASS}")
+    raise ConfigError(
+        f"timm/{name}: the pretrained weights are not on this machine and the network cannot be "
+        f"reached. They are looked for in {where}. Copy them there, or pass the file: {HOW_TO_PASS}"
+    )
 
 
 def _classifier_rows(state: Mapping[str, torch.Tensor], cfg: Any) -> int:
@@ -164,8 +174,10 @@ def timm_backbone(
                 model = build(pretrained=True, num_classes=rows, pretrained_cfg_overlay=overlay)
             except RuntimeError as err:
                 report = mismatch_report(build(pretrained=False, num_classes=rows), state) or str(err)[:2000]
-                raise ConfigError(f"the weights in {file} do not fit timm/{name}:\n{report}\n"
-                                  f"Pass weights of the same architecture ({HOW_TO_PASS})") from None  # fmt: skip
+                raise ConfigError(
+                    f"the weights in {file} do not fit timm/{name}:\n{report}\n"
+                    f"Pass weights of the same architecture ({HOW_TO_PASS})"
+                ) from None
             model.reset_classifier(0)
         else:
             model = build(pretrained=download, num_classes=0)
@@ -200,8 +212,14 @@ def timm_entry(name: str) -> BackboneEntry:
     arch = name.partition(".")[0]
     size = "x".join(map(str, cfg.input_size[1:])) if cfg else "224x224"
     weights = f"{cfg.tag or 'default'} weights" if cfg and (cfg.hf_hub_id or cfg.url) else "no pretrained weights"
-    return BackboneEntry(f"timm/{name}", functools.partial(timm_backbone, name), "timm", "image",
-                         f"timm {arch}, {weights}, {size} input", functools.partial(_timm_param_count, arch))
+    return BackboneEntry(
+        f"timm/{name}",
+        functools.partial(timm_backbone, name),
+        "timm",
+        "image",
+        f"timm {arch}, {weights}, {size} input",
+        functools.partial(_timm_param_count, arch),
+    )
 
 
 def timm_names(pattern: str) -> list[str]:
@@ -237,14 +255,21 @@ def _tv_weights(name: str, pretrained: Pretrained) -> Any:
     return enum.DEFAULT
 
 
-def tv_preprocessing(name: str, input_shape: Optional[tuple[int, ...]] = None, pretrained: Pretrained = None,
-                     **_: Any) -> dict[str, Any]:  # fmt: skip
+def tv_preprocessing(
+    name: str, input_shape: Optional[tuple[int, ...]] = None, pretrained: Pretrained = None, **_: Any
+) -> dict[str, Any]:
     weights = _tv_weights(name, pretrained)
     t = weights.transforms()  # torchvision's ImageClassification preset: metadata only, nothing is downloaded
     crop, resize = t.crop_size[0], t.resize_size[0]
     channels = input_shape[0] if input_shape else 3
-    return image_preprocessing(t.mean or IMAGENET["mean"], t.std or IMAGENET["std"], (crop, crop),
-                               t.interpolation.value, crop / resize, channels)  # fmt: skip
+    return image_preprocessing(
+        t.mean or IMAGENET["mean"],
+        t.std or IMAGENET["std"],
+        (crop, crop),
+        t.interpolation.value,
+        crop / resize,
+        channels,
+    )
 
 
 def _tv_state_dict(name: str, pretrained: Pretrained) -> tuple[Optional[dict[str, torch.Tensor]], str]:
@@ -255,8 +280,9 @@ def _tv_state_dict(name: str, pretrained: Pretrained) -> tuple[Optional[dict[str
     if isinstance(pretrained, str) and pretrained not in type(weights).__members__:
         if not os.path.exists(pretrained):
             names = ", ".join(type(weights).__members__)
-            raise ConfigError(f"model.pretrained={pretrained!r}: no such file, nor weights of torchvision/{name} "
-                              f"({names})")  # fmt: skip
+            raise ConfigError(
+                f"model.pretrained={pretrained!r}: no such file, nor weights of torchvision/{name} ({names})"
+            )
         return read_weights(pretrained), pretrained
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
     if os.path.isfile(cached):
@@ -299,8 +325,17 @@ def _adapt_first_conv(model: nn.Module, channels: int) -> None:
         weight = weight.sum(1, keepdim=True)
     else:
         weight = weight.repeat(1, math.ceil(channels / weight.shape[1]), 1, 1)[:, :channels] * (3 / channels)
-    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups, conv.bias is not None, conv.padding_mode)  # fmt: skip
+    new = nn.Conv2d(
+        channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
     with torch.no_grad():
         new.weight.copy_(weight)
         if conv.bias is not None:
@@ -419,6 +454,11 @@ def _tv_param_count(name: str) -> int:
 def tv_entry(name: str) -> BackboneEntry:
     weights = _tv_weights(name, None)
     crop = weights.transforms().crop_size[0]
-    return BackboneEntry(f"torchvision/{name}", functools.partial(torchvision_backbone, name), "torchvision",
-                         "image", f"torchvision {name}, {weights.name} weights, {crop}x{crop} input",
-                         functools.partial(_tv_param_count, name))  # fmt: skip
+    return BackboneEntry(
+        f"torchvision/{name}",
+        functools.partial(torchvision_backbone, name),
+        "torchvision",
+        "image",
+        f"torchvision {name}, {weights.name} weights, {crop}x{crop} input",
+        functools.partial(_tv_param_count, name),
+    )

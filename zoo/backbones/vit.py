@@ -205,8 +205,18 @@ class ViTBackbone(Backbone):
 # vit_micro: 4x4 patches make 4 tokens of an 8x8 digit, 49 of a 28x28 and 64 of a 32x32 image (plus the class
 # token), so it trains from scratch on a CPU.
 _IMAGE = {"family": "vit", "input_kind": "image"}
-register_variant("vit_tiny", ViTBackbone, **_IMAGE,
-                 description="ViT-Ti/16 (width 192, 12 blocks, 3 heads, 16x16 patches).")  # fmt: skip
-register_variant("vit_micro", ViTBackbone, **_IMAGE,
-                 description="Small ViT for 8x8 to 32x32 images (width 64, 6 blocks, 4x4 patches).",
-                 input_shape=(1, 8, 8), patch_size=4, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0)  # fmt: skip
+register_variant(
+    "vit_tiny", ViTBackbone, **_IMAGE, description="ViT-Ti/16 (width 192, 12 blocks, 3 heads, 16x16 patches)."
+)
+register_variant(
+    "vit_micro",
+    ViTBackbone,
+    **_IMAGE,
+    description="Small ViT for 8x8 to 32x32 images (width 64, 6 blocks, 4x4 patches).",
+    input_shape=(1, 8, 8),
+    patch_size=4,
+    embed_dim=64,
+    depth=6,
+    num_heads=4,
+    mlp_ratio=2.0,
+)

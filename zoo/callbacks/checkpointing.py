@@ -83,16 +83,22 @@ class ZooCheckpoint(ModelCheckpoint):
                 save_last_checkpoint(self, trainer)
             finally:
                 self._stopped_mid_validation = False
-            log.warning("stopped at step %d%s: %s written; resume with --ckpt_path last", trainer.global_step,
-                        " during validation" if mid_validation else "", self.last_model_path)  # fmt: skip
+            log.warning(
+                "stopped at step %d%s: %s written; resume with --ckpt_path last",
+                trainer.global_step,
+                " during validation" if mid_validation else "",
+                self.last_model_path,
+            )
 
     # --- what every checkpoint holds -------------------------------------------------------------
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         bad = non_finite_tensors(pl_module)
         if bad:  # the last line of defence: StopOnNonFinite stops such a run first
-            raise TrainingError(f"not writing a checkpoint at epoch {trainer.current_epoch}, step "
-                                f"{trainer.global_step}: {len(bad)} tensor(s) of the model are non-finite, e.g. "
-                                f"{', '.join(bad[:3])}. The previous checkpoints are kept")  # fmt: skip
+            raise TrainingError(
+                f"not writing a checkpoint at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}: {len(bad)} tensor(s) of the model are non-finite, e.g. "
+                f"{', '.join(bad[:3])}. The previous checkpoints are kept"
+            )
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         checkpoint[RNG_KEY] = rng_states()
         if getattr(self, "_stopped_mid_validation", False):

@@ -290,4 +290,3 @@ def describe_schedule(
         trains = [name not in names or name in callback.trainable_at(e, names) for e in range(epochs)]
         rows.append((name, _count(module), callback.lr_multiplier(name, names), trains))
     return rows
-

@@ -69,8 +69,10 @@ class StopOnNonFinite(Callback):
     hold NaN weights).
     """
 
-    HINT = ("Try a lower learning rate, gradient_clip_val, precision 32-true, or check the data for NaN / inf "
-            "values; resume from the last checkpoint with --ckpt_path last")  # fmt: skip
+    HINT = (
+        "Try a lower learning rate, gradient_clip_val, precision 32-true, or check the data for NaN / inf "
+        "values; resume from the last checkpoint with --ckpt_path last"
+    )
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
         if bool(torch.isfinite(loss)):
@@ -137,8 +139,9 @@ class ZooEarlyStopping(EarlyStopping):
         if self.monitor not in trainer.callback_metrics and not trainer.sanity_checking:
             stage = self.monitor.partition("/")[0]
             logged = sorted(k for k in trainer.callback_metrics if k.startswith(f"{stage}/"))
-            raise ConfigError(f"early_stopping.monitor={self.monitor!r} is not a logged metric; the run logs "
-                              f"{', '.join(logged)}")  # fmt: skip
+            raise ConfigError(
+                f"early_stopping.monitor={self.monitor!r} is not a logged metric; the run logs {', '.join(logged)}"
+            )
         return True
 
 
@@ -154,7 +157,10 @@ def not_logged_yet(trainer: Trainer, monitor: str) -> bool:
     if monitor in metrics or trainer.sanity_checking or any(k.startswith(f"{stage}/") for k in metrics):
         return False
     if trainer not in _TOLD and trainer.is_global_zero:
-        log.warning("no %s yet (no validation data, no validation batches, or no validation run so far): early "
-                    "stopping waits for it, and the checkpoints keep the latest weights (last.ckpt)", monitor)  # fmt: skip
+        log.warning(
+            "no %s yet (no validation data, no validation batches, or no validation run so far): early "
+            "stopping waits for it, and the checkpoints keep the latest weights (last.ckpt)",
+            monitor,
+        )
     _TOLD.add(trainer)
     return True

@@ -17,8 +17,11 @@ from zoo.run.files import run_folder
 log = logging.getLogger(__name__)
 
 CONFUSION_FILE = "test_confusion.json"
-PICTURES = {"learning_curves": "learning_curves.png", "learning_rate": "learning_rate.png",
-            "confusion_matrix": "confusion_matrix.png"}  # fmt: skip
+PICTURES = {
+    "learning_curves": "learning_curves.png",
+    "learning_rate": "learning_rate.png",
+    "confusion_matrix": "confusion_matrix.png",
+}
 
 
 def write_confusion(path: Path, matrix: list[list[int]], class_names: list[str]) -> None:
@@ -88,9 +91,14 @@ class RunPictures(Callback):
         self._samples = None
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if batch_idx or dataloader_idx or trainer.sanity_checking or self.num_samples < 1:
             return
         if not self._wandb_due(trainer) or not hasattr(pl_module, "val_confusion"):

@@ -49,8 +49,9 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tu
     opts, unknown = parser.parse_known_args(rest)
     ours = [o for o in option_strings(parser) if o.startswith("--")]
     for token in unknown:
-        hint = did_you_mean(token.split("=", 1)[0], ours, n=1, cutoff=CLOSE_DOTTED, quote=False,
-                            form="; did you mean {}?")  # fmt: skip
+        hint = did_you_mean(
+            token.split("=", 1)[0], ours, n=1, cutoff=CLOSE_DOTTED, quote=False, form="; did you mean {}?"
+        )
         if token.startswith("--") and hint:
             parser.error(f"unrecognized argument {token}{hint}")
     return opts, [*unknown, *overrides]

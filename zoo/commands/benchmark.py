@@ -31,9 +31,17 @@ from zoo.benchmark_table import LOG_FILE, METRICS_FILE, RUN_FILE, DataSet, RunRe
 from zoo.errors import ConfigError, DataError
 
 SUITES = {
-    "aeon-ucr": ("ACSF1", "ArrowHead", "BasicMotions", "GunPoint", "ItalyPowerDemand", "JapaneseVowels", "OSULeaf",
-                 "PickupGestureWiimoteZ"),  # every classification set aeon ships
-}  # fmt: skip
+    "aeon-ucr": (
+        "ACSF1",
+        "ArrowHead",
+        "BasicMotions",
+        "GunPoint",
+        "ItalyPowerDemand",
+        "JapaneseVowels",
+        "OSULeaf",
+        "PickupGestureWiimoteZ",
+    ),  # every classification set aeon ships
+}
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
 
@@ -45,16 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
         + "\n\nDotted config overrides (--trainer.max_epochs=5, --model.init_args.lr=0.01, ...) go to every run.",
         epilog="example:\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("--config", required=True, help="the recipe every run trains (a config of TimeSeries data)")
-    parser.add_argument("--datasets", nargs="+", default=[], metavar="DATA",
-                        help="names aeon ships, TRAIN.ts:TEST.ts pairs, folders of <X>_TRAIN.ts + <X>_TEST.ts")
-    parser.add_argument("--suite", choices=sorted(SUITES), help=f"a named list of data sets: aeon-ucr = "
-                        f"{' '.join(SUITES['aeon-ucr'])}")  # fmt: skip
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=[],
+        metavar="DATA",
+        help="names aeon ships, TRAIN.ts:TEST.ts pairs, folders of <X>_TRAIN.ts + <X>_TEST.ts",
+    )
+    parser.add_argument(
+        "--suite", choices=sorted(SUITES), help=f"a named list of data sets: aeon-ucr = {' '.join(SUITES['aeon-ucr'])}"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="each data set's seeds (default 0 1 2)")
     parser.add_argument("--out", default="runs/benchmark", help="where runs and table go (default runs/benchmark)")
-    parser.add_argument("--metric", default="test/acc", help="the metric of the table (default test/acc); a "
-                        "baseline's is the same name after baseline/<name>/")  # fmt: skip
+    parser.add_argument(
+        "--metric",
+        default="test/acc",
+        help="the metric of the table (default test/acc); a baseline's is the same name after baseline/<name>/",
+    )
     parser.add_argument("--rerun", action="store_true", help="run again the runs that already finished")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return parser
@@ -102,8 +119,9 @@ def resolve_dataset(spec: str) -> DataSet:
         pairs = [(tr, te) for tr, te in pairs if te.is_file()]
         if len(pairs) != 1:
             found = ", ".join(tr.name for tr, _ in pairs) or "none"
-            raise DataError(f"--datasets {spec}: a folder must hold one <X>_TRAIN.ts with its <X>_TEST.ts "
-                            f"(found {found})")  # fmt: skip
+            raise DataError(
+                f"--datasets {spec}: a folder must hold one <X>_TRAIN.ts with its <X>_TEST.ts (found {found})"
+            )
         train, test = pairs[0]
         return counted(DataSet(train.name[: -len("_TRAIN.ts")], str(train.resolve()), str(test.resolve())))
     if spec.endswith(".ts") or "/" in spec:
@@ -150,10 +168,14 @@ def run_args(data: DataSet, seed: int, out: Path, overrides: list[str]) -> list[
     else:
         data_args = ["--data.name=null", f"--data.train_file={data.train_file}", f"--data.test_file={data.test_file}"]
     folder = run_folder(out, data.name, seed)
-    logger = {"class_path": CSV_LOGGER,
-              "init_args": {"save_dir": str(out), "name": data.name, "version": folder.name}}  # fmt: skip
-    return [*overrides, *data_args, f"--seed_everything={seed}", f"--data.seed={seed}",
-            f"--trainer.logger={json.dumps(logger)}"]  # fmt: skip
+    logger = {"class_path": CSV_LOGGER, "init_args": {"save_dir": str(out), "name": data.name, "version": folder.name}}
+    return [
+        *overrides,
+        *data_args,
+        f"--seed_everything={seed}",
+        f"--data.seed={seed}",
+        f"--trainer.logger={json.dumps(logger)}",
+    ]
 
 
 def zoo_program() -> list[str]:

@@ -74,8 +74,10 @@ def model_inputs(task: Any, seed: int = 0) -> tuple[nn.Module, ModelInputs]:
     """
     example = task.backbone.example_input(task.input_shape)  # (2, *input_shape)
     if not isinstance(example, torch.Tensor):
-        raise ConfigError(f"backbone {task.backbone_name!r}: its example input is not one tensor; "
-                          "export it with --formats safetensors card")  # fmt: skip
+        raise ConfigError(
+            f"backbone {task.backbone_name!r}: its example input is not one tensor; "
+            "export it with --formats safetensors card"
+        )
     gen = torch.Generator().manual_seed(seed)
     high = max(int(vocab_size(task) or 2), 2)
 
@@ -181,8 +183,16 @@ def write_onnx(program: Any, module: nn.Module, inputs: ModelInputs, path: Path,
 
     large = sum(v.numel() * v.element_size() for v in program.state_dict.values()) > LARGE_MODEL_BYTES
     with _quiet():
-        torch.onnx.export(program, inputs.example, str(path), dynamo=True, opset_version=opset, external_data=large,
-                          input_names=list(inputs.names), output_names=["output"])  # fmt: skip
+        torch.onnx.export(
+            program,
+            inputs.example,
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            external_data=large,
+            input_names=list(inputs.names),
+            output_names=["output"],
+        )
     graph = onnx.load(str(path), load_external_data=False)
     used = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
     options = ort.SessionOptions()
@@ -252,8 +262,9 @@ def export_checkpoint(
     needed = ("onnx", "onnxruntime", "onnxscript") if "onnx" in formats else ()
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConfigError(f"ONNX export needs {', '.join(missing)}: pip install 'zoo[export]', or leave onnx out "
-                          "of --formats")  # fmt: skip
+        raise ConfigError(
+            f"ONNX export needs {', '.join(missing)}: pip install 'zoo[export]', or leave onnx out of --formats"
+        )
     ckpt = read_checkpoint(ckpt_path, trusted=[backbone] if backbone else ())
     task = load_task(ckpt_path, ckpt)
     what = f"{type(task).__name__} with backbone {task.backbone_name!r}"
@@ -311,14 +322,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `zoo fit`")
-    parser.add_argument("--backbone", metavar="CLASS_PATH", help="for a model of your own network: its class path "
-                        "(mypkg.nets.MyNet), which must be the checkpoint's")  # fmt: skip
-    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), metavar="FORMAT",
-                        help=f"any of {', '.join(FORMATS)} (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--backbone",
+        metavar="CLASS_PATH",
+        help="for a model of your own network: its class path (mypkg.nets.MyNet), which must be the checkpoint's",
+    )
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        choices=FORMATS,
+        default=list(FORMATS),
+        metavar="FORMAT",
+        help=f"any of {', '.join(FORMATS)} (default: all)",
+    )
     parser.add_argument("--output", help="folder for the files (default: <run dir>/export, beside checkpoints/)")
     parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's recommended one)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="largest absolute difference from the PyTorch outputs an export may have")  # fmt: skip
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest absolute difference from the PyTorch outputs an export may have",
+    )
     opts = parser.parse_args(argv)
     if not opts.tolerance >= 0:
         parser.error(f"--tolerance must be >= 0, got {opts.tolerance}")

@@ -60,13 +60,19 @@ def main(argv: list[str]) -> None:
         groups["head"] = nn.Identity()  # the task builds the head; shown for its LR and schedule
         milestones = {int(k): int(v) for k, v in (opts.milestones or {}).items()}
         callback = FineTuning(
-            opts.strategy, opts.unfreeze_epoch, opts.unfreeze_every, milestones, opts.backbone_lr_ratio,
+            opts.strategy,
+            opts.unfreeze_epoch,
+            opts.unfreeze_every,
+            milestones,
+            opts.backbone_lr_ratio,
             opts.layer_lr_decay,
-        )  # fmt: skip
+        )
         epochs = epochs or 6
         title = f"{opts.backbone}: strategy {opts.strategy}"
-    table = Table(title=title, caption="+ trains, . frozen (one mark per epoch, in fives); LR x multiplies the "
-                  "optimizer's LR (head = 1)")  # fmt: skip
+    table = Table(
+        title=title,
+        caption="+ trains, . frozen (one mark per epoch, in fives); LR x multiplies the optimizer's LR (head = 1)",
+    )
     for column in ("group", "params", "LR x"):
         table.add_column(column, justify="left" if column == "group" else "right", no_wrap=True)
     table.add_column(f"epochs 0-{epochs - 1}", no_wrap=True)

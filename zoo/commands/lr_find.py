@@ -55,17 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="the zoo config to find a learning rate for")
     parser.add_argument("--min_lr", type=float, default=1e-7, help="the first LR of the sweep (default 1e-7)")
     parser.add_argument("--max_lr", type=float, default=1.0, help="the last LR of the sweep (default 1)")
-    parser.add_argument("--num_training", type=int, default=100,
-                        help=f"training steps, one LR each (default 100, at least {MIN_STEPS})")  # fmt: skip
-    parser.add_argument("--mode", choices=("exponential", "linear"), default="exponential",
-                        help="how the LR grows from step to step (default exponential)")  # fmt: skip
-    parser.add_argument("--early_stop_threshold", type=float, default=4.0,
-                        help="stop once the smoothed loss exceeds this many times its best (default 4)")  # fmt: skip
-    parser.add_argument("--batch_size_finder", action="store_true",
-                        help="first find the largest batch size that trains (data.batch_size), up to "
-                        "--max_batch_size")  # fmt: skip
-    parser.add_argument("--max_batch_size", type=int, default=1024,
-                        help="the batch size finder's cap, a power of two (default 1024)")  # fmt: skip
+    parser.add_argument(
+        "--num_training", type=int, default=100, help=f"training steps, one LR each (default 100, at least {MIN_STEPS})"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("exponential", "linear"),
+        default="exponential",
+        help="how the LR grows from step to step (default exponential)",
+    )
+    parser.add_argument(
+        "--early_stop_threshold",
+        type=float,
+        default=4.0,
+        help="stop once the smoothed loss exceeds this many times its best (default 4)",
+    )
+    parser.add_argument(
+        "--batch_size_finder",
+        action="store_true",
+        help="first find the largest batch size that trains (data.batch_size), up to --max_batch_size",
+    )
+    parser.add_argument(
+        "--max_batch_size", type=int, default=1024, help="the batch size finder's cap, a power of two (default 1024)"
+    )
     parser.add_argument("--output", help="folder for the results (default runs/lr_find/<config name>)")
     return parser
 
@@ -84,8 +96,10 @@ def check_options(opts: argparse.Namespace) -> None:
     if not 0.0 < opts.min_lr < opts.max_lr:
         raise ConfigError(f"--min_lr ({opts.min_lr:g}) must be above 0 and below --max_lr ({opts.max_lr:g})")
     if opts.num_training < MIN_STEPS:
-        raise ConfigError(f"--num_training {opts.num_training} is too few steps for a suggestion (Lightning skips "
-                          f"the first 10); use at least {MIN_STEPS}, 100 is usual")  # fmt: skip
+        raise ConfigError(
+            f"--num_training {opts.num_training} is too few steps for a suggestion (Lightning skips "
+            f"the first 10); use at least {MIN_STEPS}, 100 is usual"
+        )
     if opts.early_stop_threshold is not None and opts.early_stop_threshold <= 1.0:
         raise ConfigError(f"--early_stop_threshold {opts.early_stop_threshold:g} must be above 1")
     if opts.batch_size_finder and opts.max_batch_size < 2:
@@ -107,9 +121,16 @@ def lr_find(opts: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     parser, base = parse(["--config", opts.config, *overrides])  # what lr_find.yaml starts from: the user's config only
     check_config(base, opts.config, opts.batch_size_finder)
     out = Path(opts.output or Path("runs") / "lr_find" / Path(opts.config).stem)
-    args = ["--config", opts.config, *overrides, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={out}",
-            "--trainer.max_epochs=-1"]  # fmt: skip  # the sweep's steps decide, not a short config's epochs
+    args = [
+        "--config",
+        opts.config,
+        *overrides,
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.max_epochs=-1",
+    ]  # the sweep's steps decide, not a short config's epochs
     with quiet_cli():
         model, datamodule, trainer = build(args)
     if trainer.fast_dev_run:
@@ -124,9 +145,16 @@ def lr_find(opts: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         multipliers = group_multipliers(model, trainer.callbacks)
         with quiet_cli(), lr_multipliers(trainer, multipliers), recorded_losses(model) as raw:
             # update_attr=False: the zoo's tasks keep the LR in the optimizer's config, not in a self.lr to update.
-            finder = tuner.lr_find(model, datamodule=datamodule, min_lr=opts.min_lr, max_lr=opts.max_lr,
-                                   num_training=opts.num_training, mode=opts.mode,
-                                   early_stop_threshold=opts.early_stop_threshold, update_attr=False)  # fmt: skip
+            finder = tuner.lr_find(
+                model,
+                datamodule=datamodule,
+                min_lr=opts.min_lr,
+                max_lr=opts.max_lr,
+                num_training=opts.num_training,
+                mode=opts.mode,
+                early_stop_threshold=opts.early_stop_threshold,
+                update_attr=False,
+            )
     lrs = [float(v) for v in finder.results["lr"]]
     if len(raw) != len(lrs):  # not one loss per recorded LR (gradient accumulation?): Lightning's own curve
         raw, losses = [], [float(v) for v in finder.results["loss"]]
@@ -136,31 +164,54 @@ def lr_find(opts: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     suggestion = lrs[at] if at is not None else None
     stopped_early = len(lrs) < opts.num_training
     result = {
-        "config": opts.config, "suggestion": suggestion, "mode": opts.mode, "min_lr": opts.min_lr,
-        "max_lr": opts.max_lr, "num_training": opts.num_training, "steps": len(lrs), "stopped_early": stopped_early,
+        "config": opts.config,
+        "suggestion": suggestion,
+        "mode": opts.mode,
+        "min_lr": opts.min_lr,
+        "max_lr": opts.max_lr,
+        "num_training": opts.num_training,
+        "steps": len(lrs),
+        "stopped_early": stopped_early,
         "batch_size": batch_size if batch_size is not None else getattr(datamodule, "batch_size", None),
-        "batch_size_found": batch_size is not None, "lr_multipliers": multipliers,
-        "lrs": lrs, "losses": _finite(losses), "raw_losses": _finite(raw),
-    }  # fmt: skip
+        "batch_size_found": batch_size is not None,
+        "lr_multipliers": multipliers,
+        "lrs": lrs,
+        "losses": _finite(losses),
+        "raw_losses": _finite(raw),
+    }
     (out / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_lr_find(lrs, losses, raw, at, out / "lr_find.png", log_x=opts.mode == "exponential",
-                 span=(opts.min_lr, opts.max_lr), stopped_early=stopped_early,
-                 title=_title(opts, base, result))  # fmt: skip
+    plot_lr_find(
+        lrs,
+        losses,
+        raw,
+        at,
+        out / "lr_find.png",
+        log_x=opts.mode == "exponential",
+        span=(opts.min_lr, opts.max_lr),
+        stopped_early=stopped_early,
+        title=_title(opts, base, result),
+    )
     if suggestion is None:
         if stopped_early:
             last = lrs[-1] if lrs else opts.min_lr
-            why = (f"the loss diverged after {len(lrs)} of {opts.num_training} steps (at lr {last:.3g}), too "
-                   "early for one; start lower (--min_lr, --max_lr)")  # fmt: skip
+            why = (
+                f"the loss diverged after {len(lrs)} of {opts.num_training} steps (at lr {last:.3g}), too "
+                "early for one; start lower (--min_lr, --max_lr)"
+            )
         else:
-            why = (f"the loss never fell between lr {opts.min_lr:g} and {opts.max_lr:g}; widen the range "
-                   "(--min_lr, --max_lr) or take more steps (--num_training)")  # fmt: skip
+            why = (
+                f"the loss never fell between lr {opts.min_lr:g} and {opts.max_lr:g}; widen the range "
+                "(--min_lr, --max_lr) or take more steps (--num_training)"
+            )
         raise ConfigError(f"the LR search gave no suggestion: {why}; see {out / 'lr_find.png'}")
     print(f"suggested learning rate: {suggestion:.3g}" + (f" (batch size {batch_size})" if batch_size else ""))
     if stopped_early:
         print(f"the loss diverged after {len(lrs)} of {opts.num_training} steps, at lr {lrs[-1]:.3g}")
     config_path = write_config(parser, base, out / "lr_find.yaml", opts.config, suggestion, batch_size)
-    print(f"written {out / 'lr_find.png'}, {out / 'lr_find.json'} and {config_path}\n"
-          f"run it with: zoo fit --config {config_path}")  # fmt: skip
+    print(
+        f"written {out / 'lr_find.png'}, {out / 'lr_find.json'} and {config_path}\n"
+        f"run it with: zoo fit --config {config_path}"
+    )
     return result
 
 
@@ -176,9 +227,11 @@ def write_config(parser: Any, base: Any, path: Path, source: str, lr: float, bat
         # OneCycleLR overwrites the optimizer's LR with its own, from max_lr.
         values["model.init_args.lr_scheduler.init_args.max_lr"] = lr
         print(f"the config's OneCycleLR gets max_lr={lr:.3g} too (it sets the LR from it)")
-    header = (f"# zoo lr-find: {source} with the suggested LR {lr:.3g} (steepest fall of the smoothed loss)"
-              + (f" and batch size {batch_size}" if batch_size is not None else "")
-              + f"\n# Run: zoo fit --config {path}\n")  # fmt: skip
+    header = (
+        f"# zoo lr-find: {source} with the suggested LR {lr:.3g} (steepest fall of the smoothed loss)"
+        + (f" and batch size {batch_size}" if batch_size is not None else "")
+        + f"\n# Run: zoo fit --config {path}\n"
+    )
     path.write_text(header + dump_with(parser, base, values))
     return path
 
@@ -189,8 +242,10 @@ def check_config(config: Any, path: str, wants_batch_size: bool) -> None:
     init_args = optimizer.get("init_args") if hasattr(optimizer, "get") else None
     if init_args is None or init_args.get("lr") is None:
         name = optimizer.get("class_path") if hasattr(optimizer, "get") else optimizer
-        raise ConfigError(f"{path}: the optimizer ({name}) has no lr, so there is no learning rate to find "
-                          f"({LR_KEY}); use an optimizer that takes lr, e.g. torch.optim.AdamW")  # fmt: skip
+        raise ConfigError(
+            f"{path}: the optimizer ({name}) has no lr, so there is no learning rate to find "
+            f"({LR_KEY}); use an optimizer that takes lr, e.g. torch.optim.AdamW"
+        )
     if wants_batch_size and config.get(BATCH_KEY) is None:
         raise ConfigError(f"{path}: the data has no batch_size for --batch_size_finder to set")
 
@@ -203,9 +258,15 @@ def find_batch_size(tuner: Any, model: Any, datamodule: Any, cap: int) -> int:
         print(f"--max_batch_size {cap} is not a power of two; the batch size finder stops at {top}")
     # max_trials, not max_val, is the cap: Lightning stops at max_val without trying it. From 2, the
     # k-th trial runs 2**k, so log2(top) trials end by running `top`.
-    found = tuner.scale_batch_size(model, datamodule=datamodule, mode="power", init_val=2,
-                                   max_trials=int(math.log2(top)), max_val=2 * top,
-                                   batch_arg_name="batch_size")  # fmt: skip
+    found = tuner.scale_batch_size(
+        model,
+        datamodule=datamodule,
+        mode="power",
+        init_val=2,
+        max_trials=int(math.log2(top)),
+        max_val=2 * top,
+        batch_arg_name="batch_size",
+    )
     if found is None:
         raise ConfigError("the batch size finder did not run (trainer.fast_dev_run?)")
     print(f"batch size finder: {found}" + (" (the cap, --max_batch_size)" if found == top else ""))
@@ -330,8 +391,9 @@ def _average(values: list[float], beta: float) -> list[float]:
     return out
 
 
-def suggestion_index(lrs: list[float], losses: list[float], log_x: bool, skip_begin: int = 10,
-                     skip_end: int = 1) -> Optional[int]:  # fmt: skip
+def suggestion_index(
+    lrs: list[float], losses: list[float], log_x: bool, skip_begin: int = 10, skip_end: int = 1
+) -> Optional[int]:
     """Where the smoothed loss falls fastest on its way down to its lowest point.
 
     Lightning's ``suggestion()`` with the same skipped steps, but: the slope is taken against log10(LR)
@@ -365,9 +427,16 @@ def _title(opts: argparse.Namespace, base: Any, result: dict[str, Any]) -> str:
 
 
 def plot_lr_find(
-    lrs: list[float], losses: list[float], raw: list[float], at: Optional[int], path: Path, log_x: bool = True,
-    span: Optional[tuple[float, float]] = None, stopped_early: bool = False, title: str = "",
-) -> None:  # fmt: skip
+    lrs: list[float],
+    losses: list[float],
+    raw: list[float],
+    at: Optional[int],
+    path: Path,
+    log_x: bool = True,
+    span: Optional[tuple[float, float]] = None,
+    stopped_early: bool = False,
+    title: str = "",
+) -> None:
     """The training loss against the LR: each step's loss faint, the smoothed curve over it, the suggestion
     (index ``at``) marked with a dot and a vertical line, and where the sweep stopped if the loss diverged.
     The LR axis is the whole planned ``span``; the loss axis ends a little above the loss at the start,
@@ -384,8 +453,17 @@ def plot_lr_find(
         ax.plot([lrs[at]], [losses[at]], "o", color="C3", markersize=8, label=f"suggested lr = {lrs[at]:.3g}")
     else:
         why = "the loss diverged too early" if stopped_early else "the loss never fell"
-        ax.text(0.5, 0.92, f"no suggestion: {why}", transform=ax.transAxes, ha="center", va="top", color="C3",
-                fontsize="large", bbox={"facecolor": "white", "edgecolor": "C3", "alpha": 0.9})  # fmt: skip
+        ax.text(
+            0.5,
+            0.92,
+            f"no suggestion: {why}",
+            transform=ax.transAxes,
+            ha="center",
+            va="top",
+            color="C3",
+            fontsize="large",
+            bbox={"facecolor": "white", "edgecolor": "C3", "alpha": 0.9},
+        )
     if stopped_early and lrs:
         ax.axvline(lrs[-1], color="0.4", linestyle=":", linewidth=1.2, label=f"diverged, stopped at {lrs[-1]:.3g}")
     if log_x:

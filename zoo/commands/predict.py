@@ -81,8 +81,10 @@ def main(argv: list[str]) -> None:
     ckpt = read_checkpoint(args.ckpt_path, trusted=[args.backbone] if args.backbone else ())
     task = load_task(args.ckpt_path, ckpt)
     if isinstance(task, Autoencoder):
-        raise ConfigError(f"{args.ckpt_path} is an autoencoder: its outputs are reconstructions, not predictions; "
-                          "use its encoder as a backbone (model.backbone: zoo/<checkpoint>)")  # fmt: skip
+        raise ConfigError(
+            f"{args.ckpt_path} is an autoencoder: its outputs are reconstructions, not predictions; "
+            "use its encoder as a backbone (model.backbone: zoo/<checkpoint>)"
+        )
     datamodule = load_datamodule(
         ckpt, args.ckpt_path, instead="predict with `zoo predict --config CONFIG --ckpt_path ...` instead"
     )

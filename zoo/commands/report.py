@@ -35,9 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", help=f"a run folder, runs/<name>/version_<n>/ ({RUN_FILES})")
     parser.add_argument("--output", help="folder for the PNG files (default: the run folder)")
     parser.add_argument(
-        "--plots", nargs="+", choices=PLOTS, default=None, metavar="PLOT",
+        "--plots",
+        nargs="+",
+        choices=PLOTS,
+        default=None,
+        metavar="PLOT",
         help=f"which pictures to draw, of {', '.join(PLOTS)} (default: all that apply to the run)",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -84,8 +88,10 @@ def _learning_rate(run: Path, history: dict[str, dict[float, float]], path: Path
     from zoo.plots import plot_learning_rates
 
     if plot_learning_rates(history, path, title, optimizer_group_names(run)) is None:
-        raise NotApplicable(f"{run}/metrics.csv has no learning rates (lr-* columns): the run had no "
-                            "LearningRateMonitor (the zoo adds one whenever a logger is on)")  # fmt: skip
+        raise NotApplicable(
+            f"{run}/metrics.csv has no learning rates (lr-* columns): the run had no "
+            "LearningRateMonitor (the zoo adds one whenever a logger is on)"
+        )
     return path
 
 
@@ -174,8 +180,10 @@ def read_confusion(path: Path) -> tuple[list[str], list[list[int]]]:
         data = json.loads(path.read_text())
         names, matrix = [str(n) for n in data["class_names"]], [[int(c) for c in row] for row in data["matrix"]]
     except (ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: not a confusion matrix file ({type(err).__name__}: {err}); delete it and run "
-                        "`zoo report` again to compute it from the run's checkpoint") from None  # fmt: skip
+        raise DataError(
+            f"{path}: not a confusion matrix file ({type(err).__name__}: {err}); delete it and run "
+            "`zoo report` again to compute it from the run's checkpoint"
+        ) from None
     if len(matrix) != len(names) or any(len(row) != len(names) for row in matrix):
         raise DataError(f"{path}: the matrix is not {len(names)} x {len(names)} like its class names")
     return names, matrix
@@ -216,8 +224,10 @@ def confusion_from_checkpoint(run: Path) -> tuple[list[str], list[list[int]], Pa
 
     path = checkpoint_of(run)
     if path is None:
-        raise DataError(f"{run} has no {CONFUSION_FILE} and no checkpoint in {run / 'checkpoints'} to compute "
-                        "the confusion matrix from")  # fmt: skip
+        raise DataError(
+            f"{run} has no {CONFUSION_FILE} and no checkpoint in {run / 'checkpoints'} to compute "
+            "the confusion matrix from"
+        )
     ckpt = read_checkpoint(str(path))
     task = load_task(str(path), ckpt)
     if not hasattr(task, "test_confusion"):
@@ -229,8 +239,9 @@ def confusion_from_checkpoint(run: Path) -> tuple[list[str], list[list[int]], Pa
         raise DataError(f"{path}: its data ({type(datamodule).__name__}) has no test split (data.test_split=0)")
     print(f"testing {path} for the confusion matrix ...")
     with _quiet_lightning():
-        trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, devices=1)  # fmt: skip
+        trainer = Trainer(
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
+        )
         trainer.test(task, datamodule=datamodule, verbose=False)
     matrix = task.test_confusion.compute().tolist()
     names = class_names(ckpt) or [str(n) for n in datamodule.class_names]
@@ -249,4 +260,3 @@ def _quiet_lightning() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-

@@ -91,8 +91,10 @@ def load_space(path: str | Path) -> list[Param]:
     except yaml.YAMLError as err:
         raise ConfigError(f"search space {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"search space {path} must map dotted config keys to distributions, e.g. "
-                          "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 0.1, log: true}")  # fmt: skip
+        raise ConfigError(
+            f"search space {path} must map dotted config keys to distributions, e.g. "
+            "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 0.1, log: true}"
+        )
     return [parse_param(str(key), spec, str(path)) for key, spec in raw.items()]
 
 

@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--search", required=True, help="the search space: a YAML file of dotted keys")
     parser.add_argument("--trials", type=int, help="trials in the study in all (default: the grid's size, else 20)")
     parser.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe", help="tpe: Bayesian (default)")
-    parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
-                        help="stops trials whose --metric falls behind, after each validation (default median)")  # fmt: skip
+    parser.add_argument(
+        "--pruner",
+        choices=("median", "hyperband", "none"),
+        default="median",
+        help="stops trials whose --metric falls behind, after each validation (default median)",
+    )
     parser.add_argument("--startup_trials", type=int, default=5, help="median: trials completed before pruning")
     parser.add_argument("--warmup_epochs", type=int, default=0, help="median: epochs of a trial before pruning it")
     parser.add_argument("--metric", default="val/loss", help="the logged metric to optimise (default val/loss)")
@@ -138,7 +142,9 @@ def tune(opts: argparse.Namespace, overrides: list[str]) -> None:
     finally:
         lock.release()
     if study.user_attrs.get("metric", opts.metric) != opts.metric:
-        raise ConfigError(f"study {name!r} optimises {study.user_attrs['metric']}, not {opts.metric}; use another --study")
+        raise ConfigError(
+            f"study {name!r} optimises {study.user_attrs['metric']}, not {opts.metric}; use another --study"
+        )
     study.set_user_attr("metric", opts.metric)
     print(f"zoo tune: study {name!r} in {storage_url}: {done} of {target} trials done, {opts.metric} ({direction})")
     started = time.monotonic()
@@ -265,8 +271,17 @@ def _requeue_interrupted(study: Any) -> None:
 class _Objective:
     """Builds and trains one trial; its value is the best ``metric`` over the validation epochs."""
 
-    def __init__(self, parser: Any, base: Any, space: list[Param], metric: str, maximize: bool, root: Path,
-                 lock: _StudyLock, aborted: list[Exception]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        parser: Any,
+        base: Any,
+        space: list[Param],
+        metric: str,
+        maximize: bool,
+        root: Path,
+        lock: _StudyLock,
+        aborted: list[Exception],
+    ) -> None:
         self.parser, self.base, self.space, self.metric, self.maximize = parser, base, space, metric, maximize
         self.root, self.lock, self.aborted = root, lock, aborted
 
@@ -301,10 +316,17 @@ class _Objective:
     def _run(self, trial: Any, values: dict[str, Any], run_dir: Path) -> float:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "trial.yaml").write_text(dump_with(self.parser, self.base, values))
-        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                  "init_args": {"save_dir": str(self.root), "name": run_dir.name, "version": ""}}  # fmt: skip
-        args = ["--config", str(run_dir / "trial.yaml"), f"--trainer.logger={json.dumps(logger)}",
-                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]  # fmt: skip
+        logger = {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(self.root), "name": run_dir.name, "version": ""},
+        }
+        args = [
+            "--config",
+            str(run_dir / "trial.yaml"),
+            f"--trainer.logger={json.dumps(logger)}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured), quiet_cli():  # the parser's message is the trial's reason
@@ -376,8 +398,11 @@ def _announce(metric: str, space: list[Param]) -> Any:
         value = f" {metric}={trial.value:.4f}" if trial.value is not None else ""
         why = trial.user_attrs.get("error", "")
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
-        print(f"zoo tune: trial {trial.number} {trial.state.name}{value} ({seconds:.1f} s) "
-              f"{_short_params(trial.params, space)}{'  ' + why if why else ''}", flush=True)  # fmt: skip
+        print(
+            f"zoo tune: trial {trial.number} {trial.state.name}{value} ({seconds:.1f} s) "
+            f"{_short_params(trial.params, space)}{'  ' + why if why else ''}",
+            flush=True,
+        )
 
     return announce
 
@@ -402,9 +427,14 @@ def report(study: Any, space: list[Param], parser: Any, base: Any, root: Path, m
             note = f"pruned after {len(t.intermediate_values)} validation(s)"
         if "retry_of" in t.user_attrs:
             note = f"retries trial {t.user_attrs['retry_of']}; {note}".rstrip("; ")
-        table.add_row(str(t.number), t.state.name, "" if t.value is None else f"{t.value:.4f}",
-                      _short_params(t.params, space), f"{t.duration.total_seconds():.1f} s" if t.duration else "",
-                      note)  # fmt: skip
+        table.add_row(
+            str(t.number),
+            t.state.name,
+            "" if t.value is None else f"{t.value:.4f}",
+            _short_params(t.params, space),
+            f"{t.duration.total_seconds():.1f} s" if t.duration else "",
+            note,
+        )
     Console().print(table)
     if not any(t.state == TrialState.COMPLETE for t in trials):
         raise ZooError(f"study {study.study_name!r} has no completed trial yet, so no best config")
@@ -412,11 +442,21 @@ def report(study: Any, space: list[Param], parser: Any, base: Any, root: Path, m
     decode = {p.key: p.decode for p in space}
     values = {k: decode.get(k, lambda v: v)(v) for k, v in best.params.items()}
     root.mkdir(parents=True, exist_ok=True)
-    header = (f"# zoo tune: the best trial ({best.number}) of study {study.study_name}: {metric}={best.value:.6g}\n"
-              f"# Run: zoo fit --config {root / 'best.yaml'}\n")  # fmt: skip
+    header = (
+        f"# zoo tune: the best trial ({best.number}) of study {study.study_name}: {metric}={best.value:.6g}\n"
+        f"# Run: zoo fit --config {root / 'best.yaml'}\n"
+    )
     (root / "best.yaml").write_text(header + dump_with(parser, base, values))
-    summary = {"study": study.study_name, "trial": best.number, "metric": metric,
-               "direction": study.direction.name.lower(), "value": best.value, "params": values}  # fmt: skip
+    summary = {
+        "study": study.study_name,
+        "trial": best.number,
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+        "value": best.value,
+        "params": values,
+    }
     (root / "best.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"best: trial {best.number}, {metric}={best.value:.4f}\nwritten {root / 'best.yaml'} and best.json; "
-          f"run it with: zoo fit --config {root / 'best.yaml'}")  # fmt: skip
+    print(
+        f"best: trial {best.number}, {metric}={best.value:.4f}\nwritten {root / 'best.yaml'} and best.json; "
+        f"run it with: zoo fit --config {root / 'best.yaml'}"
+    )

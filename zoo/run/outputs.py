@@ -20,8 +20,7 @@ def test_after_fit(trainer: Trainer, model: Any, datamodule: Any, baseline: bool
     ckpt = trainer.checkpoint_callback
     ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
     if ckpt_path is None and ckpt is not None and ckpt.monitor:
-        print(f"testing the last weights: no best checkpoint by {ckpt.monitor} (it was never logged)",
-              file=sys.stderr)  # fmt: skip
+        print(f"testing the last weights: no best checkpoint by {ckpt.monitor} (it was never logged)", file=sys.stderr)
     warn_first_epoch_best(trainer)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
     write_metrics(trainer, model, datamodule, "test", baseline)

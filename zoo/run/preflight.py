@@ -31,8 +31,10 @@ def checkpoint_hparams(config: Any, subcommand: str) -> dict[str, Any]:
     if subcommand == "fit":
         removed = [p for folder in checkpoint_folders(config)[0] for p in remove_stale_partials(folder)]
         if removed:
-            print(f"removed {len(removed)} partial checkpoint file(s) that killed writes left, e.g. {removed[0]}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"removed {len(removed)} partial checkpoint file(s) that killed writes left, e.g. {removed[0]}",
+                file=sys.stderr,
+            )
     if config.get("ckpt_path") == "last":
         config["ckpt_path"] = resolve_last_checkpoint(config, fresh_if_none=subcommand == "fit")
     path = config.get("ckpt_path")
@@ -137,10 +139,16 @@ def budget_for(
     devices, nodes = trainer_config.get("devices"), trainer_config.get("num_nodes") or 1
     processes = devices * nodes if isinstance(devices, int) and devices > 0 else nodes
     return plan(
-        train_size, val_size, batch_size, steps, selection, processes=processes,
+        train_size,
+        val_size,
+        batch_size,
+        steps,
+        selection,
+        processes=processes,
         accumulate=trainer_config.get("accumulate_grad_batches") or 1,
-        max_epochs=trainer_config.get("max_epochs"), max_steps=trainer_config.get("max_steps") or -1,
-    )  # fmt: skip
+        max_epochs=trainer_config.get("max_epochs"),
+        max_steps=trainer_config.get("max_steps") or -1,
+    )
 
 
 def apply_budget(decided: Plan, datamodule: Any, trainer_config: dict[str, Any]) -> None:

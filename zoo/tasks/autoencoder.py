@@ -66,7 +66,15 @@ class Autoencoder(ZooTask):
         memory_format: Literal["auto", "channels_last", "contiguous"] = "auto",
     ) -> None:
         super().__init__(
-            backbone, backbone_kwargs, pretrained, input_shape, None, 0.0, optimizer, lr_scheduler, l1_penalty,
+            backbone,
+            backbone_kwargs,
+            pretrained,
+            input_shape,
+            None,
+            0.0,
+            optimizer,
+            lr_scheduler,
+            l1_penalty,
             memory_format,
         )
         self.loss_fn = _LOSSES[loss]
