@@ -21,6 +21,8 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.forked import run_forked  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Nothing may reach a hub during tests; W&B never needs an account.
@@ -51,10 +53,16 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run_zoo(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300, fresh: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run `python cli.py ARGS` as a user would, in a subprocess; returns the finished process."""
+    """Run `python cli.py ARGS` as a user would, in a process of its own; returns the finished process.
+
+    The process is forked from this one, which has imported Lightning once (tests/forked.py says what it
+    resets); ``fresh=True`` or ``ZOO_TEST_FRESH=1`` starts a new interpreter instead.
+    """
     full_env = {**os.environ, **(env or {})}
+    if not fresh and os.environ.get("ZOO_TEST_FRESH") != "1":
+        return run_forked(ROOT / "cli.py", list(args), cwd=Path(cwd), env=full_env, timeout=timeout)
     return subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args],
         cwd=cwd,
