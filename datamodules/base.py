@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -75,7 +75,11 @@ def capped(n: int, seed: int, cap: int = BASELINE_CAP, what: str = "baseline") -
 
 
 def split_indices(
-    n: int, val_split: float, test_split: float, seed: int, stratify: Optional[Sequence[int]] = None
+    n: int,
+    val_split: float,
+    test_split: float,
+    seed: int,
+    stratify: Optional[Union[Sequence[int], np.ndarray]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded train / val / test indices; stratified by label when ``stratify`` is given.
 
@@ -96,7 +100,7 @@ def split_indices(
 
 
 def _split(
-    n: int, val_split: float, test_split: float, seed: int, stratify: Optional[Sequence[int]]
+    n: int, val_split: float, test_split: float, seed: int, stratify: Optional[Union[Sequence[int], np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split  # here: scikit-learn and pandas cost ~60 MiB and 0.2 s
 

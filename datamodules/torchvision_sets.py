@@ -11,7 +11,7 @@ import os
 import pickle
 import socket
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -42,8 +42,8 @@ class _Classic(ZooDataModule):
 
     name: str = ""  # as torchvision spells it
     files: tuple[str, ...] = ()  # what must be in ``directory``
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
+    mean: Sequence[float] = ()  # the dataset's statistics; an instance holds the ones it normalises with
+    std: Sequence[float] = ()
     shape: tuple[int, int, int] = (1, 1, 1)
     n_classes: int = 0
 
@@ -174,12 +174,8 @@ class _Classic(ZooDataModule):
                 raise DataError(f"{where}: labels fall outside 0..{self.n_classes - 1}")
         train, val, _ = split_indices(len(y), self.val_split, 0.0, self.seed, stratify=y.numpy())
         shape = self.input_shape
-        read = {"mean": self.mean, "std": self.std, "channels": shape[0], "size": (shape[1], shape[2])}
-        return (
-            UInt8Images(x[train], y[train], **read, augment=self.image_augment),
-            UInt8Images(x[val], y[val], **read),
-            UInt8Images(test_x, test_y, **read),
-        )
+        read = partial(UInt8Images, mean=self.mean, std=self.std, channels=shape[0], size=(shape[1], shape[2]))
+        return read(x[train], y[train], augment=self.image_augment), read(x[val], y[val]), read(test_x, test_y)
 
     def baseline_data(self) -> BaselineData:
         """Train + validation images (a seeded subsample of at most 10,000) and the whole test split, normalised
