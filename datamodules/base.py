@@ -257,7 +257,7 @@ class ZooDataModule(LightningDataModule):
 
     def split_sizes(self) -> tuple[int, int]:
         """The number of training and validation samples (the data is read if it was not yet)."""
-        self._build_once()
+        self._build_once()  # sets train_set, which the checker cannot follow
         return len(self.train_set), len(self.val_set) if self.val_set is not None else 0  # type: ignore[arg-type]
 
     def join_validation(self) -> None:
@@ -265,8 +265,8 @@ class ZooDataModule(LightningDataModule):
         trains on all of it for a fixed budget rather than select epochs on a few samples (:mod:`zoo.budget`).
         Statistics fitted on the training split (normalisation, vocabulary) stay as they are."""
         self._build_once()
-        if self.val_set is not None and len(self.val_set):  # type: ignore[arg-type]
-            self.train_set = ConcatDataset([self.train_set, self.val_set])  # type: ignore[list-item]
+        if self.val_set is not None and len(self.val_set):
+            self.train_set = ConcatDataset([self.train_set, self.val_set])
             self.val_set = Subset(self.val_set, [])
 
     def _check_labels(self) -> None:
@@ -305,7 +305,7 @@ class ZooDataModule(LightningDataModule):
         """The number of processes, and the training samples each one reads an epoch (DistributedSampler pads
         the split to a multiple of the processes)."""
         world = self.trainer.world_size if self.trainer is not None else 1
-        return world, math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]
+        return world, math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]  # called once it is built
 
     def _batch_mix(self) -> BatchMix:
         """MixUp / CutMix for this data and task; a ConfigError where labels cannot become class probabilities."""

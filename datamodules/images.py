@@ -98,7 +98,7 @@ class Digits(ZooDataModule):
         return len(self.classes)
 
     @property
-    def class_names(self) -> list[str]:  # type: ignore[override]
+    def class_names(self) -> list[str]:
         return [str(c) for c in self.classes]
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -112,7 +112,7 @@ class Digits(ZooDataModule):
         y = torch.tensor(labels, dtype=torch.long)
         train, val, test = split_indices(len(y), self.val_split, self.test_split, self.seed, stratify=labels)
         if self.samples_per_class is not None:
-            train = self._few_per_class(train, labels)
+            train = self._few_per_class(train, labels, self.samples_per_class)
         mean, std = fit_standardizer(x[train], dim=(0, 2, 3))
         self.stats = {"mean": float(mean), "std": float(std)}  # kept in checkpoints, for new images
         augment = self.image_augment
@@ -144,7 +144,8 @@ class Digits(ZooDataModule):
         from torchvision.transforms import v2
 
         normalise = v2.Normalize(mean, std)
-        return Augmented(TensorDataset(x / 16.0, y), self.image_augment.around(normalise))  # type: ignore[union-attr]
+        augment = self.image_augment.around(normalise)  # type: ignore[union-attr]  # build calls this with one
+        return Augmented(TensorDataset(x / 16.0, y), augment)
 
     def state_dict(self) -> dict[str, Any]:
         return {"class_names": self.class_names, "stats": self.stats}
@@ -164,17 +165,17 @@ class Digits(ZooDataModule):
         x = (x - self.stats["mean"]) / self.stats["std"]
         return BatchedTensorDataset(x, torch.zeros(len(x), dtype=torch.long)), names
 
-    def _few_per_class(self, train: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def _few_per_class(self, train: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
         picked = []
         for label in range(len(self.classes)):
             pool = train[labels[train] == label]
-            if len(pool) < self.samples_per_class:  # type: ignore[operator]
+            if len(pool) < per_class:
                 raise DataError(
-                    f"data.samples_per_class={self.samples_per_class} but digit {self.classes[label]} has only "
+                    f"data.samples_per_class={per_class} but digit {self.classes[label]} has only "
                     f"{len(pool)} training images"
                 )
-            picked.append(rng.choice(pool, size=self.samples_per_class, replace=False))
+            picked.append(rng.choice(pool, size=per_class, replace=False))
         return np.sort(np.concatenate(picked))
 
 
@@ -340,7 +341,7 @@ class ImageFolder(ZooDataModule):
         }
 
     @cached_property
-    def class_names(self) -> list[str]:  # type: ignore[override]
+    def class_names(self) -> list[str]:
         root = self.split_dirs["train"]
         names = sorted(e.name for e in os.scandir(root) if e.is_dir())  # the order torchvision uses
         if not names:
@@ -371,7 +372,7 @@ class ImageFolder(ZooDataModule):
         if self.channels == 1:
             steps.insert(1, v2.Grayscale(num_output_channels=1))
         normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
-        return v2.Compose([*steps, self.image_augment.around(normalise)])  # type: ignore[union-attr]
+        return v2.Compose([*steps, self.image_augment.around(normalise)])
 
     def _folder(self, root: str) -> Dataset:
         from torchvision import datasets
@@ -442,8 +443,8 @@ def _samples(dataset: Optional[Dataset]) -> list[tuple[str, int]]:
     if dataset is None:
         return []
     if isinstance(dataset, Subset):
-        return [dataset.dataset.samples[i] for i in dataset.indices]  # type: ignore[attr-defined]
-    return list(dataset.samples)  # type: ignore[attr-defined]
+        return [dataset.dataset.samples[i] for i in dataset.indices]
+    return list(dataset.samples)
 
 
 class _Transformed(Dataset):

@@ -180,7 +180,7 @@ class TabularCSV(ZooDataModule):
 
     # --- the facts the model needs --------------------------------------------------------------
     @property
-    def task(self) -> str:  # type: ignore[override]
+    def task(self) -> str:  # type: ignore[override]  # read-only here: the training file says
         return self.table_state["task"]
 
     @property
@@ -288,7 +288,8 @@ class TabularCSV(ZooDataModule):
             y = torch.from_numpy(self.targets(table, rows))  # (N,) class indices or (N, 1) values
             y = y.float() if self.task == "regression" else y
             datasets.append(BatchedTensorDataset(self.encode(table, rows), y))
-        return tuple(datasets)  # type: ignore[return-value]
+        train, val, test = datasets
+        return train, val, test
 
     def baseline_data(self) -> BaselineData:
         """Train (+ val) and test as arrays: numbers in their own units with NaN where missing, then the codes of

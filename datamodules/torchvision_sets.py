@@ -182,7 +182,7 @@ class _Classic(ZooDataModule):
         as the model's, at the stored size (no resize to a pretrained backbone's input size) and unaugmented."""
         if self.train_set is None:
             self.setup("test")
-        parts = [self.train_set, self.val_set]
+        parts = [self.train_set, self.val_set]  # UInt8Images, set by setup (the checker sees Optional[Dataset])
         images = torch.cat([p.images for p in parts])  # type: ignore[union-attr]
         labels = torch.cat([p.labels for p in parts])  # type: ignore[union-attr]
         keep = torch.as_tensor(capped(len(labels), self.seed, what=f"{type(self).__name__} baseline"))
@@ -192,7 +192,7 @@ class _Classic(ZooDataModule):
             chunks = [range(i, min(i + 1000, len(dataset))) for i in range(0, len(dataset), 1000)]
             return torch.cat([dataset.__getitems__(c).fields[0] for c in chunks]).numpy(), labels.numpy()
 
-        test: UInt8Images = self.test_set  # type: ignore[assignment]
+        test: UInt8Images = self.test_set  # type: ignore[assignment]  # as parts above
         return BaselineData("image", *prepared(images[keep], labels[keep]), *prepared(test.images, test.labels))
 
 
@@ -361,7 +361,7 @@ class CIFAR10(_Classic):
         return os.path.join(self.data_dir, self.folder)
 
     @cached_property
-    def class_names(self) -> list[str]:  # type: ignore[override]
+    def class_names(self) -> list[str]:
         self._ensure_files()
         names = _unpickle(os.path.join(self.directory, self.meta_file))[self.names_key]
         return [str(_text(n)) for n in names]

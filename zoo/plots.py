@@ -21,6 +21,7 @@ from zoo.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 History = dict[str, dict[float, float]]  # metric name -> {epoch (fractional for step-level values): value}
@@ -119,6 +120,7 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     import numpy as np
 
     fig.canvas.draw()
+    # new_figure's canvas is Agg's; Figure.canvas is typed as the base class, which has no buffer_rgba.
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]
 
 
@@ -127,10 +129,10 @@ def _series(history: History, name: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _integer_epochs(ax: object) -> None:
+def _integer_epochs(ax: Axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # type: ignore[attr-defined]
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_learning_curves(

@@ -56,7 +56,7 @@ def warn_first_epoch_best(trainer: Trainer) -> None:
     best = getattr(ckpt, "best_model_path", "") if ckpt is not None and getattr(ckpt, "monitor", None) else ""
     if best and trainer.current_epoch > 1 and os.path.basename(best).startswith("best-epoch=0-"):
         print(
-            f"warning: the best checkpoint by {ckpt.monitor} is from the first epoch of {trainer.current_epoch}: "  # type: ignore[union-attr]
+            f"warning: the best checkpoint by {ckpt.monitor} is from the first epoch of {trainer.current_epoch}: "
             "training did not improve on it. The learning rate may be too high (zoo lr-find), or the validation "
             "split too small or unlike the training data to select on (--selection last)",
             file=sys.stderr,
