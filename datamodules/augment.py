@@ -261,7 +261,7 @@ class Augmented(Dataset):
         self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         x, y = self.dataset[i]

@@ -147,7 +147,7 @@ class ResizedCrop(Geometric):
     def matrix(self, n: int) -> np.ndarray:
         H, W = self.height, self.width
         w, h, u, v, found = self.boxes(n)
-        box = w, h, np.floor(u * (H - h + 1)), np.floor(v * (W - w + 1))
+        box: tuple[np.ndarray, ...] = w, h, np.floor(u * (H - h + 1)), np.floor(v * (W - w + 1))
         if not found.all():
             box = tuple(np.where(found, value, fallback) for value, fallback in zip(box, self.fallback))
         w, h, top, left = box

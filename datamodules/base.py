@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -75,7 +75,11 @@ def capped(n: int, seed: int, cap: int = BASELINE_CAP, what: str = "baseline") -
 
 
 def split_indices(
-    n: int, val_split: float, test_split: float, seed: int, stratify: Optional[Sequence[int]] = None
+    n: int,
+    val_split: float,
+    test_split: float,
+    seed: int,
+    stratify: Optional[Union[Sequence[int], np.ndarray]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded train / val / test indices; stratified by label when ``stratify`` is given.
 
@@ -96,7 +100,7 @@ def split_indices(
 
 
 def _split(
-    n: int, val_split: float, test_split: float, seed: int, stratify: Optional[Sequence[int]]
+    n: int, val_split: float, test_split: float, seed: int, stratify: Optional[Union[Sequence[int], np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split  # here: scikit-learn and pandas cost ~60 MiB and 0.2 s
 
@@ -253,7 +257,7 @@ class ZooDataModule(LightningDataModule):
 
     def split_sizes(self) -> tuple[int, int]:
         """The number of training and validation samples (the data is read if it was not yet)."""
-        self._build_once()
+        self._build_once()  # sets train_set, which the checker cannot follow
         return len(self.train_set), len(self.val_set) if self.val_set is not None else 0  # type: ignore[arg-type]
 
     def join_validation(self) -> None:
@@ -261,8 +265,8 @@ class ZooDataModule(LightningDataModule):
         trains on all of it for a fixed budget rather than select epochs on a few samples (:mod:`zoo.budget`).
         Statistics fitted on the training split (normalisation, vocabulary) stay as they are."""
         self._build_once()
-        if self.val_set is not None and len(self.val_set):  # type: ignore[arg-type]
-            self.train_set = ConcatDataset([self.train_set, self.val_set])  # type: ignore[list-item]
+        if self.val_set is not None and len(self.val_set):
+            self.train_set = ConcatDataset([self.train_set, self.val_set])
             self.val_set = Subset(self.val_set, [])
 
     def _check_labels(self) -> None:
@@ -301,7 +305,7 @@ class ZooDataModule(LightningDataModule):
         """The number of processes, and the training samples each one reads an epoch (DistributedSampler pads
         the split to a multiple of the processes)."""
         world = self.trainer.world_size if self.trainer is not None else 1
-        return world, math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]
+        return world, math.ceil(len(self.train_set) / world)  # type: ignore[arg-type]  # called once it is built
 
     def _batch_mix(self) -> BatchMix:
         """MixUp / CutMix for this data and task; a ConfigError where labels cannot become class probabilities."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import os
 from functools import cached_property, partial
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypedDict
 
 import numpy as np
 import torch
@@ -21,6 +21,14 @@ from zoo.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SplitDirs(TypedDict):
+    """The folder of each split of an :class:`ImageFolder`; None where the split is carved from train's."""
+
+    train: str
+    val: Optional[str]
+    test: Optional[str]
 
 
 class Digits(ZooDataModule):
@@ -80,6 +88,7 @@ class Digits(ZooDataModule):
             raise ConfigError(f"data.samples_per_class={samples_per_class} must be at least 1")
         self.classes = list(classes) if classes is not None else list(range(10))
         self.samples_per_class = samples_per_class
+        self.stats: Optional[dict[str, float]] = None  # the training pixels' mean and std, set by build()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -89,7 +98,7 @@ class Digits(ZooDataModule):
         return len(self.classes)
 
     @property
-    def class_names(self) -> list[str]:  # type: ignore[override]
+    def class_names(self) -> list[str]:
         return [str(c) for c in self.classes]
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -103,7 +112,7 @@ class Digits(ZooDataModule):
         y = torch.tensor(labels, dtype=torch.long)
         train, val, test = split_indices(len(y), self.val_split, self.test_split, self.seed, stratify=labels)
         if self.samples_per_class is not None:
-            train = self._few_per_class(train, labels)
+            train = self._few_per_class(train, labels, self.samples_per_class)
         mean, std = fit_standardizer(x[train], dim=(0, 2, 3))
         self.stats = {"mean": float(mean), "std": float(std)}  # kept in checkpoints, for new images
         augment = self.image_augment
@@ -135,10 +144,11 @@ class Digits(ZooDataModule):
         from torchvision.transforms import v2
 
         normalise = v2.Normalize(mean, std)
-        return Augmented(TensorDataset(x / 16.0, y), self.image_augment.around(normalise))  # type: ignore[union-attr]
+        augment = self.image_augment.around(normalise)  # type: ignore[union-attr]  # build calls this with one
+        return Augmented(TensorDataset(x / 16.0, y), augment)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"class_names": self.class_names, "stats": getattr(self, "stats", None)}
+        return {"class_names": self.class_names, "stats": self.stats}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.stats = state_dict.get("stats")
@@ -146,26 +156,26 @@ class Digits(ZooDataModule):
     def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
         """Image files (or a folder of them) as 8x8 grey digits: dark ink on light paper is inverted to the
         data's light-on-dark, pixels scaled to the data's 0-16 and standardised like the training images."""
-        if not getattr(self, "stats", None):
+        if not self.stats:
             raise DataError("Digits: no training statistics; predict from a checkpoint that `zoo fit` wrote")
         images, names = read_images(path, channels=1, size=(8, 8))
         x = images.float() / 255.0 * 16.0
         light_background = x.mean(dim=(1, 2, 3)) > 8.0
         x[light_background] = 16.0 - x[light_background]
-        x = (x - self.stats["mean"]) / self.stats["std"]  # type: ignore[index]
+        x = (x - self.stats["mean"]) / self.stats["std"]
         return BatchedTensorDataset(x, torch.zeros(len(x), dtype=torch.long)), names
 
-    def _few_per_class(self, train: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def _few_per_class(self, train: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
         picked = []
         for label in range(len(self.classes)):
             pool = train[labels[train] == label]
-            if len(pool) < self.samples_per_class:  # type: ignore[operator]
+            if len(pool) < per_class:
                 raise DataError(
-                    f"data.samples_per_class={self.samples_per_class} but digit {self.classes[label]} has only "
+                    f"data.samples_per_class={per_class} but digit {self.classes[label]} has only "
                     f"{len(pool)} training images"
                 )
-            picked.append(rng.choice(pool, size=self.samples_per_class, replace=False))
+            picked.append(rng.choice(pool, size=per_class, replace=False))
         return np.sort(np.concatenate(picked))
 
 
@@ -316,18 +326,22 @@ class ImageFolder(ZooDataModule):
         )
 
     @cached_property
-    def split_dirs(self) -> dict[str, Optional[str]]:
+    def split_dirs(self) -> SplitDirs:
         """The folder of each split, or None where the split is carved from the training folder."""
         if not os.path.isdir(self.data_dir):
             raise self._layout_error(f"{os.path.abspath(self.data_dir)} does not exist or is not a folder")
         train = os.path.join(self.data_dir, "train")
         if not os.path.isdir(train):
             return {"train": self.data_dir, "val": None, "test": None}
-        dirs = {s: os.path.join(self.data_dir, s) for s in ("val", "test")}
-        return {"train": train, **{s: (d if os.path.isdir(d) else None) for s, d in dirs.items()}}
+        val, test = (os.path.join(self.data_dir, s) for s in ("val", "test"))
+        return {
+            "train": train,
+            "val": val if os.path.isdir(val) else None,
+            "test": test if os.path.isdir(test) else None,
+        }
 
     @cached_property
-    def class_names(self) -> list[str]:  # type: ignore[override]
+    def class_names(self) -> list[str]:
         root = self.split_dirs["train"]
         names = sorted(e.name for e in os.scandir(root) if e.is_dir())  # the order torchvision uses
         if not names:
@@ -358,7 +372,7 @@ class ImageFolder(ZooDataModule):
         if self.channels == 1:
             steps.insert(1, v2.Grayscale(num_output_channels=1))
         normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
-        return v2.Compose([*steps, self.image_augment.around(normalise)])  # type: ignore[union-attr]
+        return v2.Compose([*steps, self.image_augment.around(normalise)])
 
     def _folder(self, root: str) -> Dataset:
         from torchvision import datasets
@@ -409,7 +423,7 @@ class ImageFolder(ZooDataModule):
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
         dirs = self.split_dirs
-        full = self._folder(dirs["train"])  # type: ignore[arg-type]
+        full = self._folder(dirs["train"])
         val_frac = self.val_split if dirs["val"] is None else 0.0
         test_frac = self.test_split if dirs["test"] is None else 0.0
         train, val, test = split_indices(len(full), val_frac, test_frac, self.seed, stratify=full.targets)
@@ -429,8 +443,8 @@ def _samples(dataset: Optional[Dataset]) -> list[tuple[str, int]]:
     if dataset is None:
         return []
     if isinstance(dataset, Subset):
-        return [dataset.dataset.samples[i] for i in dataset.indices]  # type: ignore[attr-defined]
-    return list(dataset.samples)  # type: ignore[attr-defined]
+        return [dataset.dataset.samples[i] for i in dataset.indices]
+    return list(dataset.samples)
 
 
 class _Transformed(Dataset):

@@ -33,7 +33,7 @@ class StackedBatch(Sequence):
     def __len__(self) -> int:
         return len(self.fields[0])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:  # type: ignore[override]  # ints only, no slices
         return tuple(field[i] for field in self.fields)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:

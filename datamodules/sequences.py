@@ -197,12 +197,12 @@ def aeon_ts_files(name: str) -> tuple[str, str]:
             f"data.name={name!r} finds the .ts files aeon ships, but aeon is not installed: pip install aeon. {how}"
         )
     root = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
-    files = tuple(os.path.join(root, name, f"{name}_{split}.ts") for split in ("TRAIN", "TEST"))
-    if not all(os.path.isfile(f) for f in files):
+    train, test = (os.path.join(root, name, f"{name}_{split}.ts") for split in ("TRAIN", "TEST"))
+    if not (os.path.isfile(train) and os.path.isfile(test)):
         names = os.listdir(root) if os.path.isdir(root) else []
         shipped = sorted(d for d in names if os.path.isfile(os.path.join(root, d, f"{d}_TRAIN.ts")))
         raise DataError(f"aeon ships no .ts files for data.name={name!r} (it ships {shipped}). {how}")
-    return files  # type: ignore[return-value]
+    return train, test
 
 
 # --- the datamodule ----------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class TimeSeries(PaddedSequenceDataModule):
         """The training and test ``.ts`` files."""
         if self.train_file is not None and self.test_file is not None:
             return self.train_file, self.test_file
-        shipped = aeon_ts_files(self.name)  # type: ignore[arg-type]
+        shipped = aeon_ts_files(self.name)  # type: ignore[arg-type]  # __init__ asks for name where a file is missing
         return self.train_file or shipped[0], self.test_file or shipped[1]
 
     @cached_property
@@ -304,7 +304,7 @@ class TimeSeries(PaddedSequenceDataModule):
         return train_x, train_y, test_x, test_y
 
     @cached_property
-    def class_names(self) -> list[str]:  # type: ignore[override]
+    def class_names(self) -> list[str]:
         return sorted_labels(self._raw[1])
 
     def _num_classes(self) -> int:
@@ -339,7 +339,7 @@ class TimeSeries(PaddedSequenceDataModule):
 
         train_set = dataset([train_x[i] for i in train], [train_y[i] for i in train])
         if self.series_augment is not None:
-            train_set = Augmented(train_set, self.series_augment)  # type: ignore[assignment]
+            train_set = Augmented(train_set, self.series_augment)
         return train_set, dataset([train_x[i] for i in val], [train_y[i] for i in val]), dataset(test_x, test_y)
 
     def _prepare(self, series: np.ndarray) -> torch.Tensor:

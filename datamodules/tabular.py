@@ -95,7 +95,8 @@ class SklearnTabular(ZooDataModule):
         train, val, test = self._splits
         mean, std = fit_standardizer(x[train], dim=(0,))
         x = (x - mean) / std
-        return tuple(BatchedTensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]
+        train_set, val_set, test_set = (BatchedTensorDataset(x[i], y[i]) for i in (train, val, test))
+        return train_set, val_set, test_set
 
     def baseline_data(self) -> BaselineData:
         """The raw (unstandardised) features of train + validation and of the test split."""

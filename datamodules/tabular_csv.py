@@ -108,16 +108,16 @@ class TabularCSV(ZooDataModule):
             if cell.lower() in MISSING:
                 raise DataError(f"{table.where(i, target)}: the target is missing; fill it in or remove the row")
         values = [as_number(c) for c in cells]
+        found = [v for v in values if v is not None]
+        numeric = len(found) == len(values)
         task = self.asked_task
         if task == "auto":
-            numeric = all(v is not None for v in values)
-            few_integers = numeric and all(v.is_integer() for v in values) and len(set(values)) <= MAX_AUTO_CLASSES
+            few_integers = numeric and all(v.is_integer() for v in found) and len(set(found)) <= MAX_AUTO_CLASSES
             task = "classification" if not numeric or few_integers else "regression"
         if task == "regression":
             return task, [], numbers(table, target, why=" (data.task: regression)")
         keys = [category_key(c) for c in cells]
-        numeric_keys = all(v is not None for v in values)
-        names = sorted(set(keys), key=lambda k: (float(k), k) if numeric_keys else (0.0, k))
+        names = sorted(set(keys), key=lambda k: (float(k), k) if numeric else (0.0, k))
         if len(names) < 2:
             raise DataError(
                 f"{self.train_file}, column {target!r}: every row has the class {names[0]!r}; a "
@@ -160,7 +160,7 @@ class TabularCSV(ZooDataModule):
             cells = table.column(c)
             vocab[c] = sorted({category_key(cells[i]) for i in train.tolist() if cells[i].lower() not in MISSING})
         task, class_names, y = self._labels
-        state = {
+        state: dict[str, Any] = {
             "target_column": self.target_column,
             "task": task,
             "class_names": class_names,
@@ -180,7 +180,7 @@ class TabularCSV(ZooDataModule):
 
     # --- the facts the model needs --------------------------------------------------------------
     @property
-    def task(self) -> str:  # type: ignore[override]
+    def task(self) -> str:  # type: ignore[override]  # read-only here: the training file says
         return self.table_state["task"]
 
     @property
@@ -272,7 +272,7 @@ class TabularCSV(ZooDataModule):
     def _split_tables(self) -> list[tuple[Table, Optional[np.ndarray]]]:
         """Each split's table and rows of it (None: all rows), train / val / test."""
         train, val, test = self._splits
-        out = [(self._train_table, train)]
+        out: list[tuple[Table, Optional[np.ndarray]]] = [(self._train_table, train)]
         for path, rows in ((self.val_file, val), (self.test_file, test)):
             if path is None:
                 out.append((self._train_table, rows))
@@ -288,7 +288,8 @@ class TabularCSV(ZooDataModule):
             y = torch.from_numpy(self.targets(table, rows))  # (N,) class indices or (N, 1) values
             y = y.float() if self.task == "regression" else y
             datasets.append(BatchedTensorDataset(self.encode(table, rows), y))
-        return tuple(datasets)  # type: ignore[return-value]
+        train, val, test = datasets
+        return train, val, test
 
     def baseline_data(self) -> BaselineData:
         """Train (+ val) and test as arrays: numbers in their own units with NaN where missing, then the codes of

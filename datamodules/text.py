@@ -177,7 +177,7 @@ class TextClassification(PaddedSequenceDataModule):
         return self._read(self.train_file)
 
     @cached_property
-    def class_names(self) -> list[str]:  # type: ignore[override]
+    def class_names(self) -> list[str]:
         return sorted_labels(self._train_data[1])
 
     def _num_classes(self) -> int:
@@ -240,7 +240,7 @@ class TextClassification(PaddedSequenceDataModule):
     def vocab_size(self) -> int:
         if self.hf_tokenizer is not None:
             return len(self.hf_tokenizer)  # added tokens included, so every id has an embedding row
-        return len(self.vocab)  # type: ignore[arg-type]
+        return len(self.vocab)  # type: ignore[arg-type]  # no tokenizer: a word vocabulary
 
     @property
     def pad_value(self) -> int:
@@ -256,7 +256,7 @@ class TextClassification(PaddedSequenceDataModule):
         if self.hf_tokenizer is not None:
             ids = self.hf_tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         else:
-            vocab: dict[str, int] = self.vocab  # type: ignore[assignment]
+            vocab: dict[str, int] = self.vocab  # type: ignore[assignment]  # no tokenizer: a word vocabulary
             unk = vocab[UNK]
             ids = [[vocab.get(w, unk) for w in self._words(t)][: self.max_length] or [unk] for t in texts]
         return [torch.tensor(i, dtype=torch.long) for i in ids]
@@ -287,7 +287,8 @@ class TextClassification(PaddedSequenceDataModule):
         for split in ("train", "val", "test"):
             texts, labels, path = self._split_data[split]
             datasets.append(VariableLengthDataset(self.encode(texts), self._targets(labels, path)))
-        return tuple(datasets)  # type: ignore[return-value]
+        train, val, test = datasets
+        return train, val, test
 
 
 def load_tokenizer(name: str) -> Any:

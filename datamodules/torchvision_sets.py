@@ -11,7 +11,7 @@ import os
 import pickle
 import socket
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -42,8 +42,8 @@ class _Classic(ZooDataModule):
 
     name: str = ""  # as torchvision spells it
     files: tuple[str, ...] = ()  # what must be in ``directory``
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
+    mean: Sequence[float] = ()  # the dataset's statistics; an instance holds the ones it normalises with
+    std: Sequence[float] = ()
     shape: tuple[int, int, int] = (1, 1, 1)
     n_classes: int = 0
 
@@ -174,19 +174,15 @@ class _Classic(ZooDataModule):
                 raise DataError(f"{where}: labels fall outside 0..{self.n_classes - 1}")
         train, val, _ = split_indices(len(y), self.val_split, 0.0, self.seed, stratify=y.numpy())
         shape = self.input_shape
-        read = {"mean": self.mean, "std": self.std, "channels": shape[0], "size": (shape[1], shape[2])}
-        return (
-            UInt8Images(x[train], y[train], **read, augment=self.image_augment),
-            UInt8Images(x[val], y[val], **read),
-            UInt8Images(test_x, test_y, **read),
-        )
+        read = partial(UInt8Images, mean=self.mean, std=self.std, channels=shape[0], size=(shape[1], shape[2]))
+        return read(x[train], y[train], augment=self.image_augment), read(x[val], y[val]), read(test_x, test_y)
 
     def baseline_data(self) -> BaselineData:
         """Train + validation images (a seeded subsample of at most 10,000) and the whole test split, normalised
         as the model's, at the stored size (no resize to a pretrained backbone's input size) and unaugmented."""
         if self.train_set is None:
             self.setup("test")
-        parts = [self.train_set, self.val_set]
+        parts = [self.train_set, self.val_set]  # UInt8Images, set by setup (the checker sees Optional[Dataset])
         images = torch.cat([p.images for p in parts])  # type: ignore[union-attr]
         labels = torch.cat([p.labels for p in parts])  # type: ignore[union-attr]
         keep = torch.as_tensor(capped(len(labels), self.seed, what=f"{type(self).__name__} baseline"))
@@ -196,7 +192,7 @@ class _Classic(ZooDataModule):
             chunks = [range(i, min(i + 1000, len(dataset))) for i in range(0, len(dataset), 1000)]
             return torch.cat([dataset.__getitems__(c).fields[0] for c in chunks]).numpy(), labels.numpy()
 
-        test: UInt8Images = self.test_set  # type: ignore[assignment]
+        test: UInt8Images = self.test_set  # type: ignore[assignment]  # as parts above
         return BaselineData("image", *prepared(images[keep], labels[keep]), *prepared(test.images, test.labels))
 
 
@@ -365,7 +361,7 @@ class CIFAR10(_Classic):
         return os.path.join(self.data_dir, self.folder)
 
     @cached_property
-    def class_names(self) -> list[str]:  # type: ignore[override]
+    def class_names(self) -> list[str]:
         self._ensure_files()
         names = _unpickle(os.path.join(self.directory, self.meta_file))[self.names_key]
         return [str(_text(n)) for n in names]

@@ -54,7 +54,11 @@ def run_baselines(data: BaselineData, task: str) -> dict[str, float]:
         raise ValueError(f"unknown baseline data kind {data.kind!r}; one of {sorted(strong)}")
     results: dict[str, float] = {}
     for name, fit in (("majority" if classify else "mean", _trivial), strong[data.kind]):
-        results.update(timed(name, task, lambda fit=fit: (data.y_test, *fit(data, task))))
+
+        def labelled(fit: Fit = fit) -> tuple[Any, np.ndarray, Optional[np.ndarray]]:
+            return (data.y_test, *fit(data, task))
+
+        results.update(timed(name, task, labelled))
     return results
 
 

@@ -66,8 +66,9 @@ def trusted(path: Any, extra: Collection[str] = ()) -> bool:
     if path in extra:
         return True
     found = _import_trusted(path)
-    defined_there = found is not None and found.__module__.startswith(path.rpartition(".")[0])
-    return defined_there and issubclass(found, trusted_bases())  # type: ignore[arg-type]
+    if found is None or not found.__module__.startswith(path.rpartition(".")[0]):
+        return False
+    return issubclass(found, trusted_bases())
 
 
 def classes_named(config: Any) -> frozenset[str]:

@@ -65,7 +65,11 @@ class CheckpointPathHook:
     subclass's ``parse_checkpoint_path``."""
 
     def _parse_ckpt_path(self) -> None:
-        self.parse_checkpoint_path()  # type: ignore[attr-defined]
+        self.parse_checkpoint_path()
+
+    def parse_checkpoint_path(self) -> None:
+        """The subclass's reading of ``--ckpt_path`` into the config."""
+        raise NotImplementedError
 
 
 def subcommand_parser(cli: Any, subcommand: Optional[str]) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, overload
 
 from torch import nn
 
@@ -139,6 +139,10 @@ class ConvBNAct(nn.Sequential):
 import math  # noqa: E402  (appended block; hoist into the header imports when convenient)
 
 
+@overload
+def sequence_channels(name: str, input_shape: tuple[int, ...], vocab_size: None) -> int: ...
+@overload
+def sequence_channels(name: str, input_shape: tuple[int, ...], vocab_size: int | None) -> int | None: ...
 def sequence_channels(name: str, input_shape: tuple[int, ...], vocab_size: int | None) -> int | None:
     """Check a sequence backbone's ``input_shape``: the channels per step, or ``None`` for token ids.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Optional, Union
 
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -42,6 +43,8 @@ from zoo.tasks.base import ZooTask
 class ZooCLI(CheckpointPathHook, LightningCLI):
     """LightningCLI with the zoo's defaults: data facts linked into the model, default callbacks,
     a local CSV logger, metrics written as JSON, and clear errors for bad configs."""
+
+    config: Namespace  # LightningCLI's parsed config; parse_checkpoint_path replaces it
 
     def __init__(self, args: Any = None, run: bool = True, instantiate: bool = True, **kwargs: Any) -> None:
         self.instantiate = instantiate  # False (with run=False): parse and resolve only (zoo.run.build.parse)
@@ -228,6 +231,8 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
 
 class ZooSaveConfig(SaveConfigCallback):
     """Saves the resolved config into the run's own folder and hands it to every logger that takes it."""
+
+    already_saved: bool  # SaveConfigCallback's
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if self.already_saved:

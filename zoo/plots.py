@@ -21,6 +21,7 @@ from zoo.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 History = dict[str, dict[float, float]]  # metric name -> {epoch (fractional for step-level values): value}
@@ -96,14 +97,21 @@ def epochs_of(history: History) -> list[float]:
 
 
 # --- drawing ----------------------------------------------------------------------------------------
-def new_figure(width: float, height: float, **subplots: object) -> tuple[Figure, list]:
-    """A Figure on an Agg canvas (no pyplot) and its axes, flattened."""
+def new_figure(
+    width: float,
+    height: float,
+    nrows: int = 1,
+    ncols: int = 1,
+    sharex: bool = False,
+    height_ratios: Optional[Sequence[float]] = None,
+) -> tuple[Figure, list]:
+    """A Figure on an Agg canvas (no pyplot) and its axes (a grid as ``Figure.subplots`` makes), flattened."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(**subplots, squeeze=False)  # type: ignore[arg-type]
+    axes = fig.subplots(nrows, ncols, sharex=sharex, height_ratios=height_ratios, squeeze=False)
     return fig, list(axes.flat)
 
 
@@ -112,6 +120,7 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     import numpy as np
 
     fig.canvas.draw()
+    # new_figure's canvas is Agg's; Figure.canvas is typed as the base class, which has no buffer_rgba.
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]
 
 
@@ -120,10 +129,10 @@ def _series(history: History, name: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _integer_epochs(ax: object) -> None:
+def _integer_epochs(ax: Axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # type: ignore[attr-defined]
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_learning_curves(
@@ -159,7 +168,7 @@ def plot_learning_curves(
     for ax, kind in zip(axes[1:], panels[1:]):
         # One colour per metric (none of the loss panel's train / val colours): validation solid, training
         # dashed and lighter, since the validation curve is the one that says how the model does.
-        for color, name in zip(_colors(len(kinds[kind]) + 2)[2:], kinds[kind]):
+        for metric_color, name in zip(_colors(len(kinds[kind]) + 2)[2:], kinds[kind]):
             for stage, style, alpha in (("train", "--", 0.55), ("val", "-", 1.0)):
                 if f"{stage}/{name}" in history:
                     xs, ys = _series(history, f"{stage}/{name}")
@@ -168,7 +177,7 @@ def plot_learning_curves(
                         ys,
                         style,
                         marker="." if stage == "val" else None,
-                        color=color,
+                        color=metric_color,
                         alpha=alpha,
                         label=f"{stage}/{name}",
                     )
@@ -178,8 +187,8 @@ def plot_learning_curves(
         )
     if best is not None:
         for ax in axes:  # named once, in the loss panel's legend
-            label = f"best epoch ({best})" if ax is loss_ax else None
-            ax.axvline(best, color="0.4", linestyle=":", linewidth=1.2, label=label)
+            best_label = f"best epoch ({best})" if ax is loss_ax else None
+            ax.axvline(best, color="0.4", linestyle=":", linewidth=1.2, label=best_label)
         if best in history.get("val/loss", {}):
             loss_ax.plot([best], [history["val/loss"][best]], "o", color="C1", markersize=8, markerfacecolor="none")
     for ax in axes:
@@ -239,7 +248,7 @@ def plot_learning_rates(
         6.0 if has_schedule else 4.5,
         nrows=2 if has_schedule else 1,
         sharex=True,
-        **({"height_ratios": [3, 1]} if has_schedule else {}),
+        height_ratios=[3, 1] if has_schedule else None,
     )
     ax = axes[0]
 

@@ -104,7 +104,8 @@ def register_variant(
     def factory(**kwargs: Any) -> nn.Module:
         return builder(**fixed, **{**defaults, **kwargs})  # a fixed argument given again is a TypeError
 
-    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]  (what the registry and `zoo models` read)
+    # What the registry and `zoo models` read; a function's type declares no __signature__.
+    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[
             p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=defaults.get(p.name, p.default))
             for p in signature.parameters.values()

@@ -89,7 +89,7 @@ class _Conv1DBackbone(Backbone):
         channels = sequence_channels(name, input_shape, vocab_size)
         self.input_shape, self.vocab_size, self.embed_dim = tuple(input_shape), vocab_size, embed_dim
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0) if vocab_size is not None else None
-        return embed_dim if vocab_size is not None else channels
+        return embed_dim if channels is None else channels  # None: token ids, embedded
 
     def _init_weights(self) -> None:
         for m in self.modules():

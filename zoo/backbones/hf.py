@@ -104,7 +104,7 @@ class HFBackbone(PretrainedBackbone):
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.forward_features(*args, **kwargs)
 
-    def forward_features(  # type: ignore[override]
+    def forward_features(  # type: ignore[override]  # a tokenizer's batch, not one tensor
         self,
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,

@@ -222,11 +222,11 @@ def _parameters_to_meta() -> Iterator[None]:
         if param is not None:
             set_parameter(module, name, nn.Parameter(param.to("meta"), requires_grad=param.requires_grad))
 
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    nn.Module.register_parameter = register_on_meta
     try:
         yield
     finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        nn.Module.register_parameter = register
 
 
 def close_matches(name: str, known: list[str], what: str, listing: str) -> ConfigError:

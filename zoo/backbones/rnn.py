@@ -96,7 +96,7 @@ class RNNBackbone(Backbone):
         self.bidirectional, self.pool, self.embed_dim = bidirectional, pool, embed_dim
 
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0) if vocab_size is not None else None
-        width = embed_dim if vocab_size is not None else channels
+        width = embed_dim if channels is None else channels  # None: token ids, embedded
         extra: dict[str, Any] = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.layers = nn.ModuleList()
         for _ in range(num_layers):
@@ -138,6 +138,7 @@ class RNNBackbone(Backbone):
             return masked_mean(out, mask)
         if self.pool == "max":
             return masked_max(out, mask)
+        assert self.attention is not None  # pool == "attention"
         return self.attention(out, mask)
 
     def example_input(self, input_shape: tuple[int, ...], batch_size: int = 2) -> torch.Tensor:

@@ -201,7 +201,8 @@ class MiniRocketBackbone(Backbone):
         for batch in batches:
             x, mask = (batch["x"], batch.get("mask")) if isinstance(batch, dict) else (batch, None)
             x, mask = self._inputs(x.to(self.kernels.device, self.kernels.dtype), mask)
-            xs.append(x), masks.append(mask)
+            xs.append(x)
+            masks.append(mask)
             seen += len(x)
             if seen >= FIT_SAMPLES:
                 break

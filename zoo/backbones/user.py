@@ -92,7 +92,7 @@ def user_entry(path: str) -> BackboneEntry:
     if "input_shape" not in params:
         own.append(inspect.Parameter("input_shape", inspect.Parameter.KEYWORD_ONLY, default=None))
     own += [p for p in params.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
-    build.__signature__ = inspect.Signature(own)  # type: ignore[attr-defined]
+    build.__signature__ = inspect.Signature(own)  # type: ignore[attr-defined]  # for inspect; undeclared on functions
     doc = (inspect.getdoc(factory) or "").splitlines()
     return BackboneEntry(path, build, "user", "any", doc[0] if doc else f"your own network {path}")
 

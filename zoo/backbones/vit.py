@@ -8,7 +8,7 @@ leading batch axis).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +160,8 @@ class ViTBackbone(Backbone):
             raise ConfigError(f"vit: unknown pool {pool!r}; choose one of {list(_POOLS)}")
         if depth < 1:
             raise ConfigError(f"vit needs at least one block; got depth={depth}")
-        self.input_shape = tuple(input_shape)
+        channels, height, width = input_shape  # a list from YAML, too
+        self.input_shape = (channels, height, width)
         self.patch_size, self.embed_dim, self.depth, self.num_heads = patch_size, embed_dim, depth, num_heads
         self.mlp_ratio, self.dropout, self.attn_dropout, self.drop_path = mlp_ratio, dropout, attn_dropout, drop_path
         self.pool = pool
@@ -204,7 +205,7 @@ class ViTBackbone(Backbone):
 # vit_tiny: the same shape as timm's ``vit_tiny_patch16_224`` (and DeiT-Tiny), ViTBackbone's defaults.
 # vit_micro: 4x4 patches make 4 tokens of an 8x8 digit, 49 of a 28x28 and 64 of a 32x32 image (plus the class
 # token), so it trains from scratch on a CPU.
-_IMAGE = {"family": "vit", "input_kind": "image"}
+_IMAGE: dict[str, Any] = {"family": "vit", "input_kind": "image"}
 register_variant(
     "vit_tiny", ViTBackbone, **_IMAGE, description="ViT-Ti/16 (width 192, 12 blocks, 3 heads, 16x16 patches)."
 )

@@ -23,7 +23,7 @@ It is built to survive what breaks the usual implementations:
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
@@ -36,7 +36,7 @@ from zoo.tasks.base import NO_DECAY
 log = logging.getLogger(__name__)
 
 Strategy = Literal["full", "feature_extraction", "freeze_then_unfreeze", "progressive", "milestones"]
-STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 class FineTuning(Callback):

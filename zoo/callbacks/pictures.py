@@ -103,7 +103,9 @@ class RunPictures(Callback):
             return
         if not self._wandb_due(trainer) or not hasattr(pl_module, "val_confusion"):
             return
-        x, y = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (None, None)
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            return
+        x, y = batch
         if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] in (1, 3)):
             return  # pictures of inputs only make sense for images
         x, y = x[: self.num_samples], y[: self.num_samples]
@@ -153,11 +155,11 @@ class RunPictures(Callback):
 
     # --- helpers ---------------------------------------------------------------------------------
     def _record(self, trainer: Trainer, prefixes: tuple[str, ...], epoch: Optional[int] = None) -> None:
-        epoch = float(trainer.current_epoch if epoch is None else epoch)
+        at = float(trainer.current_epoch if epoch is None else epoch)
         for name, value in trainer.callback_metrics.items():
             if name.startswith(prefixes) and not name.endswith("_step"):
                 try:
-                    self.history[name][epoch] = float(value)
+                    self.history[name][at] = float(value)
                 except (TypeError, ValueError):  # a non-scalar someone logged; not a curve
                     continue
 

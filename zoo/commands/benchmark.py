@@ -122,8 +122,9 @@ def resolve_dataset(spec: str) -> DataSet:
             raise DataError(
                 f"--datasets {spec}: a folder must hold one <X>_TRAIN.ts with its <X>_TEST.ts (found {found})"
             )
-        train, test = pairs[0]
-        return counted(DataSet(train.name[: -len("_TRAIN.ts")], str(train.resolve()), str(test.resolve())))
+        train_path, test_path = pairs[0]
+        name = train_path.name[: -len("_TRAIN.ts")]
+        return counted(DataSet(name, str(train_path.resolve()), str(test_path.resolve())))
     if spec.endswith(".ts") or "/" in spec:
         raise DataError(f"--datasets {spec}: no such folder; give a name aeon ships, TRAIN.ts:TEST.ts or a folder")
     from datamodules.sequences import aeon_ts_files

@@ -294,10 +294,12 @@ def export_checkpoint(
                 (out_dir / FILES[fmt]).unlink(missing_ok=True)
                 step = "torch.export.save / load" if fmt == "torch_export" else "the ONNX conversion or onnxruntime"
                 raise _cannot(what, [fmt], step, err, ckpt_path, [f for f in FORMATS if f != fmt]) from None
-            if not result.max_abs_diff <= tolerance:  # also for NaN
+            diff = result.max_abs_diff
+            assert diff is not None  # both graph writers compare the export with the PyTorch model
+            if not diff <= tolerance:  # also for NaN
                 result.path.unlink(missing_ok=True)  # never leave an export behind that computes something else
                 raise ConfigError(
-                    f"the {fmt} export of {what} differs from the PyTorch model by up to {result.max_abs_diff:.3g} "
+                    f"the {fmt} export of {what} differs from the PyTorch model by up to {diff:.3g} "
                     f"(tolerance {tolerance:g}) on random batches of {' and '.join(map(str, CHECK_BATCHES))}; "
                     f"{result.path} was removed. Raise --tolerance if such a difference is expected for this model"
                 )

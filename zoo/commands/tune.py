@@ -299,8 +299,9 @@ class _Objective:
             raise
         except (KeyboardInterrupt, SystemExit) as exc:
             # Lightning turns Ctrl-C into sys.exit(1); a bad config makes the CLI's parser exit too.
-            if isinstance(exc, SystemExit) and getattr(exc, "zoo_config_error", None):
-                message = exc.zoo_config_error
+            config_error = getattr(exc, "zoo_config_error", None)  # set by _run on the parser's exit
+            if isinstance(exc, SystemExit) and config_error:
+                message = config_error
             else:
                 trial.set_user_attr("interrupted", True)
                 raise KeyboardInterrupt from exc
@@ -333,6 +334,7 @@ class _Objective:
                 model, datamodule, trainer = build(args)
         except SystemExit as exc:
             text = captured.getvalue().replace("zoo: error: ", "").split("\nRun with --help")[0].strip()
+            # The parser's own SystemExit carries the reason up (SystemExit declares no such attribute).
             exc.zoo_config_error = text or f"invalid config (exit code {exc.code})"  # type: ignore[attr-defined]
             raise
         sys.stderr.write(captured.getvalue())

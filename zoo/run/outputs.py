@@ -18,7 +18,7 @@ def test_after_fit(trainer: Trainer, model: Any, datamodule: Any, baseline: bool
     if trainer.interrupted:
         return
     ckpt = trainer.checkpoint_callback
-    ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
+    ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", None) else None
     if ckpt_path is None and ckpt is not None and ckpt.monitor:
         print(f"testing the last weights: no best checkpoint by {ckpt.monitor} (it was never logged)", file=sys.stderr)
     warn_first_epoch_best(trainer)
@@ -35,7 +35,8 @@ def write_metrics(trainer: Trainer, model: Any, datamodule: Any, stage: str, bas
     if not trainer.is_global_zero:
         return None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
-    baselines, compared = {}, ""
+    baselines: dict[str, float] = {}
+    compared = ""
     if stage == "test" and baseline:
         from zoo.baselines import baselines_of_run  # fits scikit-learn models: imported when they run
 
@@ -55,7 +56,7 @@ def warn_first_epoch_best(trainer: Trainer) -> None:
     best = getattr(ckpt, "best_model_path", "") if ckpt is not None and getattr(ckpt, "monitor", None) else ""
     if best and trainer.current_epoch > 1 and os.path.basename(best).startswith("best-epoch=0-"):
         print(
-            f"warning: the best checkpoint by {ckpt.monitor} is from the first epoch of {trainer.current_epoch}: "  # type: ignore[union-attr]
+            f"warning: the best checkpoint by {ckpt.monitor} is from the first epoch of {trainer.current_epoch}: "
             "training did not improve on it. The learning rate may be too high (zoo lr-find), or the validation "
             "split too small or unlike the training data to select on (--selection last)",
             file=sys.stderr,

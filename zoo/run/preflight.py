@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
-from zoo.budget import Plan, plan
+from zoo.budget import Plan, Selection, plan
 from zoo.checkpoints import classes_named, read_checkpoint, task_class
 from zoo.errors import ConfigError
 from zoo.registry import split_source
@@ -67,7 +67,7 @@ def follow_backbone_preprocessing(config: Any) -> dict[str, Any]:
     model, data = config.get("model"), config.get("data")
     model_args = model.get("init_args") if model is not None else None
     backbone = model_args.get("backbone") if model_args is not None else None
-    if data is None or not isinstance(backbone, str) or "/" not in backbone:
+    if data is None or model_args is None or not isinstance(backbone, str) or "/" not in backbone:
         return {}
     from zoo.backbones.pretrained import preprocessing_of  # loads the adapters (and timm, ...) only when needed
 
@@ -129,7 +129,7 @@ def check_precision(trainer_config: dict[str, Any]) -> None:
 
 
 def budget_for(
-    split_sizes: tuple[int, int], batch_size: int, trainer_config: dict[str, Any], steps: Any, selection: str
+    split_sizes: tuple[int, int], batch_size: int, trainer_config: dict[str, Any], steps: Any, selection: Selection
 ) -> Plan:
     """The step budget and the model selection (zoo.budget) for data of ``split_sizes`` (the datamodule's
     training and validation samples) and these trainer settings."""

@@ -291,7 +291,7 @@ class ZooTask(LightningModule):
 
         datamodule = getattr(self.trainer, "datamodule", None)
         dataset = getattr(datamodule, "train_set", None)
-        if dataset is None:
+        if datamodule is None or dataset is None:
             raise ConfigError(
                 f"backbone {self.backbone_name!r} is fitted to the training data before training and needs a zoo "
                 "datamodule (data: in the config) to read it from"
@@ -325,7 +325,7 @@ class ZooTask(LightningModule):
         norm parameters; their groups carry ``weight_decay=0``.
         """
         seen: set[int] = set()
-        groups = []
+        groups: list[dict[str, Any]] = []
         for name, module in self.named_layer_groups().items():
             params = [p for p in module.parameters() if id(p) not in seen]
             seen.update(id(p) for p in params)
