@@ -57,7 +57,7 @@ class RunResult:
     reason: str = ""  # why a run failed
 
 
-def run_folder(out: Path, dataset: str, seed: int) -> Path:
+def seed_folder(out: Path, dataset: str, seed: int) -> Path:
     """Where the run of ``dataset`` with ``seed`` writes (the CSV logger's ``save_dir/name/version``)."""
     return out / dataset / f"seed_{seed}"
 

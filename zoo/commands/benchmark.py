@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from zoo.benchmark_table import LOG_FILE, METRICS_FILE, RUN_FILE, DataSet, RunResult, read_run, run_folder
+from zoo.benchmark_table import LOG_FILE, METRICS_FILE, RUN_FILE, DataSet, RunResult, read_run, seed_folder
 from zoo.errors import ConfigError, DataError
 
 SUITES = {
@@ -168,7 +168,7 @@ def run_args(data: DataSet, seed: int, out: Path, overrides: list[str]) -> list[
         data_args = [f"--data.name={data.name}", "--data.train_file=null", "--data.test_file=null"]
     else:
         data_args = ["--data.name=null", f"--data.train_file={data.train_file}", f"--data.test_file={data.test_file}"]
-    folder = run_folder(out, data.name, seed)
+    folder = seed_folder(out, data.name, seed)
     logger = {"class_path": CSV_LOGGER, "init_args": {"save_dir": str(out), "name": data.name, "version": folder.name}}
     return [
         *overrides,
@@ -204,7 +204,7 @@ def benchmark(opts: argparse.Namespace, datasets: list[DataSet], overrides: list
     opts.seeds = list(dict.fromkeys(opts.seeds))  # a seed given twice is one run (one folder), counted once
     plan = [(data, seed) for data in datasets for seed in opts.seeds]
     program = zoo_program()
-    todo = [(d, s) for d, s in plan if opts.rerun or not _finished(run_folder(out, d.name, s), d.name, s)]
+    todo = [(d, s) for d, s in plan if opts.rerun or not _finished(seed_folder(out, d.name, s), d.name, s)]
     if todo:  # a bad config or override fails here once, not once per run
         preflight(opts.config, run_args(todo[0][0], todo[0][1], out, overrides))
     if opts.dry_run:
@@ -215,7 +215,7 @@ def benchmark(opts: argparse.Namespace, datasets: list[DataSet], overrides: list
         return []
     runs: list[RunResult] = []
     for i, (data, seed) in enumerate(plan, start=1):
-        folder = run_folder(out, data.name, seed)
+        folder = seed_folder(out, data.name, seed)
         head = f"run {i}/{len(plan)}  {data.name}  seed {seed}"
         if (data, seed) not in todo:
             found = read_run(folder, data.name, seed)
