@@ -4,12 +4,14 @@ clipping, accumulation, precision, weight averaging, gradient-norm logging, and 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -306,9 +308,17 @@ def test_bf16_mixed_on_cpu_runs_the_forward_in_bfloat16_and_keeps_fp32_weights()
     assert math.isfinite(trainer.callback_metrics["train/loss"])
 
 
+def _tested_under(run: Path, precision: str | None) -> dict[str, float]:
+    """The run's test metrics, after checking they are finite and that the run trained at ``precision``."""
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == precision
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert {"test/acc", "test/loss"} <= set(metrics) and all(math.isfinite(v) for v in metrics.values())
+    return metrics
+
+
 def test_bf16_mixed_through_zoo_fit(workdir: Path):
     zoo("fit", *DIGITS_MLP, *TINY, "--trainer.precision=bf16-mixed")
-    assert (workdir / "runs/digits_mlp/version_0/test_metrics.json").exists()
+    _tested_under(workdir / "runs/digits_mlp/version_0", "bf16-mixed")
 
 
 def test_grad_norm_monitor_logs_pre_clipping_norms_per_group(workdir: Path):
@@ -372,7 +382,7 @@ def test_swa_from_the_command_line_switches_to_its_lr(workdir: Path):
     rows = list(csv.DictReader(open(workdir / "runs/digits_mlp/version_0/metrics.csv")))
     head_lrs = [float(r["lr-AdamW/head"]) for r in rows if r.get("lr-AdamW/head")]
     assert head_lrs[0] == pytest.approx(0.001) and head_lrs[-1] == pytest.approx(0.0005)
-    assert (workdir / "runs/digits_mlp/version_0/test_metrics.json").exists()
+    _tested_under(workdir / "runs/digits_mlp/version_0", None)  # the default precision
 
 
 # --- settings this machine cannot run: named before training ----------------------------------------------
@@ -393,7 +403,7 @@ def test_settings_the_hardware_cannot_do_are_named(workdir: Path, capsys, args, 
 def test_bf16_true_runs_the_model_summary_on_cpu(workdir: Path):
     # Lightning's summary feeds example_input_array as is; the task casts it as the precision plugin does.
     zoo("fit", *DIGITS_MLP, *TINY, "--trainer.precision=bf16-true", "--trainer.enable_model_summary=true")
-    assert (workdir / "runs/digits_mlp/version_0/test_metrics.json").exists()
+    _tested_under(workdir / "runs/digits_mlp/version_0", "bf16-true")
 
 
 def test_same_seed_twice_gives_bit_identical_weights_with_workers(workdir: Path):
