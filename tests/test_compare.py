@@ -13,6 +13,7 @@ import yaml
 
 from cli import main as zoo_main
 from zoo.commands.report import main as report
+from zoo.commands.report import read_history
 from zoo.compare import MISSING, differing_settings, flatten, read_run, run_names
 from zoo.errors import ZooError
 
@@ -120,7 +121,7 @@ def test_the_table_has_each_runs_metrics_and_exactly_the_differing_settings(
 def test_the_figure_overlays_every_runs_curves_one_colour_each(two_runs: list[Path]) -> None:
     from zoo.compare import plot_compared_curves
 
-    runs = [read_run(p, n) for p, n in zip(two_runs, ["cnn", "cnn_lr"])]
+    runs = [read_run(p, n, read_history(p)) for p, n in zip(two_runs, ["cnn", "cnn_lr"])]
     fig = plot_compared_curves(runs)
     loss_ax, acc_ax = fig.axes[:2]
     assert (loss_ax.get_title(), acc_ax.get_title()) == ("loss", "acc")

@@ -100,12 +100,9 @@ def differing_settings(settings: Sequence[Optional[dict[str, Any]]]) -> dict[str
     return differ
 
 
-def read_run(path: Path, name: str) -> Run:
-    """A run folder's metrics (``metrics.csv`` with ``test_metrics.json``), checkpoints and flattened config."""
-    from zoo.commands.report import find_run, read_history  # one reader of run folders
-
-    run = find_run(path)
-    history = read_history(run)
+def read_run(run: Path, name: str, history: History) -> Run:
+    """A run folder's test metrics, checkpoints and flattened config, beside its ``history`` (what
+    :func:`zoo.commands.report.read_history` read of its ``metrics.csv``)."""
     tests_file = run / "test_metrics.json"
     tests = {}
     if tests_file.is_file():
@@ -164,6 +161,8 @@ def comparison_table(runs: Sequence[Run]) -> list[list[str]]:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, bool):  # as the config spells it
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (dict, list)):
@@ -245,15 +244,9 @@ def plot_compared_curves(runs: Sequence[Run], path: Optional[Union[str, Path]] =
     return fig
 
 
-def compare(paths: Sequence[Union[str, Path]], out: Path) -> tuple[str, list[Path]]:
-    """Read the runs, then write the figure and the table (Markdown and CSV) into ``out``. Returns the table as
-    text and the files written.
-
-    Raises:
-        DataError: a folder is not a run folder (it says which and why), or the same folder is given twice.
-    """
-    names = run_names(paths)
-    runs = [read_run(Path(p), name) for p, name in zip(paths, names)]
+def compare(runs: Sequence[Run], out: Path) -> tuple[str, list[Path]]:
+    """Write the runs' figure and table (Markdown and CSV) into ``out``. Returns the table as text and the files
+    written."""
     rows = comparison_table(runs)
     out.mkdir(parents=True, exist_ok=True)
     written = []

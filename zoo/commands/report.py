@@ -79,9 +79,12 @@ def main(argv: list[str]) -> None:
     if len(opts.run_dir) > 1:
         if opts.plots:
             parser.error("--plots draws the pictures of one run; runs compared get their curves and one table")
-        from zoo.compare import compare
+        from zoo.compare import compare, read_run, run_names
 
-        table, written = compare(opts.run_dir, Path(opts.output or "compare"))
+        folders = [find_run(Path(p)) for p in opts.run_dir]  # every folder checked before anything is written
+        names = run_names(opts.run_dir)
+        runs = [read_run(run, name, read_history(run)) for run, name in zip(folders, names)]
+        table, written = compare(runs, Path(opts.output or "compare"))
         print(table)
         print("\n".join(map(str, written)))
         return
