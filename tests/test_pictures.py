@@ -215,6 +215,21 @@ def test_a_layer_stats_file_in_another_format_is_named(tmp_path: Path) -> None:
     assert plot_layer_stats(tmp_path / "layer_stats.csv") is None  # no rows yet: no picture
 
 
+def test_report_draws_the_heat_maps_of_a_run_that_has_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from zoo.commands.report import main as report
+    from zoo.errors import ZooError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,train/loss_epoch,val/loss\n0,9,1.0,\n0,9,,0.9\n")
+    with pytest.raises(ZooError, match="has no layer_stats.csv"):
+        report([str(run), "--plots", "layer_stats"])
+    _write_layer_stats(run / "layer_stats.csv")
+    report([str(run), "--plots", "layer_stats"])
+    assert capsys.readouterr().out.split() == [str(run / "layer_stats.png")]
+    assert (run / "layer_stats.png").stat().st_size > 10_000
+
+
 # --- a tiny fit in this process --------------------------------------------------------------------------------
 def test_a_fit_and_test_draw_the_sample_pictures_from_the_steps_own_outputs(tmp_path: Path) -> None:
     from lightning.pytorch import Callback, Trainer
@@ -228,9 +243,17 @@ def test_a_fit_and_test_draw_the_sample_pictures_from_the_steps_own_outputs(tmp_
         def on_train_end(self, trainer, pl_module):  # before RunPictures draws at the end of fit
             _write_layer_stats(Path(trainer.log_dir) / "layer_stats.csv")
 
+    class Mixed(Classifier):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            x, y = batch
+            if self.trainer.training:  # what MixUp does to a training batch once it is on the device
+                y = 0.7 * F.one_hot(y, 3).float() + 0.3 * F.one_hot(y.roll(1), 3).float()
+            return [x, y]
+
     torch.manual_seed(0)
-    model = Classifier(backbone="mlp", backbone_kwargs={"hidden_sizes": [8]}, input_shape=(6,), num_classes=3)
-    train = DataLoader(TensorDataset(torch.randn(48, 6), torch.randint(0, 3, (48,))), batch_size=8)
+    model = Mixed(backbone="mlp", backbone_kwargs={"hidden_sizes": [8]}, input_shape=(6,), num_classes=3)
+    train_y = torch.randint(0, 3, (48,))
+    train = DataLoader(TensorDataset(torch.randn(48, 6), train_y), batch_size=8)
     test_x, test_y = torch.randn(40, 6), torch.randint(0, 3, (40,))
     test = DataLoader(TensorDataset(test_x, test_y), batch_size=16)
     trainer = Trainer(
@@ -260,6 +283,10 @@ def test_a_fit_and_test_draw_the_sample_pictures_from_the_steps_own_outputs(tmp_
     assert [s.true for s in shown] == [str(int(test_y[i])) for i in top]
     assert [s.predicted for s in shown] == [str(int(logits[i].argmax())) for i in top]
     assert np.allclose([s.data for s in sets["predictions"][0]], test_x[:5].numpy())  # the split's first samples
-    assert len(sets["train_batch"][0]) == 5 and sets["train_batch"][1] == "the first training batch"
+    batch, source = sets["train_batch"]
+    assert source == "the first training batch"  # as the model saw it: after the transfer hooks mixed it
+    first = train_y[:8]
+    mixed = [f"{a} 0.70 + {b} 0.30" if a != b else str(int(a)) for a, b in zip(first, first.roll(1))]
+    assert [s.true for s in batch] == mixed[:5] and any("+" in s.true for s in batch)
     for name in ("predictions", "top_losses", "train_batch", "layer_stats"):
         assert (run / f"{name}.png").stat().st_size > 10_000, name
