@@ -30,7 +30,6 @@ PICTURES = {
     "train_batch": "train_batch.png",
     "layer_stats": "layer_stats.png",
 }
-SAMPLE_PICTURES = ("predictions", "top_losses", "train_batch")  # drawn from samples.npz
 
 
 def write_confusion(path: Path, matrix: list[list[int]], class_names: list[str]) -> None:
