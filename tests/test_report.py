@@ -1,8 +1,10 @@
 """`zoo report` and the RunPictures callback: the pictures of a real tiny run, the test confusion matrix
-they are drawn from, the learning-rate lines per optimizer group, W&B images, and the errors a user meets."""
+they are drawn from, the learning-rate lines per optimizer group, the samples of highest loss, W&B images, and the
+errors a user meets."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -19,7 +21,8 @@ from zoo.errors import ZooError
 from zoo.plots import plot_learning_curves, plot_learning_rates, read_metrics_csv
 
 PICTURES = ["--trainer.callbacks+=zoo.callbacks.pictures.RunPictures"]  # until cli.py adds it by default
-PNGS = ("learning_curves.png", "learning_rate.png", "confusion_matrix.png")
+SAMPLE_PNGS = ("predictions.png", "top_losses.png", "train_batch.png")
+PNGS = ("learning_curves.png", "learning_rate.png", "confusion_matrix.png", *SAMPLE_PNGS)
 DIGITS_GROUPS = ["backbone.stage0", "backbone.stage1", "backbone.dense", "head"]  # the CNN's, stem to top
 
 
@@ -79,13 +82,80 @@ def test_fit_writes_test_confusion_that_agrees_with_test_metrics(digits_run: Pat
         _assert_picture(digits_run / name)
 
 
-def test_report_writes_the_three_pictures(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_report_writes_every_picture_of_the_run(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     report([str(digits_run), "--output", str(tmp_path / "report")])
-    printed = capsys.readouterr().out.split()
+    out = capsys.readouterr().out
+    printed = out.split()
     for name in PNGS:
         path = tmp_path / "report" / name
         assert str(path) in printed
         _assert_picture(path)
+    assert "testing" not in out  # the samples come from the run's samples.npz, the matrix from its json
+    assert "layer_stats.png skipped" in out and "no layer_stats.csv" in out  # the run recorded none
+
+
+def _test_losses(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every test image's loss, true and predicted class under the run's best checkpoint, computed here."""
+    import torch
+    import torch.nn.functional as F
+
+    from zoo.checkpoints import load_datamodule, load_task, read_checkpoint
+
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    ckpt = read_checkpoint(str(best))
+    task, data = load_task(str(best), ckpt), load_datamodule(ckpt, str(best), "")
+    data.setup("test")
+    outputs, labels = [], []
+    with torch.no_grad():
+        for x, y in data.test_dataloader():
+            outputs.append(task(x))
+            labels.append(y)
+    logits, y = torch.cat(outputs), torch.cat(labels)
+    return F.cross_entropy(logits, y, reduction="none").numpy(), y.numpy(), logits.argmax(-1).numpy()
+
+
+def test_top_losses_are_the_test_images_of_highest_loss(digits_run: Path) -> None:
+    from zoo.plots_samples import read_samples
+
+    losses, truth, predicted = _test_losses(digits_run)
+    assert len(losses) == 360
+    sets = read_samples(digits_run / "samples.npz")
+    shown, source = sets["top_losses"]
+    assert source.startswith("test, best-epoch=")
+    top = np.argsort(-losses, kind="stable")[: len(shown)]
+    assert len(shown) == 16
+    assert [s.loss for s in shown] == pytest.approx(losses[top].tolist(), rel=1e-4)
+    assert [(s.true, s.predicted) for s in shown] == [(str(t), str(p)) for t, p in zip(truth[top], predicted[top])]
+    assert all(s.kind == "image" and s.data.shape == (8, 8) for s in shown)
+    predictions, _ = sets["predictions"]
+    assert [s.true for s in predictions] == [str(t) for t in truth[:16]]  # the split's first images
+    assert [s.wrong for s in predictions] == [bool(t != p) for t, p in zip(truth[:16], predicted[:16])]
+    batch, source = sets["train_batch"]
+    assert source == "the first training batch" and len(batch) == 16
+    assert {s.true for s in batch} <= {str(d) for d in range(10)}
+
+
+def test_report_tests_the_checkpoint_for_samples_a_run_did_not_keep(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from zoo.plots_samples import read_samples
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    (run / "samples.npz").unlink()
+    (run / "test_confusion.json").unlink()
+    report([str(run), "--plots", "confusion_matrix", "top_losses"])
+    out = capsys.readouterr().out
+    assert out.count("testing ") == 1  # one test pass for the matrix and the samples
+    assert re.search(r"samples\.npz written \(no samples\.npz in the run: tested .*best-epoch", out)
+    again = read_samples(run / "samples.npz")["top_losses"][0]
+    kept = read_samples(digits_run / "samples.npz")["top_losses"][0]
+    assert [s.loss for s in again] == pytest.approx([s.loss for s in kept], rel=1e-5)
+    _assert_picture(run / "top_losses.png")
+    with pytest.raises(ZooError, match="no samples.npz with a training batch"):
+        report([str(run), "--plots", "train_batch"])  # a batch is kept while training only
 
 
 def test_report_tests_the_best_checkpoint_when_the_run_has_no_confusion_file(
@@ -249,7 +319,14 @@ def test_regression_run_has_curves_but_no_confusion_matrix(tmp_path: Path, capsy
     report([str(run), "--output", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "confusion_matrix.png skipped" in out and "Regressor" in out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["learning_curves.png", "learning_rate.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["learning_curves.png", "learning_rate.png", *SAMPLE_PNGS]
+    )
+    from zoo.plots_samples import read_samples
+
+    for sample in read_samples(run / "samples.npz")["top_losses"][0]:  # values in the data's units, no classes
+        assert sample.kind == "table" and sample.probability is None and sample.wrong is None
+        assert float(sample.predicted) > 0 and float(sample.true) > 0
     with pytest.raises(SystemExit):
         zoo_main(["report", str(run), "--plots", "confusion_matrix"])
     assert re.search(r"zoo: error: .*Regressor run: a confusion matrix needs a classifier", capsys.readouterr().err)
@@ -279,6 +356,9 @@ def test_wandb_run_logs_the_pictures_as_images(tmp_path: Path) -> None:
         "test_confusion_matrix",
         "val_confusion_matrix",
         "val_samples",
+        "predictions",
+        "top_losses",
+        "train_batch",
     }
     for path in media.glob("*.png"):
         with Image.open(path) as image:
@@ -288,3 +368,38 @@ def test_wandb_run_logs_the_pictures_as_images(tmp_path: Path) -> None:
     # The run folder beside the checkpoints (where test_metrics.json goes) has the PNG files too.
     (run,) = (cwd / "runs" / "zoo").iterdir()
     assert {p.name for p in run.glob("*.png")} == set(PNGS)
+
+
+@pytest.mark.slow
+def test_two_real_runs_compared_differ_in_their_model_settings_only(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cwd = digits_run.parents[2]  # the fixture's workspace: the second run lands beside the first
+    result = run_zoo(
+        "fit",
+        "--config",
+        "configs/experiments/digits_mlp.yaml",
+        *TINY,
+        "--trainer.max_epochs=3",
+        "--trainer.limit_test_batches=1.0",
+        *PICTURES,
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlp = cwd / "runs" / "digits_mlp" / "version_0"
+    report([str(digits_run), str(mlp), "--output", str(tmp_path / "compare")])
+    printed = capsys.readouterr().out
+    with open(tmp_path / "compare" / "compare.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][2:] == ["digits_cnn", "digits_mlp"]
+    settings = {row[0]: row[2:] for row in rows if row[1] == "setting"}
+    assert settings["model.init_args.backbone"] == ["cnn", "mlp"]
+    assert settings["trainer.logger.init_args.name"] == ["digits_cnn", "digits_mlp"]
+    # Same data, trainer and callbacks: what differs is the model (and the run's name), nothing else.
+    assert {k for k in settings if not k.startswith("model.")} == {"trainer.logger.init_args.name"}
+    metrics = {row[0]: row[2:] for row in rows if row[1] == "metric"}
+    tests = [json.loads((r / "test_metrics.json").read_text())["test/acc"] for r in (digits_run, mlp)]
+    assert metrics["test/acc"] == [f"{t:.4g}" for t in tests]
+    assert metrics["epochs"] == ["3", "3"]
+    _assert_picture(tmp_path / "compare" / "learning_curves.png")
+    assert "settings that differ:" in printed

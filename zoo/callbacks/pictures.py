@@ -11,7 +11,11 @@ from typing import Any, Callable, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 
+from zoo.callbacks.samples import Kept, SampleCollector, batch_samples, to_samples
+from zoo.plots_layers import LAYER_STATS_FILE
+from zoo.plots_samples import SAMPLES_FILE, Sample
 from zoo.run.files import run_folder
 
 log = logging.getLogger(__name__)
@@ -21,6 +25,10 @@ PICTURES = {
     "learning_curves": "learning_curves.png",
     "learning_rate": "learning_rate.png",
     "confusion_matrix": "confusion_matrix.png",
+    "predictions": "predictions.png",
+    "top_losses": "top_losses.png",
+    "train_batch": "train_batch.png",
+    "layer_stats": "layer_stats.png",
 }
 
 
@@ -32,11 +40,19 @@ def write_confusion(path: Path, matrix: list[list[int]], class_names: list[str])
 class RunPictures(Callback):
     """Draws a run's pictures into its folder, so they exist without running `zoo report`.
 
-    At the end of fit: ``learning_curves.png`` and ``learning_rate.png``. At the end of test, for a
-    classifier: ``test_confusion.json`` (rows = true class) and ``confusion_matrix.png``; the learning
-    curves are redrawn with the test metrics in their title. The numbers are collected here while the run
-    goes (epoch metrics, each optimizer group's LR), so any logger works; the confusion matrix is the one
-    the task's own test step accumulated (``Classifier.test_confusion``), so nothing runs the model twice.
+    At the end of fit: ``learning_curves.png`` and ``learning_rate.png``; ``train_batch.png``, the first training
+    batch as the model saw it (after augmentation and mixing); ``predictions.png`` (the first samples of the
+    last validation, true and predicted labels) and ``top_losses.png`` (its samples of highest loss); and
+    ``layer_stats.png``, heat maps of per-layer gradient norms and activation statistics, when the run wrote a
+    ``layer_stats.csv``. At the end of test: ``predictions.png`` and ``top_losses.png`` again, from the test
+    split, and for a classifier ``test_confusion.json`` (rows = true class) and ``confusion_matrix.png``; the
+    learning curves are redrawn with the test metrics in their title. The samples behind the pictures are kept
+    in ``samples.npz`` for `zoo report`.
+
+    The numbers are collected here while the run goes (epoch metrics, each optimizer group's LR), so any logger
+    works; the confusion matrix is the one the task's own test step accumulated (``Classifier.test_confusion``),
+    and the samples' outputs those of the task's own validation and test steps (a forward hook keeps them,
+    :mod:`zoo.callbacks.samples`), so nothing runs the model twice. Under DDP the samples are rank 0's share.
 
     When the run logs to Weights & Biases, the same pictures are logged as images, plus the validation
     confusion matrix and a few sample predictions (image inputs) after each validation.
@@ -45,11 +61,18 @@ class RunPictures(Callback):
         wandb_every_n_epochs: W&B only: log the validation confusion matrix and samples every n epochs
             (0: never).
         num_samples: W&B only: sample predictions shown per validation (image inputs only; 0: none).
+        sample_pictures: samples in each of the predictions, top-losses and training-batch pictures (0: none).
     """
 
-    def __init__(self, wandb_every_n_epochs: int = 1, num_samples: int = 8) -> None:
+    def __init__(self, wandb_every_n_epochs: int = 1, num_samples: int = 8, sample_pictures: int = 16) -> None:
         self.wandb_every_n_epochs = wandb_every_n_epochs
         self.num_samples = num_samples
+        self.sample_pictures = sample_pictures
+        self._collector = SampleCollector(sample_pictures)
+        self._validated: Optional[tuple[list[Kept], list[Kept], str]] = None  # the last validation's samples
+        self._batch: Optional[list[Sample]] = None  # the first training batch, as the model saw it
+        self._sample_sets: dict[str, tuple[list[Sample], str]] = {}  # what samples.npz holds: samples, split
+        self._layer_stats_drawn: Optional[tuple[int, int]] = None  # the drawn layer_stats.csv's mtime and size
         self.history: dict[str, dict[float, float]] = defaultdict(dict)
         self._samples: Optional[tuple[list[Any], list[str], list[bool]]] = None
         self._fitted = False  # whether this process trained: `zoo test` alone draws no learning curves
@@ -58,6 +81,9 @@ class RunPictures(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:  # after every epoch-start hook (fine-tuning multipliers, schedulers) has run
             self._record_learning_rates(trainer)
+            if self._batch is None and trainer.is_global_zero:  # after the batch-level augmentation and mixing
+                num_classes = getattr(pl_module, "num_classes", None)
+                self._batch = batch_samples(batch, trainer.datamodule, num_classes, self.sample_pictures)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record_finished_training_epoch(trainer)
@@ -69,9 +95,46 @@ class RunPictures(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record_finished_training_epoch(trainer)
 
+    # --- the samples of each evaluation: first ones and highest losses ------------------------------
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking and self.sample_pictures > 0:
+            self._collector.start(pl_module)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.sample_pictures > 0:
+            self._collector.start(pl_module)
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._collector.batch_start()
+
+    def on_test_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._collector.batch_start()
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not dataloader_idx:
+            self._collector.batch_end(pl_module, batch)
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self._collector.stop()
+        if self.sample_pictures > 0:
+            split = f"validation, epoch {trainer.current_epoch}"
+            self._validated = (self._collector.first, self._collector.top, split)
+            if trainer.state.fn == TrainerFn.VALIDATING and trainer.is_global_zero:  # `zoo validate`: no fit end
+                self._draw_samples(trainer, pl_module, *self._validated)
         self._record(trainer, ("val/",))
         if not self._wandb_due(trainer):
             return
@@ -99,7 +162,10 @@ class RunPictures(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx or dataloader_idx or trainer.sanity_checking or self.num_samples < 1:
+        if dataloader_idx or trainer.sanity_checking:
+            return
+        self._collector.batch_end(pl_module, batch)
+        if batch_idx or self.num_samples < 1:
             return
         if not self._wandb_due(trainer) or not hasattr(pl_module, "val_confusion"):
             return
@@ -119,6 +185,11 @@ class RunPictures(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record(trainer, ("test/",))
+        self._collector.stop()
+        if trainer.is_global_zero and self.sample_pictures > 0:
+            tested = Path(trainer.ckpt_path).name if trainer.ckpt_path else ""
+            split = "test" + (f", {tested}" if tested else "")
+            self._draw_samples(trainer, pl_module, self._collector.first, self._collector.top, split)
         confusion = getattr(pl_module, "test_confusion", None)
         if confusion is None or not confusion.update_count:
             return
@@ -134,13 +205,21 @@ class RunPictures(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fitted = True
-        if trainer.is_global_zero:
-            self._draw_history(trainer, log_to_wandb=True)
+        if not trainer.is_global_zero:
+            return
+        self._draw_history(trainer, log_to_wandb=True)
+        if self._validated is not None:
+            self._draw_samples(trainer, pl_module, *self._validated)
+        if self._batch:
+            self._draw_sample_set(trainer, "train_batch", self._batch, "the first training batch")
+        self._draw_layer_stats(trainer)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After `zoo fit` the best checkpoint is tested: the curves gain the test metrics in their title.
         if trainer.is_global_zero and self._fitted and self._has_epochs():
             self._draw_history(trainer, log_to_wandb=False, only=("learning_curves",))
+        if trainer.is_global_zero and self._fitted:  # complete by now, whenever its writer closed it
+            self._draw_layer_stats(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         # A resumed run draws its whole history, not only the epochs after the resume.
@@ -209,6 +288,47 @@ class RunPictures(Callback):
             if name in draw:
                 key = f"pictures/{name}" if log_to_wandb else None
                 self._draw(trainer, key, out / PICTURES[name], draw[name])
+
+    def _draw_samples(
+        self, trainer: Trainer, pl_module: LightningModule, first: list[Kept], top: list[Kept], split: str
+    ) -> None:
+        """``predictions.png`` and ``top_losses.png`` of an evaluation's samples; the samples into samples.npz."""
+        try:
+            shown = {"predictions": to_samples(first, pl_module, trainer.datamodule)}
+            if any(k.loss is not None for k in top):
+                shown["top_losses"] = to_samples(top, pl_module, trainer.datamodule)
+        except Exception as err:  # noqa: BLE001  # pictures never stop a run
+            log.warning("could not draw the sample pictures: %s: %s", type(err).__name__, err)
+            return
+        for name, samples in shown.items():
+            self._draw_sample_set(trainer, name, samples, split)
+
+    def _draw_sample_set(self, trainer: Trainer, name: str, samples: list[Sample], split: str) -> None:
+        from zoo.plots_samples import DRAWERS, write_samples
+
+        if not samples:
+            return
+        out = run_folder(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        title = f"{out}: {split}"
+        self._sample_sets[name] = (samples, split)
+        self._draw(trainer, f"pictures/{name}", out / PICTURES[name], partial(DRAWERS[name], samples, title=title))
+        try:
+            write_samples(out / SAMPLES_FILE, self._sample_sets)
+        except OSError as err:
+            log.warning("could not write %s: %s", out / SAMPLES_FILE, err)
+
+    def _draw_layer_stats(self, trainer: Trainer) -> None:
+        from zoo.plots_layers import plot_layer_stats
+
+        path = run_folder(trainer) / LAYER_STATS_FILE
+        if not path.is_file():  # written by the layer-statistics callback, when the run has it
+            return
+        stat = path.stat()
+        if (stat.st_mtime_ns, stat.st_size) != self._layer_stats_drawn:  # redrawn only when the file grew
+            self._layer_stats_drawn = (stat.st_mtime_ns, stat.st_size)
+            make = partial(plot_layer_stats, path, title=str(path.parent))
+            self._draw(trainer, "pictures/layer_stats", path.parent / PICTURES["layer_stats"], make)
 
     def _draw(self, trainer: Trainer, wandb_key: Optional[str], path: Path, make: Callable[[], Any]) -> None:
         """Draw a figure, save it to ``path`` and log it to W&B under ``wandb_key``. A failure to draw is a

@@ -12,7 +12,7 @@ EXTRA_COMMANDS = {
     "groups": "a backbone's layer groups and a fine-tuning schedule: zoo groups resnet18 --strategy progressive",
     "tune": "hyperparameter search with Optuna: zoo tune --config CONFIG --search SPACE.yaml",
     "export": "ONNX, torch.export, safetensors and a model card: zoo export --ckpt_path X",
-    "report": "learning curves and confusion matrix as PNG: zoo report RUN_DIR",
+    "report": "a run's pictures as PNG (curves, confusion, top losses...), or runs compared: zoo report RUN_DIR...",
     "lr-find": "learning-rate range test, plot and a config with the suggested LR: zoo lr-find --config CONFIG",
     "benchmark": "one recipe over data sets x seeds, a table beside baselines and published results: zoo benchmark",
 }

@@ -1,39 +1,59 @@
-"""`zoo report RUN_DIR`: a run's learning curves, learning rates and test confusion matrix as PNG files.
+"""`zoo report RUN_DIR`: a run's pictures as PNG files; `zoo report RUN_DIR RUN_DIR ...`: runs compared.
 
 A run folder is what `zoo fit` writes with the CSV logger: ``runs/<name>/version_<n>/`` holding
 ``metrics.csv``, ``config.yaml``, ``checkpoints/`` and ``test_metrics.json``. The confusion matrix comes
-from the ``test_confusion.json`` the RunPictures callback writes at test time; without one it is computed
-by testing the run's best (else last) checkpoint on the test split of the data it was trained on.
+from the ``test_confusion.json`` the RunPictures callback writes at test time, the sample pictures
+(predictions, top losses, a training batch) from its ``samples.npz``; without them, the confusion matrix,
+predictions and top losses come from testing the run's best (else last) checkpoint on the test split of the
+data it was trained on. The layer heat maps read the run's ``layer_stats.csv``. Two run folders or more are
+compared instead (:mod:`zoo.compare`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import yaml
 
 from zoo.errors import ConfigError, DataError, ZooError
 
-PLOTS = ("learning_curves", "learning_rate", "confusion_matrix")
+PLOTS = (
+    "learning_curves",
+    "learning_rate",
+    "confusion_matrix",
+    "predictions",
+    "top_losses",
+    "train_batch",
+    "layer_stats",
+)
 RUN_FILES = "metrics.csv, config.yaml, checkpoints/, test_metrics.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoo report",
-        description="Draw a run's learning curves, learning rate per optimizer group and test confusion matrix "
-        "as PNG files.",
+        description="Draw a run's learning curves, learning rate per optimizer group, test confusion matrix, "
+        "sample predictions, top losses, a training batch and per-layer heat maps as PNG files. Given two run "
+        "folders or more: their learning curves in one figure and one table of their metrics and the settings "
+        "that differ.",
         epilog="example:\n  zoo report runs/digits_cnn/version_0\n"
-        "  zoo report runs/digits_cnn/version_0 --output report/ --plots learning_curves",
+        "  zoo report runs/digits_cnn/version_0 --output report/ --plots learning_curves top_losses\n"
+        "  zoo report runs/digits_cnn/version_0 runs/digits_mlp/version_0 --output compare/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run_dir", help=f"a run folder, runs/<name>/version_<n>/ ({RUN_FILES})")
-    parser.add_argument("--output", help="folder for the PNG files (default: the run folder)")
+    parser.add_argument(
+        "run_dir", nargs="+", help=f"a run folder, runs/<name>/version_<n>/ ({RUN_FILES}); two or more to compare"
+    )
+    parser.add_argument(
+        "--output", help="folder for the files (default: the run folder; comparing runs: compare/ here)"
+    )
     parser.add_argument(
         "--plots",
         nargs="+",
@@ -54,24 +74,48 @@ def main(argv: list[str]) -> None:
 
     Pictures that do not apply to the run are skipped with a note, or are an error when asked for by name.
     """
-    from zoo.callbacks.pictures import PICTURES
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    if len(opts.run_dir) > 1:
+        if opts.plots:
+            parser.error("--plots draws the pictures of one run; runs compared get their curves and one table")
+        from zoo.compare import compare, read_run, run_names
 
-    opts = build_parser().parse_args(argv)
-    run = find_run(Path(opts.run_dir))
+        folders = [find_run(Path(p)) for p in opts.run_dir]  # every folder checked before anything is written
+        names = run_names(opts.run_dir)
+        runs = [read_run(run, name, read_history(run)) for run, name in zip(folders, names)]
+        table, written = compare(runs, Path(opts.output or "compare"))
+        print(table)
+        print("\n".join(map(str, written)))
+        return
+    from zoo.callbacks.pictures import PICTURES  # imports Lightning: a comparison of runs does without
+
+    run = find_run(Path(opts.run_dir[0]))
     history = read_history(run)
     out = Path(opts.output) if opts.output else run
     out.mkdir(parents=True, exist_ok=True)
-    title = opts.run_dir.rstrip("/")
-    drawers = {"learning_curves": _learning_curves, "learning_rate": _learning_rate, "confusion_matrix": _confusion}
-    for name in opts.plots or PLOTS:
-        try:
-            path = drawers[name](run, history, out / PICTURES[name], title)
-        except NotApplicable as reason:
-            if opts.plots:
-                raise
-            print(f"{PICTURES[name]} skipped: {reason}")
-        else:
-            print(path)
+    title = opts.run_dir[0].rstrip("/")
+    drawers = {
+        "learning_curves": _learning_curves,
+        "learning_rate": _learning_rate,
+        "confusion_matrix": _confusion,
+        "predictions": partial(_samples, "predictions"),
+        "top_losses": partial(_samples, "top_losses"),
+        "train_batch": partial(_samples, "train_batch"),
+        "layer_stats": _layer_stats,
+    }
+    try:
+        for name in opts.plots or PLOTS:
+            try:
+                path = drawers[name](run, history, out / PICTURES[name], title)
+            except NotApplicable as reason:
+                if opts.plots:
+                    raise
+                print(f"{PICTURES[name]} skipped: {reason}")
+            else:
+                print(path)
+    finally:
+        test_checkpoint.cache_clear()  # the tested task and data: for this report only
 
 
 def _learning_curves(run: Path, history: dict[str, dict[float, float]], path: Path, title: str) -> Path:
@@ -112,6 +156,42 @@ def _confusion(run: Path, history: dict[str, dict[float, float]], path: Path, ti
         write_confusion(out / CONFUSION_FILE, matrix, names)
         print(f"{out / CONFUSION_FILE} written (no {CONFUSION_FILE} in the run: tested {ckpt})")
     plot_confusion_matrix(matrix, names, path, f"{title}: test confusion matrix")
+    return path
+
+
+def _samples(name: str, run: Path, history: dict[str, dict[float, float]], path: Path, title: str) -> Path:
+    from zoo.plots_samples import DRAWERS, SAMPLES_FILE, read_samples, write_samples
+
+    out = path.parent
+    source = next((p for p in (run / SAMPLES_FILE, out / SAMPLES_FILE) if p.is_file()), None)
+    sets = read_samples(source) if source is not None else {}
+    if name not in sets and name != "train_batch":
+        if checkpoint_of(run) is None:
+            raise NotApplicable(f"{run} has no {SAMPLES_FILE} and no checkpoint to test for its samples")
+        try:
+            tested, ckpt = samples_from_checkpoint(run)
+        except DataError as err:  # no test split, data that cannot be rebuilt here: the picture is skipped
+            raise NotApplicable(str(err)) from None
+        sets.update(tested)
+        write_samples(out / SAMPLES_FILE, sets)
+        missing = f"no {name} in {source}" if source is not None else f"no {SAMPLES_FILE} in the run"
+        print(f"{out / SAMPLES_FILE} written ({missing}: tested {ckpt})")
+    if name not in sets:
+        raise NotApplicable(
+            f"{run} has no {SAMPLES_FILE} with a training batch: the RunPictures callback keeps one when it trains"
+        )
+    samples, source_note = sets[name]
+    DRAWERS[name](samples, path, title=f"{title}: {source_note}")
+    return path
+
+
+def _layer_stats(run: Path, history: dict[str, dict[float, float]], path: Path, title: str) -> Path:
+    from zoo.plots_layers import LAYER_STATS_FILE, plot_layer_stats
+
+    if not (run / LAYER_STATS_FILE).is_file():
+        raise NotApplicable(f"{run} has no {LAYER_STATS_FILE} (written by the layer-statistics callback)")
+    if plot_layer_stats(run / LAYER_STATS_FILE, path, title) is None:
+        raise NotApplicable(f"{run / LAYER_STATS_FILE} has no values")
     return path
 
 
@@ -215,12 +295,44 @@ def checkpoint_of(run: Path, prefer: str = "best") -> Optional[Path]:
 
 
 def confusion_from_checkpoint(run: Path) -> tuple[list[str], list[list[int]], Path]:
+    """Test the run's best (else last) checkpoint on the test split of its own data (:func:`test_checkpoint`);
+    returns class names, matrix and the checkpoint used."""
+    from zoo.checkpoints import class_names
+
+    task, datamodule, _, ckpt, path = test_checkpoint(run)
+    if not hasattr(task, "test_confusion"):
+        raise ConfigError(f"{path}: a {type(task).__name__}, not a classifier: it has no confusion matrix")
+    matrix = task.test_confusion.compute().tolist()
+    names = class_names(ckpt) or [str(n) for n in datamodule.class_names]
+    if len(names) != len(matrix):
+        names = [str(i) for i in range(len(matrix))]
+    return names, matrix, path
+
+
+def samples_from_checkpoint(run: Path) -> tuple[dict[str, tuple[list[Any], str]], Path]:
+    """The test split's first samples and highest losses (for ``predictions`` and ``top_losses``), from testing
+    the run's best (else last) checkpoint (:func:`test_checkpoint`); and the checkpoint used."""
+    from zoo.callbacks.samples import to_samples
+
+    task, datamodule, collector, _, path = test_checkpoint(run)
+    note = f"test, {path.name}"
+    sets = {"predictions": (to_samples(collector.first, task, datamodule), note)}
+    if any(k.loss is not None for k in collector.top):
+        sets["top_losses"] = (to_samples(collector.top, task, datamodule), note)
+    return sets, path
+
+
+@functools.lru_cache(maxsize=1)
+def test_checkpoint(run: Path) -> tuple[Any, Any, Any, dict[str, Any], Path]:
     """Test the run's best (else last) checkpoint on the test split of its own data, rebuilt from the
-    checkpoint's resolved config; returns class names, matrix and the checkpoint used."""
+    checkpoint's resolved config, once for the confusion matrix and the samples both. Returns the tested task,
+    the datamodule, the samples collected (:class:`zoo.callbacks.samples.SampleCollector`), the checkpoint's
+    contents and its path."""
     from lightning.pytorch import Trainer
 
     from zoo.callbacks.pictures import CONFUSION_FILE
-    from zoo.checkpoints import class_names, load_datamodule, load_task, read_checkpoint
+    from zoo.callbacks.samples import TestSamples
+    from zoo.checkpoints import load_datamodule, load_task, read_checkpoint
 
     path = checkpoint_of(run)
     if path is None:
@@ -230,24 +342,24 @@ def confusion_from_checkpoint(run: Path) -> tuple[list[str], list[list[int]], Pa
         )
     ckpt = read_checkpoint(str(path))
     task = load_task(str(path), ckpt)
-    if not hasattr(task, "test_confusion"):
-        raise ConfigError(f"{path}: a {type(task).__name__}, not a classifier: it has no confusion matrix")
     instead = "test it with `zoo test --config ... --ckpt_path` and the RunPictures callback"
     datamodule = load_datamodule(ckpt, str(path), instead)
     datamodule.setup("test")
     if datamodule.test_set is None or len(datamodule.test_set) == 0:
         raise DataError(f"{path}: its data ({type(datamodule).__name__}) has no test split (data.test_split=0)")
-    print(f"testing {path} for the confusion matrix ...")
+    print(f"testing {path} for the pictures of its test split ...")
+    samples = TestSamples()
     with _quiet_lightning():
         trainer = Trainer(
-            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            devices=1,
+            callbacks=[samples],
         )
         trainer.test(task, datamodule=datamodule, verbose=False)
-    matrix = task.test_confusion.compute().tolist()
-    names = class_names(ckpt) or [str(n) for n in datamodule.class_names]
-    if len(names) != len(matrix):
-        names = [str(i) for i in range(len(matrix))]
-    return names, matrix, path
+    return task, datamodule, samples.collector, ckpt, path
 
 
 @contextlib.contextmanager

@@ -175,6 +175,11 @@ class ZooTask(LightningModule):
             return self.backbone.forward_features(**x)
         return self.backbone.forward_features(x)
 
+    def predictions(self, output: torch.Tensor) -> torch.Tensor:
+        """What the network's output ``self(x)`` means, as ``predict_step`` returns it (class probabilities,
+        values in the targets' units...); here the output itself."""
+        return output
+
     # --- one shared step per stage -------------------------------------------------------------
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -101,7 +101,11 @@ class Classifier(ZooTask):
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
 
+    def predictions(self, output: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, ``(B, num_classes)``, from the logits."""
+        return output.softmax(-1)
+
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Class probabilities, ``(B, num_classes)``."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(-1)
+        return self.predictions(self(x))

@@ -71,10 +71,14 @@ class Regressor(ZooTask):
         return self.loss_fn(output, self._standardise(target).to(output.dtype))
 
     def update_metrics(self, metrics: MetricCollection, output: torch.Tensor, target: torch.Tensor) -> None:
-        pred = output * self.target_std + self.target_mean
+        pred = self.predictions(output)
         metrics.update(pred.squeeze(-1), target.view(len(target), -1).squeeze(-1).to(pred.dtype))
+
+    def predictions(self, output: torch.Tensor) -> torch.Tensor:
+        """Values in the targets' units, ``(B, num_targets)``, from the standardised output."""
+        return output * self.target_std + self.target_mean
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Predicted values in the targets' units, ``(B, num_targets)``."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x) * self.target_std + self.target_mean
+        return self.predictions(self(x))
