@@ -147,7 +147,7 @@ def plot_layer_stats(
             if panel.scale == "log":
                 positive = finite[finite > 0]
                 low, high = (positive.min(), positive.max()) if positive.size else (1e-12, 1.0)
-                norm = LogNorm(vmin=low, vmax=max(high, low * 10))
+                norm: Normalize = LogNorm(vmin=low, vmax=max(high, low * 10))
                 values = np.ma.masked_where(
                     ~(heat.values > 0), heat.values
                 )  # zero / negative: no colour on a log scale

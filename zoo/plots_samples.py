@@ -14,7 +14,7 @@ import math
 import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from zoo.errors import DataError
 from zoo.plots import new_figure
@@ -189,7 +189,7 @@ def _wrapped(text: str, width: int = 34, lines: int = 6) -> list[str]:
 
 
 # --- keeping them in the run folder ------------------------------------------------------------------
-def write_samples(path: Union[str, Path], sets: dict[str, tuple[Sequence[Sample], str]]) -> None:
+def write_samples(path: Union[str, Path], sets: Mapping[str, tuple[Sequence[Sample], str]]) -> None:
     """Save named sets of samples, each with a note of where they come from (the split, the epoch or the
     checkpoint), as one ``.npz`` file: arrays as arrays, the rest as JSON, read back without pickle by
     :func:`read_samples`."""

@@ -124,7 +124,7 @@ class SampleCollector:
                 if floor is not None and value <= floor:  # sorted: none of the rest beats the kept ones either
                     break
                 self.top.append(self._kept(x, y, output, losses, i))
-            self.top.sort(key=lambda k: (-(k.loss if k.loss == k.loss else math.inf), k.order))
+            self.top.sort(key=lambda k: (-(k.loss if k.loss is not None and k.loss == k.loss else math.inf), k.order))
             del self.top[self.count :]
         self._seen += size
 

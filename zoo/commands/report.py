@@ -18,7 +18,7 @@ import json
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import yaml
 
@@ -95,7 +95,7 @@ def main(argv: list[str]) -> None:
     out = Path(opts.output) if opts.output else run
     out.mkdir(parents=True, exist_ok=True)
     title = opts.run_dir[0].rstrip("/")
-    drawers = {
+    drawers: dict[str, Callable[..., Path]] = {
         "learning_curves": _learning_curves,
         "learning_rate": _learning_rate,
         "confusion_matrix": _confusion,
