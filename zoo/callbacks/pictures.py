@@ -1,4 +1,5 @@
-"""Pictures of a run drawn while it runs: the same PNGs as `zoo report`, and W&B images when logging there."""
+"""Pictures of a run drawn while it runs: the same PNGs as `zoo report`, and images in the run's trackers (W&B,
+MLflow, TensorBoard)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from zoo.run.files import run_folder
+from zoo.trackers import log_picture, picture_loggers
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +40,17 @@ class RunPictures(Callback):
     goes (epoch metrics, each optimizer group's LR), so any logger works; the confusion matrix is the one
     the task's own test step accumulated (``Classifier.test_confusion``), so nothing runs the model twice.
 
-    When the run logs to Weights & Biases, the same pictures are logged as images, plus the validation
-    confusion matrix and a few sample predictions (image inputs) after each validation.
+    When the run logs to a tracker that shows pictures (W&B, MLflow, TensorBoard: :func:`zoo.trackers.log_picture`),
+    the same pictures go there as images, plus the validation confusion matrix and a few sample predictions (image
+    inputs) after each validation.
 
     Args:
-        wandb_every_n_epochs: W&B only: log the validation confusion matrix and samples every n epochs
-            (0: never).
-        num_samples: W&B only: sample predictions shown per validation (image inputs only; 0: none).
+        every_n_epochs: trackers only: log the validation confusion matrix and samples every n epochs (0: never).
+        num_samples: trackers only: sample predictions shown per validation (image inputs only; 0: none).
     """
 
-    def __init__(self, wandb_every_n_epochs: int = 1, num_samples: int = 8) -> None:
-        self.wandb_every_n_epochs = wandb_every_n_epochs
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 8) -> None:
+        self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.history: dict[str, dict[float, float]] = defaultdict(dict)
         self._samples: Optional[tuple[list[Any], list[str], list[bool]]] = None
@@ -73,7 +75,7 @@ class RunPictures(Callback):
         if trainer.sanity_checking:
             return
         self._record(trainer, ("val/",))
-        if not self._wandb_due(trainer):
+        if not self._trackers_due(trainer):
             return
         confusion = getattr(pl_module, "val_confusion", None)
         matrix = confusion.compute().tolist() if confusion is not None and confusion.update_count else None
@@ -101,7 +103,7 @@ class RunPictures(Callback):
     ) -> None:
         if batch_idx or dataloader_idx or trainer.sanity_checking or self.num_samples < 1:
             return
-        if not self._wandb_due(trainer) or not hasattr(pl_module, "val_confusion"):
+        if not self._trackers_due(trainer) or not hasattr(pl_module, "val_confusion"):
             return
         x, y = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (None, None)
         if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] in (1, 3)):
@@ -133,12 +135,12 @@ class RunPictures(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fitted = True
         if trainer.is_global_zero:
-            self._draw_history(trainer, log_to_wandb=True)
+            self._draw_history(trainer, to_trackers=True)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After `zoo fit` the best checkpoint is tested: the curves gain the test metrics in their title.
         if trainer.is_global_zero and self._fitted and self._has_epochs():
-            self._draw_history(trainer, log_to_wandb=False, only=("learning_curves",))
+            self._draw_history(trainer, to_trackers=False, only=("learning_curves",))
 
     def state_dict(self) -> dict[str, Any]:
         # A resumed run draws its whole history, not only the epochs after the resume.
@@ -187,7 +189,7 @@ class RunPictures(Callback):
     def _has_epochs(self) -> bool:
         return any(k.startswith(("train/", "val/")) and v for k, v in self.history.items())
 
-    def _draw_history(self, trainer: Trainer, log_to_wandb: bool, only: tuple[str, ...] = tuple(PICTURES)) -> None:
+    def _draw_history(self, trainer: Trainer, to_trackers: bool, only: tuple[str, ...] = tuple(PICTURES)) -> None:
         from zoo.plots import best_epoch, plot_learning_curves, plot_learning_rates
 
         if not self._has_epochs():
@@ -205,47 +207,32 @@ class RunPictures(Callback):
         }
         for name in only:
             if name in draw:
-                key = f"pictures/{name}" if log_to_wandb else None
+                key = f"pictures/{name}" if to_trackers else None
                 self._draw(trainer, key, out / PICTURES[name], draw[name])
 
-    def _draw(self, trainer: Trainer, wandb_key: Optional[str], path: Path, make: Callable[[], Any]) -> None:
-        """Draw a figure, save it to ``path`` and log it to W&B under ``wandb_key``. A failure to draw is a
-        warning: the run's weights and metrics matter more than its pictures."""
+    def _draw(self, trainer: Trainer, key: Optional[str], path: Path, make: Callable[[], Any]) -> None:
+        """Draw a figure, save it to ``path`` and log it to the run's trackers under ``key``. A failure to draw is
+        a warning: the run's weights and metrics matter more than its pictures."""
         try:
             fig = make()
             if fig is None:
                 return
             fig.savefig(path, dpi=120)
             log.info("%s written", path)
-            if wandb_key:
-                self._log_to_wandb(trainer, wandb_key, fig)
+            if key:
+                log_picture(trainer, key, fig, path)
         except Exception as err:  # noqa: BLE001
             log.warning("could not draw %s: %s: %s", path.name, type(err).__name__, err)
 
     def _log_figure(self, trainer: Trainer, key: str, make: Callable[[], Any]) -> None:
         try:
-            self._log_to_wandb(trainer, key, make())
+            log_picture(trainer, key, make())
         except Exception as err:  # noqa: BLE001
-            log.warning("could not log %s to W&B: %s: %s", key, type(err).__name__, err)
+            log.warning("could not log %s: %s: %s", key, type(err).__name__, err)
 
-    def _log_to_wandb(self, trainer: Trainer, key: str, fig: Any) -> None:
-        from zoo.plots import figure_to_array
-
-        loggers = _wandb_loggers(trainer)
-        if loggers:
-            image = figure_to_array(fig)
-            for logger in loggers:
-                logger.log_image(key=key, images=[image], step=trainer.global_step)
-
-    def _wandb_due(self, trainer: Trainer) -> bool:
-        every = self.wandb_every_n_epochs
-        return every > 0 and trainer.current_epoch % every == 0 and bool(_wandb_loggers(trainer))
-
-
-def _wandb_loggers(trainer: Trainer) -> list[Any]:
-    from lightning.pytorch.loggers import WandbLogger  # wandb itself is imported only when logging
-
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    def _trackers_due(self, trainer: Trainer) -> bool:
+        every = self.every_n_epochs
+        return every > 0 and trainer.current_epoch % every == 0 and bool(picture_loggers(trainer))
 
 
 def _class_names(trainer: Trainer, count: int) -> list[str]:
