@@ -6,6 +6,7 @@ One run under DDP is checked in tests/test_distributed.py.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -70,6 +71,22 @@ def test_run_logs_metrics_learning_rates_per_group_and_gradient_norms(wandb_run)
     # The test after fit reaches the run too, with the values written to test_metrics.json.
     written = json.loads((_checkpoints(wandb_run.workdir, run).parent / "test_metrics.json").read_text())
     assert run.summary["test/acc"] == pytest.approx(written["test/acc"])
+
+
+def test_run_gets_histograms_each_epoch_and_its_folder_a_metrics_csv(wandb_run):
+    run = wandb_run.run
+    weights = {k.removeprefix("weights/") for k in run.keys() if k.startswith("weights/")}
+    gradients = {k.removeprefix("gradients/") for k in run.keys() if k.startswith("gradients/")}
+    assert weights == gradients and "head.fc.weight" in weights  # every parameter (zoo.trackers.log_histograms)
+    for name in weights:
+        logged = run.series(f"gradients/{name}")
+        assert len(logged) == 2 and all(h["_type"] == "histogram" and sum(h["values"]) > 0 for h in logged), name
+    # The run folder has the metrics as the CSV logger writes them (zoo.run.files.MetricsInRunFolder): `zoo report`
+    # reads a W&B run's folder as any other.
+    folder = _checkpoints(wandb_run.workdir, run).parent
+    with open(folder / "metrics.csv", newline="") as f:
+        csv_loss = [float(row["val/loss"]) for row in csv.DictReader(f) if row.get("val/loss")]
+    assert csv_loss == pytest.approx(run.series("val/loss"))
 
 
 def _picture(run: OfflineRun, value: dict) -> "PIL.Image.Image":  # noqa: F821

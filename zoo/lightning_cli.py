@@ -122,7 +122,8 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
             type=bool,
             default=True,
             help="draw learning curves, learning rates and the test confusion matrix as PNG files into the run "
-            "folder, and as images in W&B (zoo.callbacks.pictures.RunPictures); false to skip",
+            "folder, and as images in the run's trackers: W&B, MLflow, TensorBoard "
+            "(zoo.callbacks.pictures.RunPictures); false to skip",
         )
         parser.add_argument(
             "--baseline",

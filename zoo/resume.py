@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from zoo.checkpoints import classes_named, read_checkpoint, run_config
 from zoo.errors import ConfigError, ZooError
+from zoo.trackers import MLFlowLogger
 
 
 def resolve_last_checkpoint(config: Any, fresh_if_none: bool = True) -> Optional[str]:
@@ -50,7 +51,8 @@ def resolve_last_checkpoint(config: Any, fresh_if_none: bool = True) -> Optional
 def checkpoint_folders(config: Any) -> tuple[list[Path], str]:
     """The folders this config's runs write checkpoints into, as Lightning's ModelCheckpoint places them, and how
     to name them in a message: ``checkpoint.dirpath``; else ``<save_dir>/<name>/<version>/checkpoints`` of its
-    (first) logger, where ``name`` is the logger's experiment name (W&B: its project; none: no such level);
+    (first) logger, where ``name`` is the logger's experiment name (W&B: its project; MLflow: its experiment
+    name; none: no such level);
     else, with no logger, ``<default_root_dir>/checkpoints``."""
     dirpath = config_value(config, "checkpoint.dirpath")
     if dirpath:
@@ -71,14 +73,19 @@ def checkpoint_folders(config: Any) -> tuple[list[Path], str]:
 
 
 def _experiment_name_argument(class_path: Any) -> tuple[str, Any]:
-    """The logger argument that names its experiment folder (``name``; W&B's ``project``) and its default."""
+    """The logger argument that names its experiment folder (``name``; W&B's ``project``; the zoo's MLflow
+    logger's ``experiment_name``) and its default."""
     module, _, attr = str(class_path).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), attr)  # the user's own config's logger class
         parameters = inspect.signature(cls).parameters
     except (ImportError, AttributeError, TypeError, ValueError):
         return "name", "lightning_logs"
-    key = "project" if isinstance(cls, type) and issubclass(cls, WandbLogger) else "name"
+    key = "name"
+    if isinstance(cls, type) and issubclass(cls, WandbLogger):
+        key = "project"
+    elif isinstance(cls, type) and issubclass(cls, MLFlowLogger):
+        key = "experiment_name"
     default = parameters[key].default if key in parameters else None
     return key, default if default is not inspect.Parameter.empty else None
 

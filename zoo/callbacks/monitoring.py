@@ -1,5 +1,5 @@
-"""Callbacks that watch training: gradient norms, a stop on anything non-finite, and early stopping that waits
-for a validation metric instead of failing without one."""
+"""Callbacks that watch training: gradient norms, histograms of weights and gradients, a stop on anything
+non-finite, and early stopping that waits for a validation metric instead of failing without one."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 from zoo.compat import foreach_norm, should_update_logs
 from zoo.errors import ConfigError, TrainingError
 from zoo.tasks.base import NO_DECAY
+from zoo.trackers import histogram_loggers, log_histograms
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,27 @@ class GradNormMonitor(Callback):
         if self.per_group:
             values.update({f"grad_norm/{name}": norm for name, norm in norms.items()})
         pl_module.log_dict(values, on_step=True, on_epoch=False)
+
+
+class ParameterHistograms(Callback):
+    """Histograms of every parameter's weights (``weights/<name>``) and gradients (``gradients/<name>``) at the last
+    optimizer step of each training epoch, for the run's trackers that show them (TensorBoard, W&B:
+    :func:`zoo.trackers.log_histograms`); nothing is computed without one. Taken before the update, after AMP
+    unscaling and before clipping (as GradNormMonitor's norms): by the epoch's end Lightning has already cleared the
+    gradients for validation. Frozen parameters have weights and no gradients.
+    """
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        if not trainer.is_global_zero or not histogram_loggers(trainer):
+            return
+        tensors: dict[str, torch.Tensor] = {}
+        for name, param in pl_module.named_parameters():
+            tensors[f"weights/{name}"] = param
+            if param.grad is not None:
+                tensors[f"gradients/{name}"] = param.grad
+        log_histograms(trainer, tensors)
 
 
 class StopOnNonFinite(Callback):

@@ -1,4 +1,5 @@
-"""Pictures of a run drawn while it runs: the same PNGs as `zoo report`, and W&B images when logging there."""
+"""Pictures of a run drawn while it runs: the same PNGs as `zoo report`, and images in the run's trackers (W&B,
+MLflow, TensorBoard)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from zoo.callbacks.samples import Kept, SampleCollector, batch_samples, to_sampl
 from zoo.plots_layers import LAYER_STATS_FILE
 from zoo.plots_samples import SAMPLES_FILE, Sample
 from zoo.run.files import run_folder
+from zoo.trackers import log_picture, picture_loggers
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +56,18 @@ class RunPictures(Callback):
     and the samples' outputs those of the task's own validation and test steps (a forward hook keeps them,
     :mod:`zoo.callbacks.samples`), so nothing runs the model twice. Under DDP the samples are rank 0's share.
 
-    When the run logs to Weights & Biases, the same pictures are logged as images, plus the validation
-    confusion matrix and a few sample predictions (image inputs) after each validation.
+    When the run logs to a tracker that shows pictures (W&B, MLflow, TensorBoard: :func:`zoo.trackers.log_picture`),
+    the same pictures go there as images, plus the validation confusion matrix and a few sample predictions (image
+    inputs) after each validation.
 
     Args:
-        wandb_every_n_epochs: W&B only: log the validation confusion matrix and samples every n epochs
-            (0: never).
-        num_samples: W&B only: sample predictions shown per validation (image inputs only; 0: none).
+        every_n_epochs: trackers only: log the validation confusion matrix and samples every n epochs (0: never).
+        num_samples: trackers only: sample predictions shown per validation (image inputs only; 0: none).
         sample_pictures: samples in each of the predictions, top-losses and training-batch pictures (0: none).
     """
 
-    def __init__(self, wandb_every_n_epochs: int = 1, num_samples: int = 8, sample_pictures: int = 16) -> None:
-        self.wandb_every_n_epochs = wandb_every_n_epochs
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 8, sample_pictures: int = 16) -> None:
+        self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.sample_pictures = sample_pictures
         self._collector = SampleCollector(sample_pictures)
@@ -136,7 +138,7 @@ class RunPictures(Callback):
             if trainer.state.fn == TrainerFn.VALIDATING and trainer.is_global_zero:  # `zoo validate`: no fit end
                 self._draw_samples(trainer, pl_module, *self._validated)
         self._record(trainer, ("val/",))
-        if not self._wandb_due(trainer):
+        if not self._trackers_due(trainer):
             return
         confusion = getattr(pl_module, "val_confusion", None)
         matrix = confusion.compute().tolist() if confusion is not None and confusion.update_count else None
@@ -167,7 +169,7 @@ class RunPictures(Callback):
         self._collector.batch_end(pl_module, batch)
         if batch_idx or self.num_samples < 1:
             return
-        if not self._wandb_due(trainer) or not hasattr(pl_module, "val_confusion"):
+        if not self._trackers_due(trainer) or not hasattr(pl_module, "val_confusion"):
             return
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             return
@@ -207,7 +209,7 @@ class RunPictures(Callback):
         self._fitted = True
         if not trainer.is_global_zero:
             return
-        self._draw_history(trainer, log_to_wandb=True)
+        self._draw_history(trainer, to_trackers=True)
         if self._validated is not None:
             self._draw_samples(trainer, pl_module, *self._validated)
         if self._batch:
@@ -217,7 +219,7 @@ class RunPictures(Callback):
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After `zoo fit` the best checkpoint is tested: the curves gain the test metrics in their title.
         if trainer.is_global_zero and self._fitted and self._has_epochs():
-            self._draw_history(trainer, log_to_wandb=False, only=("learning_curves",))
+            self._draw_history(trainer, to_trackers=False, only=("learning_curves",))
         if trainer.is_global_zero and self._fitted:  # complete by now, whenever its writer closed it
             self._draw_layer_stats(trainer)
 
@@ -268,7 +270,7 @@ class RunPictures(Callback):
     def _has_epochs(self) -> bool:
         return any(k.startswith(("train/", "val/")) and v for k, v in self.history.items())
 
-    def _draw_history(self, trainer: Trainer, log_to_wandb: bool, only: tuple[str, ...] = tuple(PICTURES)) -> None:
+    def _draw_history(self, trainer: Trainer, to_trackers: bool, only: tuple[str, ...] = tuple(PICTURES)) -> None:
         from zoo.plots import best_epoch, plot_learning_curves, plot_learning_rates
 
         if not self._has_epochs():
@@ -286,7 +288,7 @@ class RunPictures(Callback):
         }
         for name in only:
             if name in draw:
-                key = f"pictures/{name}" if log_to_wandb else None
+                key = f"pictures/{name}" if to_trackers else None
                 self._draw(trainer, key, out / PICTURES[name], draw[name])
 
     def _draw_samples(
@@ -330,44 +332,29 @@ class RunPictures(Callback):
             make = partial(plot_layer_stats, path, title=str(path.parent))
             self._draw(trainer, "pictures/layer_stats", path.parent / PICTURES["layer_stats"], make)
 
-    def _draw(self, trainer: Trainer, wandb_key: Optional[str], path: Path, make: Callable[[], Any]) -> None:
-        """Draw a figure, save it to ``path`` and log it to W&B under ``wandb_key``. A failure to draw is a
-        warning: the run's weights and metrics matter more than its pictures."""
+    def _draw(self, trainer: Trainer, key: Optional[str], path: Path, make: Callable[[], Any]) -> None:
+        """Draw a figure, save it to ``path`` and log it to the run's trackers under ``key``. A failure to draw is
+        a warning: the run's weights and metrics matter more than its pictures."""
         try:
             fig = make()
             if fig is None:
                 return
             fig.savefig(path, dpi=120)
             log.info("%s written", path)
-            if wandb_key:
-                self._log_to_wandb(trainer, wandb_key, fig)
+            if key:
+                log_picture(trainer, key, fig, path)
         except Exception as err:  # noqa: BLE001
             log.warning("could not draw %s: %s: %s", path.name, type(err).__name__, err)
 
     def _log_figure(self, trainer: Trainer, key: str, make: Callable[[], Any]) -> None:
         try:
-            self._log_to_wandb(trainer, key, make())
+            log_picture(trainer, key, make())
         except Exception as err:  # noqa: BLE001
-            log.warning("could not log %s to W&B: %s: %s", key, type(err).__name__, err)
+            log.warning("could not log %s: %s: %s", key, type(err).__name__, err)
 
-    def _log_to_wandb(self, trainer: Trainer, key: str, fig: Any) -> None:
-        from zoo.plots import figure_to_array
-
-        loggers = _wandb_loggers(trainer)
-        if loggers:
-            image = figure_to_array(fig)
-            for logger in loggers:
-                logger.log_image(key=key, images=[image], step=trainer.global_step)
-
-    def _wandb_due(self, trainer: Trainer) -> bool:
-        every = self.wandb_every_n_epochs
-        return every > 0 and trainer.current_epoch % every == 0 and bool(_wandb_loggers(trainer))
-
-
-def _wandb_loggers(trainer: Trainer) -> list[Any]:
-    from lightning.pytorch.loggers import WandbLogger  # wandb itself is imported only when logging
-
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    def _trackers_due(self, trainer: Trainer) -> bool:
+        every = self.every_n_epochs
+        return every > 0 and trainer.current_epoch % every == 0 and bool(picture_loggers(trainer))
 
 
 def _class_names(trainer: Trainer, count: int) -> list[str]:

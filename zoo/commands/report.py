@@ -1,7 +1,8 @@
 """`zoo report RUN_DIR`: a run's pictures as PNG files; `zoo report RUN_DIR RUN_DIR ...`: runs compared.
 
-A run folder is what `zoo fit` writes with the CSV logger: ``runs/<name>/version_<n>/`` holding
-``metrics.csv``, ``config.yaml``, ``checkpoints/`` and ``test_metrics.json``. The confusion matrix comes
+A run folder is what `zoo fit` writes: ``runs/<name>/version_<n>/`` (W&B, MLflow: ``runs/<name>/<run id>/``)
+holding ``metrics.csv``, ``config.yaml``, ``checkpoints/`` and ``test_metrics.json``, whatever the logger (a
+CSVLogger writes ``metrics.csv`` beside the others: zoo.run.files.MetricsInRunFolder). The confusion matrix comes
 from the ``test_confusion.json`` the RunPictures callback writes at test time, the sample pictures
 (predictions, top losses, a training batch) from its ``samples.npz``; without them, the confusion matrix,
 predictions and top losses come from testing the run's best (else last) checkpoint on the test split of the
@@ -207,10 +208,7 @@ def find_run(run: Path) -> Path:
         return run
     versions = sorted((p for p in run.glob("*/metrics.csv")), key=lambda p: p.stat().st_mtime)
     hint = f"; did you mean {versions[-1].parent}?" if versions else ""
-    raise DataError(
-        f"{run} has no metrics.csv: a run folder written by `zoo fit` with the CSV logger holds {RUN_FILES}{hint} "
-        "(a run logged to W&B only has its pictures in W&B, from the RunPictures callback)"
-    )
+    raise DataError(f"{run} has no metrics.csv: a run folder written by `zoo fit` holds {RUN_FILES}{hint}")
 
 
 def read_history(run: Path) -> dict[str, dict[float, float]]:

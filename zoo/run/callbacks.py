@@ -16,10 +16,10 @@ from lightning.pytorch.callbacks.model_summary import ModelSummary
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from zoo.callbacks.finetuning import FineTuning
-from zoo.callbacks.monitoring import GradNormMonitor, StopOnNonFinite
+from zoo.callbacks.monitoring import GradNormMonitor, ParameterHistograms, StopOnNonFinite
 from zoo.callbacks.pictures import RunPictures
 from zoo.callbacks.progress import ZooProgressBar
-from zoo.run.files import AtomicCheckpointIO
+from zoo.run.files import AtomicCheckpointIO, MetricsInRunFolder
 
 
 def default_callbacks(configured: list[Any], trainer_config: dict[str, Any], pictures: bool = True) -> list[Any]:
@@ -34,7 +34,8 @@ def default_callbacks(configured: list[Any], trainer_config: dict[str, Any], pic
     Returns:
         ``configured`` (less the checkpoint without checkpointing, the fine-tuning group when the user gives
         their own schedule) and the defaults: progress bar, model summary, LR and gradient-norm monitors,
-        the non-finite stop and the pictures, each unless turned off or replaced by the user's own.
+        histograms of weights and gradients, metrics.csv in the run folder, the non-finite stop and the pictures,
+        each unless turned off or replaced by the user's own.
     """
     callbacks = list(configured)
     if trainer_config.get("enable_checkpointing") is False:
@@ -55,6 +56,10 @@ def default_callbacks(configured: list[Any], trainer_config: dict[str, Any], pic
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if logged and not has(user, GradNormMonitor):
         callbacks.append(GradNormMonitor())
+    if logged and not has(user, ParameterHistograms):  # computed only for trackers that show histograms
+        callbacks.append(ParameterHistograms())
+    if logged and not has(user, MetricsInRunFolder):  # metrics.csv whatever the tracker: `zoo report` reads it
+        callbacks.append(MetricsInRunFolder())
     if trainer_config.get("limit_val_batches") == 0:
         callbacks = without_validation(callbacks)
     if not has(user, StopOnNonFinite):

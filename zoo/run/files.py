@@ -4,11 +4,14 @@ at any moment leaves the newest one loadable."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Collection, Optional
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
 
 from zoo.checkpoints import read_checkpoint
 
@@ -33,6 +36,26 @@ def run_folder(of: Any) -> Path:
     logger = trainer.loggers[0]
     version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
     return Path(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
+
+
+class MetricsInRunFolder(Callback):
+    """Every run folder holds ``metrics.csv``, whatever the run logs to: a run without a CSVLogger (one that logs to
+    W&B, MLflow or TensorBoard) gets one beside its loggers, writing into the run folder, so `zoo report` and
+    anything else that reads a run folder work the same for every tracker. The first logger still names the folder.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if not trainer.loggers or any(isinstance(lg, CSVLogger) for lg in trainer.loggers):
+            return
+        folder = Path(trainer.strategy.broadcast(run_folder(trainer)))
+        csv = CSVLogger(save_dir=folder.parent.parent, name=folder.parent.name, version=folder.name)
+        if trainer.is_global_zero:
+            # Its writer, made now rather than at the first metric, warns when the folder is not empty (it is not:
+            # the run's config, a tracker's files) and removes the metrics.csv of an earlier run of the same folder.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+                csv.experiment
+        trainer.loggers = [*trainer.loggers, csv]
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:
