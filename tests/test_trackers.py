@@ -30,6 +30,9 @@ PICTURE_KEYS = {  # every picture RunPictures logs to a tracker, by key
     "pictures/learning_curves",
     "pictures/learning_rate",
     "pictures/test_confusion_matrix",
+    "pictures/predictions",
+    "pictures/top_losses",
+    "pictures/train_batch",
 }
 # Both trackers in one run: MLflow first (it names the run folder), TensorBoard in runs/tb/version_0.
 BOTH = {
@@ -132,7 +135,8 @@ def test_mlflow_run_has_every_metric_as_the_run_folder_has_it(tracked):
 def test_mlflow_artifacts_are_the_run_pictures(tracked):
     client, run_id = tracked.client, tracked.run.info.run_id
     files = {Path(f.path).name for f in client.list_artifacts(run_id, "pictures")}
-    assert files == {"learning_curves.png", "learning_rate.png", "confusion_matrix.png"}
+    samples = {"predictions.png", "top_losses.png", "train_batch.png"}
+    assert files == {"learning_curves.png", "learning_rate.png", "confusion_matrix.png", *samples}
     for name in ("learning_rate.png", "confusion_matrix.png"):  # drawn once: the very PNGs of the run folder
         logged = client.download_artifacts(run_id, f"pictures/{name}", str(tracked.workdir))
         assert Path(logged).read_bytes() == (tracked.folder / name).read_bytes(), name
@@ -262,7 +266,9 @@ def test_a_logger_without_its_package_names_the_install_command(tmp_path: Path, 
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['mlflow'] = None\n")
     workdir = _workspace(tmp_path / "work")
     env = {"PYTHONPATH": f"{tmp_path}:{ROOT}"}
-    result = run_zoo(*DIGITS_CNN, "--trainer.logger", "configs/logger/mlflow.yaml", *TINY, cwd=workdir, env=env)
+    result = run_zoo(
+        *DIGITS_CNN, "--trainer.logger", "configs/logger/mlflow.yaml", *TINY, cwd=workdir, env=env, fresh=True
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "the MLflow logger needs the mlflow package, which is not installed: pip install mlflow" in result.stderr
     assert not (workdir / "runs").exists()
