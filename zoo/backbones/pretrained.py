@@ -237,7 +237,7 @@ def close_matches(name: str, known: list[str], what: str, listing: str) -> Confi
 # Each source's functions, imported when first used: entry(name), names(pattern), preprocessing(name, **kw).
 _ADAPTERS = {
     "timm": ("zoo.backbones.vision", "timm_entry", "timm_names", "timm_preprocessing"),
-    "torchvision": ("zoo.backbones.vision", "tv_entry", "tv_names_matching", "tv_preprocessing"),
+    "torchvision": ("zoo.backbones.torchvision_models", "tv_entry", "tv_names_matching", "tv_preprocessing"),
     "hf": ("zoo.backbones.hf", "hf_entry", "hf_names", "hf_preprocessing"),
     "zoo": ("zoo.backbones.pretrained", "zoo_entry", "zoo_names", "zoo_preprocessing"),
 }
