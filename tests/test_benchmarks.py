@@ -154,3 +154,78 @@ def test_batched_rotate_crop_keeps_the_shape_and_is_the_identity_at_zero():
     x = torch.rand(4, 1, 8, 8)
     assert torch.allclose(rotate_resized_crop(0.0, (1.0, 1.0), (1.0, 1.0))(x), x, atol=1e-5)
     assert rotate_resized_crop(10.0, (0.8, 1.0), (0.9, 1.1))(x).shape == x.shape
+
+
+# --- the GPU checks (benchmarks/gpu.py): what runs without a GPU ----------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_checks_refuse_without_cuda_and_write_nothing(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "gpu.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 77, result.stderr[-2000:]  # "skipped", not passed and not failed
+    assert "no CUDA device here" in result.stderr and "nothing was run" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_gpu_checks_each_have_a_limit_within_eight_minutes_and_a_runner():
+    from benchmarks import gpu
+
+    assert set(gpu.LIMITS) == set(gpu.RUNNERS) == set(gpu.CHECKS)
+    assert sum(gpu.LIMITS.values()) <= gpu.TOTAL <= 8 * 60
+    if torch.cuda.device_count() < 2:
+        assert gpu.check_ddp().startswith("skipped: ")
+
+
+def test_gpu_run_reports_figures_skips_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # The orchestration with the checks faked: a GPU-less machine can still run everything but the checks.
+    from benchmarks import gpu
+    from benchmarks.common import LoadWindow, Result
+
+    fakes = {
+        "precision": ([Figure("bf16-mixed: loss ratio", 0.5, "", at_most=0.9)], None, None),
+        "ddp": ([], None, "skipped: 1 GPU here"),
+        "fsdp": ([], "ran past its limit of 120 s", None),
+    }
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu, "describe_gpus", lambda: {"gpus": [{"name": "Fake GPU", "memory_gib": 80.0}]})
+    limits = {}
+
+    def fake_check(name: str, limit: float):
+        limits[name] = limit
+        figures, error, skipped = fakes[name]
+        return Result(name, figures, LoadWindow((0.0, 0.0, 0.0)), error), skipped
+
+    monkeypatch.setattr(gpu, "run_check", fake_check)
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--only", *fakes, "--out", str(out)]) == 2  # a check that errs fails the run
+    data = json.loads(out.read_text())["checks"]
+    assert data["precision"]["figures"][0]["passed"] is True and data["ddp"]["skipped"] == "skipped: 1 GPU here"
+    assert "limit" in data["fsdp"]["error"] and limits == {n: gpu.LIMITS[n] for n in fakes}
+    fakes["fsdp"] = ([Figure("changed groups", 0.0, "", at_least=1.0)], None, None)
+    assert gpu.main(["--only", *fakes, "--out", str(out)]) == 1  # a missed target
+
+
+@pytest.mark.slow
+def test_gpu_throughput_twins_start_from_the_same_loss_on_cpu():
+    # The zoo and its plain twin as the throughput check runs them (here on the CPU, tiny): the same network, seed
+    # and batch give the same first loss; both time only the steps after the warm-up.
+    from benchmarks import gpu
+    from benchmarks.gpu_twins import plain_run, zoo_run
+
+    spec, pool, shape, warmup = gpu.resnet_sides("cpu", "tiny")
+    zoo = zoo_run(spec, pool, shape, "cpu", "32-true", warmup)
+    plain = plain_run(spec, pool, shape, "cpu", "32-true", warmup, channels_last=True)
+    steps = gpu.SIZES["tiny"]["warmup"] + gpu.SIZES["tiny"]["timed"]
+    assert len(zoo["losses"]) == len(plain["losses"]) == steps
+    assert zoo["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-4)
+    assert zoo["channels_last"] and zoo["seconds"] > 0 and plain["seconds"] > 0

@@ -34,3 +34,17 @@ def test_lightning_excludes_its_malicious_releases_and_allows_the_installed_one(
     assert "2.6.6" in allowed and "2.7.0" in allowed
     assert "3.0" not in allowed  # an upper bound: the zoo uses some of Lightning's private APIs
     assert version(name) in allowed, f"{name} {version(name)} is installed but pyproject.toml excludes it"
+
+
+def test_the_cpu_only_install_script_runs_the_readmes_commands() -> None:
+    # The script itself takes minutes (pip), so CI does not run it; it must stay the README's install, and parse.
+    import re
+    import subprocess
+
+    script = (ROOT / "scripts" / "cpu_only_install.sh").read_text()
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"\.venv/bin/pip install (torch torchvision --index-url \S+)", readme)
+    assert command, "the README's CPU-only install command"
+    assert f"CPU_TORCH=${{CPU_TORCH:-{command.group(1)}}}" in script
+    assert '-m pip install --progress-bar off -e ".[dev]"' in script and '.venv/bin/pip install -e ".[dev]"' in readme
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "cpu_only_install.sh")]).returncode == 0

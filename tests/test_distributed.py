@@ -1,6 +1,7 @@
 """Distributed training through `zoo fit`: DDP with 2 CPU processes (gloo), as Lightning launches it, as
 torchrun launches it and as scripts/slurm.sbatch launches it under srun; and the trainer recipes in
-configs/trainer/ as valid Trainer settings (FSDP and NCCL need GPUs, so those are checked as settings only).
+configs/trainer/ as valid Trainer settings (NCCL needs GPUs, so those are checked as settings only); the FSDP recipe on
+2 CPU processes through a test-only subclass (tests/fsdp_probe.py), since Lightning runs FSDP on GPUs only.
 
 The DDP runs use sklearn's digits: 180 validation and 360 test samples, split evenly over 2 processes, so
 no sample is padded in twice and the synchronised metrics equal one process's over the whole set.
@@ -23,6 +24,12 @@ from tests.conftest import ROOT, TINY, run_zoo
 from tests.wandb_records import offline_runs
 
 TRAINER_CONFIGS = ROOT / "configs" / "trainer"
+FLAT_PARAMS = """
+strategy:
+  class_path: lightning.pytorch.strategies.FSDPStrategy
+  dict_kwargs:
+    use_orig_params: false
+"""
 NO_WANDB_LOGIN = {"WANDB_API_KEY": "", "WANDB_MODE": ""}  # with HOME set to the test's folder: offline
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 TWO_LOGGERS = """
@@ -87,6 +94,8 @@ def test_fsdp_recipe_wraps_the_zoo_transformer_blocks_in_bf16():
 
     settings, strategy = _trainer_settings("fsdp.yaml")
     assert settings["precision"] == "bf16-mixed" and isinstance(strategy, FSDPStrategy)
+    # Stated, not left to Lightning's default: a FineTuning schedule freezes part of a flat parameter.
+    assert settings["strategy"]["dict_kwargs"]["use_orig_params"] is True and strategy.kwargs["use_orig_params"]
     assert strategy._state_dict_type == "full"  # one ordinary checkpoint file, as zoo test / predict read
     policy = strategy.kwargs["auto_wrap_policy"]
     assert isinstance(policy, ModuleWrapPolicy)
@@ -97,6 +106,76 @@ def test_fsdp_recipe_wraps_the_zoo_transformer_blocks_in_bf16():
     ):
         wrapped = [m for m in backbone.modules() if type(m) in policy._module_classes]
         assert len(wrapped) >= 2, type(backbone).__name__
+
+
+def test_fsdp_without_orig_params_is_refused_with_a_schedule_that_freezes(workdir: Path, capsys):
+    # Before any process starts (here: before the missing GPU is noticed), naming the setting and the fix.
+    from tests.test_cli import error_of
+
+    (workdir / "flat.yaml").write_text(FLAT_PARAMS)
+    recipe = ["--config", "configs/experiments/digits_vit.yaml", "--trainer", "configs/trainer/fsdp.yaml"]
+    err = error_of(capsys, "fit", *recipe, "--trainer", "flat.yaml", "--finetuning.strategy=progressive", *TINY)
+    assert "finetuning.strategy=progressive freezes part of the model" in err
+    assert "set trainer.strategy.dict_kwargs.use_orig_params: true" in err
+    # The recipe as it is passes the check; this machine has no GPU for it, which is the next error.
+    err = error_of(capsys, "fit", *recipe, "--finetuning.strategy=progressive", *TINY)
+    assert "use_orig_params" not in err and "the trainer settings cannot run here" in err
+
+
+def test_the_sharded_freezing_check_looks_at_fsdp_and_freezing_schedules_only():
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from zoo.callbacks.finetuning import FineTuning
+    from zoo.errors import ConfigError
+    from zoo.run.preflight import check_sharded_freezing
+
+    flat = FSDPStrategy(use_orig_params=False)
+    check_sharded_freezing(flat, [FineTuning("full")])  # nothing frozen
+    check_sharded_freezing(FSDPStrategy(), [FineTuning("feature_extraction")])  # Lightning's default: True
+    check_sharded_freezing(DDPStrategy(), [FineTuning("progressive")])
+    check_sharded_freezing("fsdp", [FineTuning("progressive")])  # by name: Lightning's defaults
+    for schedule in ("feature_extraction", "freeze_then_unfreeze", "progressive", "milestones"):
+        with pytest.raises(ConfigError, match=f"finetuning.strategy={schedule} freezes"):
+            check_sharded_freezing(flat, [FineTuning(schedule, milestones={0: 1})])
+
+
+@pytest.mark.slow
+def test_the_fsdp_recipe_trains_a_progressive_schedule_on_two_shards(workdir: Path):
+    # configs/trainer/fsdp.yaml as it is (bf16-mixed, one unit per ViT block, use_orig_params, full state dict)
+    # on 2 CPU processes (tests/fsdp_probe.py: Lightning runs FSDP on GPUs only). Each process holds half of every
+    # flat parameter; the schedule freezes the backbone's groups inside them and unfreezes the top one at epoch 1.
+    result = run_zoo(
+        "fit",
+        "--config",
+        "configs/experiments/digits_vit.yaml",
+        "--trainer",
+        "configs/trainer/fsdp.yaml",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy.class_path=tests.fsdp_probe.CPUFSDPStrategy",
+        "--finetuning.strategy=progressive",
+        "--finetuning.unfreeze_epoch=1",
+        *TINY,
+        "--trainer.max_epochs=2",
+        "--test_after_fit=false",  # Lightning re-wraps badly for a test in the same Trainer (the README says)
+        "--trainer.callbacks+=tests.fsdp_probe.ChangedGroups",
+        f"--trainer.callbacks.out_dir={workdir / 'probe'}",
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((workdir / "probe" / f"rank{rank}.json").read_text())
+        assert (seen["world_size"], seen["strategy"]) == (2, "CPUFSDPStrategy")
+        assert seen["units"] == 7  # the root and one per block (vit_micro: 6 blocks)
+        # Epoch 0 trains the head alone; epoch 1 also the top backbone group; nothing frozen moved.
+        assert seen["changed"] == {"0": ["head"], "1": ["backbone.norm", "head"]}
+    # The checkpoint is an ordinary one (state_dict_type: full): `zoo test` reads it in one process, without FSDP.
+    ckpt = workdir / "runs" / "digits_vit" / "version_0" / "checkpoints" / "last.ckpt"
+    tested = run_zoo(
+        "test", "--config", "configs/experiments/digits_vit.yaml", f"--ckpt_path={ckpt}", *TINY, cwd=workdir
+    )
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "test/acc=" in tested.stdout
 
 
 # --- one DDP run through `zoo fit`, read by the tests below -----------------------------------------

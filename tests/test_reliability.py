@@ -175,6 +175,18 @@ def test_no_checkpoint_is_written_with_non_finite_weights():
         ZooCheckpoint().on_save_checkpoint(SimpleNamespace(current_epoch=2, global_step=7), module, {})
 
 
+def test_the_non_finite_check_reads_a_shard_that_holds_nothing_of_a_parameter():
+    # Under FSDP a process holds an empty tensor for each parameter outside its shard; the check's fused max over
+    # all tensors failed on it at the first step of any multi-process FSDP run (found with tests/fsdp_probe.py).
+    from zoo.callbacks.monitoring import non_finite_tensors
+
+    module = torch.nn.Linear(3, 2)
+    module.weight = torch.nn.Parameter(torch.empty(0))
+    assert non_finite_tensors(module) == []
+    module.bias.data[0] = float("nan")
+    assert non_finite_tensors(module) == ["bias"]
+
+
 @pytest.mark.parametrize(
     "how",
     [["--data.init_args.val_split=0", "--selection=best"], ["--trainer.max_steps=2"]],

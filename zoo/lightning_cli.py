@@ -33,6 +33,7 @@ from zoo.run.preflight import (
     budget_for,
     check_data_matches,
     check_precision,
+    check_sharded_freezing,
     checkpoint_hparams,
     follow_backbone_preprocessing,
     skip_pretrained_weights,
@@ -207,6 +208,10 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
         pictures = config_get(self, self.config_init, "pictures", True) is not False
         callbacks = default_callbacks(configured, trainer_config, pictures)
         check_precision(trainer_config)
+        user = trainer_config.get("callbacks") or []
+        check_sharded_freezing(
+            trainer_config.get("strategy"), [*callbacks, *(user if isinstance(user, list) else [user])]
+        )
         default_plugins(trainer_config, classes_named(as_dict(self.config.get(str(self.subcommand), self.config))))
         try:
             return instantiate_trainer(self, trainer_config, callbacks)

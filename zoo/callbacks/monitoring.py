@@ -130,8 +130,13 @@ class StopOnNonFinite(Callback):
 
 def non_finite_tensors(module: nn.Module) -> list[str]:
     """The names of ``module``'s floating-point parameters and buffers (batch norm's running statistics) that
-    hold a NaN or an infinity; one fused max-abs pass when all are finite, the common case."""
-    named = [(n, t) for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_floating_point()]
+    hold a NaN or an infinity; one fused max-abs pass when all are finite, the common case. Empty tensors are left
+    out: under FSDP a process holds nothing of the parameters outside its shard, and the max of nothing fails."""
+    named = [
+        (n, t)
+        for n, t in (*module.named_parameters(), *module.named_buffers())
+        if t.is_floating_point() and t.numel() > 0
+    ]
     tensors = [t.detach() for _, t in named]
     if not tensors or bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, norm_type=float("inf")))):
         return []

@@ -1,6 +1,7 @@
 """Every check and decision before training: what a checkpoint given as ``--ckpt_path`` brings into the config,
 the pretrained backbone's preprocessing followed by the data, classes and input shape that must agree, a
-precision the device can train in, and the training budget (zoo.budget). Each raises a ZooError with the fix;
+precision the device can train in, a sharded strategy a fine-tuning schedule can freeze parts of, and the training
+budget (zoo.budget). Each raises a ZooError with the fix;
 :class:`zoo.lightning_cli.ZooCLI` reports it as a command-line error."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import sys
 from typing import Any, Optional
 
 from zoo.budget import Plan, Selection, plan
+from zoo.callbacks.finetuning import FineTuning
 from zoo.checkpoints import classes_named, read_checkpoint, task_class
 from zoo.errors import ConfigError
 from zoo.registry import split_source
@@ -125,6 +127,29 @@ def check_precision(trainer_config: dict[str, Any]) -> None:
         raise ConfigError(
             f"trainer.precision={precision!r} trains the whole model in float16 without loss scaling, which "
             "diverges on CPU; use 'bf16-mixed' (or 'bf16-true') on CPU, '16-mixed' on a GPU, or '32-true'"
+        )
+
+
+def check_sharded_freezing(strategy: Any, callbacks: list[Any]) -> None:
+    """FSDP with a fine-tuning schedule that freezes part of the model needs ``use_orig_params=True``.
+
+    FSDP flattens the parameters of each wrapped block (and of everything outside the blocks, in the root unit)
+    into one flat parameter. Without ``use_orig_params`` a flat parameter takes one ``requires_grad`` for all of
+    them: freezing the backbone's groups but not the head, or one block but not the next, fails when FSDP wraps
+    the model, or later with gradients for frozen weights. With it, FSDP keeps each original parameter's own
+    flag (a frozen one gets no gradient, so no update). Lightning's FSDPStrategy sets it unless told otherwise;
+    this names the setting that turned it off, before any process starts. Raises ConfigError.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(strategy, FSDPStrategy) or strategy.kwargs.get("use_orig_params"):
+        return
+    freezing = [c.strategy for c in callbacks if isinstance(c, FineTuning) and c.strategy != "full"]
+    if freezing:
+        raise ConfigError(
+            f"finetuning.strategy={freezing[0]} freezes part of the model, which FSDP with use_orig_params=False "
+            "cannot do (one requires_grad per flat parameter); set trainer.strategy.dict_kwargs.use_orig_params: true "
+            "(as configs/trainer/fsdp.yaml does), or train everything with finetuning.strategy=full"
         )
 
 
