@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from datamodules.augment import Augmented, AugmentSpec, build_image_augment
 from datamodules.base import BaselineData, ZooDataModule, capped, fit_standardizer, split_indices
-from datamodules.image_files import ImageFiles, default_workers, open_image
+from datamodules.image_files import ImageFiles, Normalise, default_workers, open_image
 from datamodules.in_memory import BatchedTensorDataset
 from zoo.errors import ConfigError, DataError
 
@@ -358,9 +358,7 @@ class ImageFolder(ZooDataModule):
 
     def _normalise(self):  # noqa: ANN202
         """uint8 ``(C, H, W)`` to float in [0, 1], normalised by the data's mean and std."""
-        from torchvision.transforms import v2
-
-        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+        return Normalise(self.mean, self.std)
 
     def _train_transform(self):  # noqa: ANN202
         """The same normalisation, with the augmentations around it: they see the resized uint8 image (the pixels
