@@ -154,3 +154,22 @@ def test_batched_rotate_crop_keeps_the_shape_and_is_the_identity_at_zero():
     x = torch.rand(4, 1, 8, 8)
     assert torch.allclose(rotate_resized_crop(0.0, (1.0, 1.0), (1.0, 1.0))(x), x, atol=1e-5)
     assert rotate_resized_crop(10.0, (0.8, 1.0), (0.9, 1.1))(x).shape == x.shape
+
+
+def test_image_folder_figures_set_the_default_against_the_best_plain_decoding_loader():
+    from benchmarks import image_folder
+
+    best = {
+        "zoo default (2 workers)": 90.0,
+        "plain PIL decode + PIL resize": 60.0,
+        "plain decode_jpeg + torch resize": 100.0,
+        "zoo draft": 99.0,
+        "zoo cache_dir, epoch 2+": 450.0,
+        "plain in memory, 2 workers": 500.0,
+        "plain in memory, whole batches": 300.0,
+    }
+    default, cache, against_memory, draft = image_folder.figures(10, best, cache_first_epoch=80.0)
+    assert (default.zoo, default.plain, default.measured, default.passed) == (90.0, 100.0, 0.9, True)
+    assert default.sides == ("zoo default (2 workers)", "plain decode_jpeg + torch resize")
+    assert cache.measured == pytest.approx(5.0) and cache.details["cache_first_epoch"] == 80.0
+    assert against_memory.plain == 500.0 and draft.measured == pytest.approx(1.1)
