@@ -12,6 +12,9 @@ after one warm-up epoch, so persistent workers are running) with:
 
 Targets: the default reaches >= 0.95x of the best of these, and >= 5x the model's consumption (training
 samples per second of the recipe's network on one prepared batch, plain loop, two threads).
+
+Then image files at real sizes (:mod:`benchmarks.image_folder`): ``ImageFolder`` on generated JPEGs at 224x224
+against plain loaders (PIL or torchvision decoding, PIL or torch resizing, draft decoding, a resized cache).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from benchmarks import image_folder
 from benchmarks.batched import BatchedView, batched_loader, compose, crop_flip, normalise, rotate_resized_crop
 from benchmarks.common import Figure, Stopwatch, ratio, set_threads
 from benchmarks.twins import datamodule, plain_twin, recipe
@@ -202,4 +206,6 @@ def run(mode: str) -> list[Figure]:
     figures: list[Figure] = []
     for case in size["cases"]:
         figures += measure(case, size["epochs"], size["model_steps"])
+    if mode != "tiny":  # JPEG files at 224x224 against plain loaders (benchmarks.image_folder)
+        figures += image_folder.run(mode)
     return figures

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any, Literal, Optional, TypedDict
 
 import numpy as np
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from datamodules.augment import Augmented, AugmentSpec, build_image_augment
 from datamodules.base import BaselineData, ZooDataModule, capped, fit_standardizer, split_indices
+from datamodules.image_files import ImageFiles, Normalise, default_workers, open_image
 from datamodules.in_memory import BatchedTensorDataset
 from zoo.errors import ConfigError, DataError
 
@@ -201,17 +202,6 @@ def image_files(path: str) -> list[str]:
     return files
 
 
-def open_image(path: str, channels: int) -> Any:
-    """A PIL image in grey (1 channel) or RGB (3); an unreadable file is named."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{path}: not a readable image ({err})") from None
-
-
 # Headers of up to this many files are read before training; a larger folder is checked as it is read.
 MAX_CHECKED_FILES = 100_000
 
@@ -258,7 +248,8 @@ class ImageFolder(ZooDataModule):
         mean: per-channel normalisation mean (pixel / 255); ImageNet's for RGB, 0.5 for greyscale.
         std: per-channel normalisation std; ImageNet's for RGB, 0.5 for greyscale.
         batch_size: samples per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (kept alive between epochs); None: one per CPU core, at most 8
+            (:func:`~datamodules.image_files.default_workers`): decoding and resizing images is most of the work.
         val_split: fraction carved for validation when there is no ``val/`` folder.
         test_split: fraction carved for testing when there is no ``test/`` folder.
         seed: seeds the carved splits.
@@ -268,6 +259,13 @@ class ImageFolder(ZooDataModule):
         mixup_alpha: MixUp of training batches, ``lam ~ Beta(alpha, alpha)``; 0 is off.
         cutmix_alpha: CutMix of training batches; 0 is off.
         mix_prob: probability that a training batch is mixed.
+        cache_dir: keep the resized images (uint8) in memory-mapped files in this folder: the first epoch fills
+            them, later epochs read them instead of decoding and resizing (:class:`~datamodules.image_files.
+            ResizedCache`; a changed file is read again). It takes ``channels * image_size**2`` bytes of disk
+            per image (150 KB at 224). None: every epoch reads the files.
+        draft: JPEGs at least twice ``image_size`` a side are decoded at a reduced scale (1/2 to 1/8) before the
+            resize (PIL's draft mode): faster on large photos, and the pixels differ slightly from a full decode
+            (a different downscaling filter), so it is off by default.
     """
 
     def __init__(
@@ -278,7 +276,7 @@ class ImageFolder(ZooDataModule):
         mean: Optional[list[float]] = None,
         std: Optional[list[float]] = None,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: Optional[int] = None,
         drop_last: bool = False,
         val_split: float = 0.1,
         test_split: float = 0.2,
@@ -288,11 +286,13 @@ class ImageFolder(ZooDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
+        cache_dir: Optional[str] = None,
+        draft: bool = False,
     ) -> None:
         super().__init__(
             data_dir,
             batch_size,
-            num_workers,
+            default_workers() if num_workers is None else num_workers,
             val_split,
             test_split,
             seed,
@@ -303,6 +303,7 @@ class ImageFolder(ZooDataModule):
             mix_prob=mix_prob,
             drop_last=drop_last,
         )
+        self.cache_dir, self.draft = cache_dir, draft
         if channels not in (1, 3):
             raise ConfigError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
         image_size = 64 if image_size is None else image_size
@@ -355,60 +356,52 @@ class ImageFolder(ZooDataModule):
     def input_shape(self) -> tuple[int, ...]:
         return (self.channels, self.image_size, self.image_size)
 
-    def _transform(self):  # noqa: ANN202
-        from torchvision import transforms as T
-
-        steps = [T.Resize((self.image_size, self.image_size))]
-        if self.channels == 1:
-            steps.append(T.Grayscale(num_output_channels=1))
-        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+    def _normalise(self):  # noqa: ANN202
+        """uint8 ``(C, H, W)`` to float in [0, 1], normalised by the data's mean and std."""
+        return Normalise(self.mean, self.std)
 
     def _train_transform(self):  # noqa: ANN202
-        """The same resize and normalisation, with the augmentations around the normalisation: they see
-        the resized uint8 image (the pixels colour operations expect), random erasing the normalised one."""
-        from torchvision.transforms import v2
+        """The same normalisation, with the augmentations around it: they see the resized uint8 image (the pixels
+        colour operations expect), random erasing the normalised one."""
+        return self.image_augment.around(self._normalise())
 
-        steps = [v2.Resize((self.image_size, self.image_size)), v2.PILToTensor()]
-        if self.channels == 1:
-            steps.insert(1, v2.Grayscale(num_output_channels=1))
-        normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
-        return v2.Compose([*steps, self.image_augment.around(normalise)])
+    def _files(self, samples: list[tuple[str, int]], side: Optional[int] = None) -> ImageFiles:
+        """These files read at ``side`` (default: image_size) and normalised, through the cache where there is one."""
+        side = self.image_size if side is None else side
+        cache = self.cache_dir if side == self.image_size else None
+        normalise = self._normalise()
+        return ImageFiles(samples, self.class_names, side, self.channels, normalise, self.draft, cache_dir=cache)
 
-    def _folder(self, root: str) -> Dataset:
+    def _folder(self, root: str) -> ImageFiles:
         from torchvision import datasets
 
         try:
-            ds = datasets.ImageFolder(root, transform=self._transform(), loader=partial(open_image, channels=3))
+            ds = datasets.ImageFolder(root, loader=str)  # finds the classes and files; ImageFiles reads them
         except (OSError, RuntimeError) as e:
             raise self._layout_error(f"could not read {os.path.abspath(root)}: {e}") from e
         _check_readable(ds.samples)
+        samples = list(ds.samples)
         if ds.classes != self.class_names:
             # A val/ or test/ folder may lack some classes: map its indices onto train/'s.
             unknown = sorted(set(ds.classes) - set(self.class_names))
             if unknown:
                 raise DataError(f"ImageFolder: {os.path.abspath(root)} has classes {unknown} that train/ lacks")
             to_idx = {c: i for i, c in enumerate(self.class_names)}
-            ds.samples = ds.imgs = [(path, to_idx[ds.classes[t]]) for path, t in ds.samples]
-            ds.targets = [t for _, t in ds.samples]
-            ds.classes, ds.class_to_idx = list(self.class_names), to_idx
-        return ds
+            samples = [(path, to_idx[ds.classes[t]]) for path, t in samples]
+        return self._files(samples)
 
     def baseline_data(self) -> BaselineData:
         """Train + validation images (a seeded subsample of at most 10,000) and the test split, normalised as the
         model's, at most 32x32 (a pixel baseline gains little from more pixels, and 10,000 images at 224x224
         would take 6 GB)."""
-        from torchvision import transforms as T
-
         if self.train_set is None:
             self.setup("test")
         learn = _samples(self.train_set) + _samples(self.val_set)
         learn = [learn[i] for i in capped(len(learn), self.seed, what="ImageFolder baseline")]
         side = min(self.image_size, 32)
-        steps = [T.Resize((side, side))] + ([T.Grayscale(num_output_channels=1)] if self.channels == 1 else [])
-        transform = T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
         def read(samples: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-            dataset = _Transformed([path for path, _ in samples], self.channels, transform)
+            dataset = self._files(samples, side)
             loader = DataLoader(dataset, batch_size=256, num_workers=self.num_workers)
             x = torch.cat([batch for batch, _ in loader]) if samples else torch.zeros(0, self.channels, side, side)
             return x.numpy(), np.array([label for _, label in samples], dtype=np.int64)
@@ -418,8 +411,7 @@ class ImageFolder(ZooDataModule):
     def predict_inputs(self, path: str) -> tuple[Dataset, list[str]]:
         """Image files (or a folder of them, read recursively) through the same resize and normalisation."""
         files = image_files(path)
-        transform = self._transform()
-        return _Transformed(files, self.channels, transform), files
+        return self._files([(f, 0) for f in files]), files
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
         dirs = self.split_dirs
@@ -439,22 +431,9 @@ class ImageFolder(ZooDataModule):
 
 
 def _samples(dataset: Optional[Dataset]) -> list[tuple[str, int]]:
-    """The ``(path, class index)`` of every image of a split: a torchvision ImageFolder or a Subset of one."""
+    """The ``(path, class index)`` of every image of a split: :class:`ImageFiles` or a Subset of them."""
     if dataset is None:
         return []
     if isinstance(dataset, Subset):
         return [dataset.dataset.samples[i] for i in dataset.indices]
     return list(dataset.samples)
-
-
-class _Transformed(Dataset):
-    """Image files read and transformed one at a time (for prediction: the targets are dummies)."""
-
-    def __init__(self, files: list[str], channels: int, transform: Any) -> None:
-        self.files, self.channels, self.transform = files, channels, transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(open_image(self.files[i], 3)), torch.tensor(0)

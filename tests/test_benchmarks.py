@@ -229,3 +229,22 @@ def test_gpu_throughput_twins_start_from_the_same_loss_on_cpu():
     assert len(zoo["losses"]) == len(plain["losses"]) == steps
     assert zoo["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-4)
     assert zoo["channels_last"] and zoo["seconds"] > 0 and plain["seconds"] > 0
+
+
+def test_image_folder_figures_set_the_default_against_the_best_plain_decoding_loader():
+    from benchmarks import image_folder
+
+    best = {
+        "zoo default (2 workers)": 90.0,
+        "plain PIL decode + PIL resize": 60.0,
+        "plain decode_jpeg + torch resize": 100.0,
+        "zoo draft": 99.0,
+        "zoo cache_dir, epoch 2+": 450.0,
+        "plain in memory, 2 workers": 500.0,
+        "plain in memory, whole batches": 300.0,
+    }
+    default, cache, against_memory, draft = image_folder.figures(10, best, cache_first_epoch=80.0)
+    assert (default.zoo, default.plain, default.measured, default.passed) == (90.0, 100.0, 0.9, True)
+    assert default.sides == ("zoo default (2 workers)", "plain decode_jpeg + torch resize")
+    assert cache.measured == pytest.approx(5.0) and cache.details["cache_first_epoch"] == 80.0
+    assert against_memory.plain == 500.0 and draft.measured == pytest.approx(1.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from datamodules import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder
+from datamodules.images import IMAGENET_MEAN, IMAGENET_STD
 from zoo.errors import ConfigError, DataError
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -287,3 +289,110 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "noimages" / "cat").mkdir(parents=True)
     with pytest.raises(DataError, match="could not read"):
         ImageFolder(data_dir=str(tmp_path / "noimages")).setup()
+
+
+# --- image files at real sizes: the reader, the resized cache -------------------------------------------------
+def _photos(root: Path, sizes: list[tuple[int, int]]) -> list[Path]:
+    """JPEGs of varied sizes with smooth content and noise (what a resize has work to do on), two classes."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        small = Image.fromarray(rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        noisy = np.asarray(small).astype(np.int16) + rng.integers(-10, 11, size=(h, w, 3))
+        path = root / ("a" if i % 2 else "b") / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+SIZES = [(120, 90), (75, 140), (64, 64), (200, 150), (33, 47), (96, 128)]
+
+
+def _all(dataset) -> tuple[torch.Tensor, list[int]]:
+    pairs = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([x for x, _ in pairs]), [int(y) for _, y in pairs]
+
+
+def test_image_folder_reads_the_configured_size_normalised_as_pil_resizes(tmp_path):
+    """What the model sees is unchanged: float32 (3, S, S), the file resized to S x S (bilinear, antialiased) and
+    normalised by the mean and std; torch's uint8 resize is within one level of 255 of PIL's."""
+    paths = _photos(tmp_path, SIZES)
+    dm = ImageFolder(data_dir=str(tmp_path), image_size=48, val_split=0.0, test_split=0.0, num_workers=0)
+    dm.setup("fit")
+    files = dm.train_set.dataset
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for i, (path, _) in enumerate(files.samples):
+        x, y = files[i]
+        assert x.shape == (3, 48, 48) and x.dtype == torch.float32 and y == (0 if "/a/" in path else 1)
+        with Image.open(path) as image:
+            pil = np.array(image.convert("RGB").resize((48, 48), Image.BILINEAR))
+        expected = (torch.from_numpy(pil).permute(2, 0, 1).float() / 255 - mean) / std
+        assert (x - expected).abs().max().item() <= 1.01 / 255 / min(IMAGENET_STD)
+        assert ((x - expected).abs() > 1e-5).float().mean() < 0.5  # most pixels are exactly PIL's
+    assert sorted(str(p) for p in paths) == sorted(p for p, _ in files.samples)
+    batch, labels = next(iter(dm.train_dataloader()))
+    assert batch.shape == (6, 3, 48, 48) and batch.dtype == torch.float32 and labels.dtype == torch.long
+
+
+def test_image_folder_defaults_to_a_worker_per_core_and_keeps_them(tmp_path):
+    from datamodules.image_files import default_workers
+
+    _photos(tmp_path, SIZES[:2])
+    dm = ImageFolder(data_dir=str(tmp_path))
+    assert dm.num_workers == default_workers() == min(8, len(os.sched_getaffinity(0)))
+    assert ImageFolder(data_dir=str(tmp_path), num_workers=0).num_workers == 0
+
+
+def test_resized_cache_gives_the_uncached_tensors_and_reads_a_changed_file_again(tmp_path):
+    paths = _photos(tmp_path / "images", SIZES)
+    kwargs = {"data_dir": str(tmp_path / "images"), "image_size": 40, "val_split": 0.0, "test_split": 0.0}
+    plain = ImageFolder(**kwargs, num_workers=0)
+    cached = ImageFolder(**kwargs, num_workers=0, cache_dir=str(tmp_path / "cache"))
+    plain.setup("fit"), cached.setup("fit")
+    expected, labels = _all(plain.train_set)
+    first, first_labels = _all(cached.train_set)  # fills the cache
+    files = cached.train_set.dataset
+    read = []
+    files._read = lambda path: read.append(path) or plain.train_set.dataset._read(path)  # counts decodes
+    second, second_labels = _all(cached.train_set)  # from the cache
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert first_labels == second_labels == labels and read == []
+    assert len(list((tmp_path / "cache").glob("*.pixels.npy"))) == 1
+
+    # A file rewritten with other pixels is read again; the others still come from the cache.
+    changed = sorted(paths)[2]
+    Image.new("RGB", (30, 20), (255, 0, 0)).save(changed)
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later edit, whatever the clock tick
+    again, _ = _all(cached.train_set)
+    fresh, _ = _all(plain.train_set)  # read from the files
+    assert read == [str(changed)]
+    row = [p for p, _ in files.samples].index(str(changed))
+    assert not torch.equal(again[row], expected[row]) and torch.equal(again, fresh)
+    red = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(again[row][:, 5, 5], red, atol=0.02)
+
+    # Another size is another cache; a new folder instance finds the filled one.
+    ImageFolder(**{**kwargs, "image_size": 24}, cache_dir=str(tmp_path / "cache"), num_workers=0).setup("fit")
+    assert len(list((tmp_path / "cache").glob("*.pixels.npy"))) == 2
+    reopened = ImageFolder(**kwargs, num_workers=0, cache_dir=str(tmp_path / "cache"))
+    reopened.setup("fit")
+    reopened.train_set.dataset._read = files._read
+    assert torch.equal(_all(reopened.train_set)[0], fresh) and read == [str(changed)]
+
+
+def test_resized_cache_is_filled_by_dataloader_workers(tmp_path):
+    _photos(tmp_path / "images", SIZES)
+    kwargs = {"data_dir": str(tmp_path / "images"), "image_size": 32, "val_split": 0.0, "test_split": 0.0}
+    dm = ImageFolder(**kwargs, num_workers=2, batch_size=2, cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+    files = dm.train_set.dataset
+    list(torch.utils.data.DataLoader(files, batch_size=2, num_workers=2))  # workers write the rows
+    index = np.load(files.cache.index_path)
+    assert index[:, 3].tolist() == [1] * len(SIZES)  # every row filled by some worker
+    plain = ImageFolder(**kwargs, num_workers=0)
+    plain.setup("fit")
+    files._read = None  # every image now comes from the cache, read back in this process
+    assert torch.equal(_all(dm.train_set)[0], _all(plain.train_set)[0])
