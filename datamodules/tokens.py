@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from datamodules.sequences import PaddedBatch
 
-CHUNK = 4096  # texts tokenised at once: the tokenizer's Python lists of a chunk are all that is held beside the arrays
+CHUNK = 1024  # texts tokenised at once: the tokenizer's output for a chunk (~6 KB a text) is all held beside the arrays
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
