@@ -1,14 +1,17 @@
-"""Memory: peak RSS of the same training in separate processes; target zoo <= plain + 64 MiB.
+"""Memory: peak RSS of the same training in separate processes: the zoo against stock Lightning running the same
+network (target zoo <= stock Lightning + 64 MiB), and against a plain PyTorch loop, reported beside it.
 
 Each side runs in a fresh ``python -m benchmarks.memory --child ...`` process that imports only what that side
 needs, trains, and reports its resident set after the imports and its peak (``VmHWM``). The plain side imports
-torch and the zoo's registry (for the same network); the zoo side imports the task and Lightning, and with
-``defaults`` the CLI that builds ``zoo fit``'s Trainer. A third side, the plain loop after ``import
-lightning.pytorch``, splits the difference into what Lightning's import costs any program (it imports
-torchmetrics, which imports scipy, torchvision and transformers at once: Lightning-AI/torchmetrics#3457) and
-what the zoo adds on top, both reported. Data: in-memory, the digits' shape (1,257 training
-images 1x8x8) for the CNN recipe, random CIFAR-shaped images for ResNet-18; both sides evaluate two
-validation batches after each epoch (``zoo fit``'s checkpoint and early stopping need ``val/loss``).
+torch and the zoo's registry (for the same network); the stock Lightning side wraps that network, optimizer and
+loss in a minimal ``LightningModule`` (:func:`benchmarks.twins.stock_lightning`) under a Trainer of Lightning's
+parity settings, and, in the full run, under Lightning's default Trainer (its logger and checkpoints); the zoo
+side imports the task and Lightning, and with ``defaults`` the CLI that builds ``zoo fit``'s Trainer. A last side,
+the plain loop after ``import lightning.pytorch``, shows what Lightning's import alone costs any program (it
+imports torchmetrics, which imports scipy, torchvision and transformers at once: Lightning-AI/torchmetrics#3457).
+Data: in-memory, the digits' shape (1,257 training images 1x8x8) for the CNN recipe, random CIFAR-shaped images
+for ResNet-18; every side evaluates two validation batches after each epoch (``zoo fit``'s checkpoint and early
+stopping need ``val/loss``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from benchmarks.common import Figure, added, run_python
 
@@ -48,7 +51,7 @@ def child(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
 
     from benchmarks.twins import fit_plain, loader, plain_twin, recipe, synthetic_classification
 
-    if side == "plain_lightning":
+    if side in ("plain_lightning", "lightning", "lightning_defaults"):
         import lightning.pytorch  # noqa: F401  (and with it torchmetrics, which imports scipy, torchvision, transformers)
     elif side != "plain":
         from benchmarks.twins import fit_zoo, zoo_classifier, zoo_trainer  # noqa: F401
@@ -69,10 +72,19 @@ def child(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
         fit_plain(net, optimizer, loader(data, batch, True), epochs, val, loss_fn=loss_fn)
     else:
         from benchmarks.common import in_tmp_dir
+        from benchmarks.twins import fit_zoo, stock_lightning, zoo_trainer
 
         with in_tmp_dir():
-            trainer = zoo_trainer(max_epochs=epochs, defaults=side == "zoo_defaults")
-            fit_zoo(zoo_classifier(spec, shape, 10), trainer, loader(data, batch, True), val)
+            if side.startswith("lightning"):
+                from lightning.pytorch import Trainer
+
+                module = stock_lightning(*plain_twin(spec, shape, 10))
+                stock = {"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "enable_progress_bar": False}
+                trainer = Trainer(**stock) if side == "lightning_defaults" else zoo_trainer(max_epochs=epochs)
+            else:
+                trainer = zoo_trainer(max_epochs=epochs, defaults=side == "zoo_defaults")
+                module = zoo_classifier(spec, shape, 10)
+            fit_zoo(module, trainer, loader(data, batch, True), val)
     return {"rss_after_imports_mib": after_imports, "peak_rss_mib": _status_mib("VmHWM"), "modules": len(sys.modules)}
 
 
@@ -80,67 +92,54 @@ def measure(side: str, model: str, epochs: int, steps: int) -> dict[str, Any]:
     return run_python(["-m", "benchmarks.memory", "--child", side, model, str(epochs), str(steps)])
 
 
+def _added(name: str, zoo: dict[str, Any], other: dict[str, Any], at_most: Optional[float] = None) -> Figure:
+    return added(
+        name,
+        zoo["peak_rss_mib"],
+        other["peak_rss_mib"],
+        per=1,
+        scale=1,
+        unit="MiB",
+        side_unit="MiB",
+        at_most=at_most,
+        after_imports=(zoo["rss_after_imports_mib"], other["rss_after_imports_mib"]),
+        of_which_imports=zoo["rss_after_imports_mib"] - other["rss_after_imports_mib"],
+        modules=(zoo["modules"], other["modules"]),
+    )
+
+
 def run(mode: str) -> list[Figure]:
     size = SIZES[mode]
     figures = []
     for model in ("cnn", "resnet18") if size["resnet"] else ("cnn",):
         epochs = size["cnn_epochs"] if model == "cnn" else 1
-        sides = ("zoo", "plain", "plain_lightning") + (("zoo_defaults",) if size["cli"] else ())
+        sides = ("zoo", "lightning", "plain", "plain_lightning")
+        sides += ("zoo_defaults", "lightning_defaults") if size["cli"] else ()
         runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for _ in range(size["repeats"]):  # interleaved; the smallest peak of each side counts
             for side in runs:
                 runs[side].append(measure(side, model, epochs, size["resnet_steps"]))
         low = {side: min(r, key=lambda x: x["peak_rss_mib"]) for side, r in runs.items()}
-        p = low["plain"]
-        # zoo fit's Trainer is built by the CLI from a minimal config, whose data (SklearnTabular, never loaded
-        # for training here) still reads its class count through scikit-learn, with pandas: ~47 MiB of the figure.
-        for side, label in (("zoo", "bare Trainer"), ("zoo_defaults", "zoo fit's Trainer and CLI, sklearn data")):
-            if side not in low:
-                continue
-            z = low[side]
-            figures.append(
-                added(
-                    f"{model}: peak RSS zoo ({label}) - plain",
-                    z["peak_rss_mib"],
-                    p["peak_rss_mib"],
-                    per=1,
-                    scale=1,
-                    unit="MiB",
-                    side_unit="MiB",
-                    at_most=LIMIT_MIB,
-                    after_imports_zoo=z["rss_after_imports_mib"],
-                    after_imports_plain=p["rss_after_imports_mib"],
-                    of_which_imports=z["rss_after_imports_mib"] - p["rss_after_imports_mib"],
-                    modules_zoo=z["modules"],
-                    modules_plain=p["modules"],
-                )
-            )
-        # What importing Lightning costs a plain loop: the share of the difference above that is not the zoo's.
-        lit = low["plain_lightning"]
-        figures.append(
-            added(
-                f"{model}: peak RSS plain loop with Lightning imported - plain",
-                lit["peak_rss_mib"],
-                p["peak_rss_mib"],
-                per=1,
-                scale=1,
-                unit="MiB",
-                side_unit="MiB",
-                modules=lit["modules"],
-            )
-        )
-        figures.append(
-            added(
-                f"{model}: peak RSS zoo (bare Trainer) - plain loop with Lightning imported",
-                low["zoo"]["peak_rss_mib"],
-                lit["peak_rss_mib"],
-                per=1,
-                scale=1,
-                unit="MiB",
-                side_unit="MiB",
-                at_most=LIMIT_MIB,
-            )
-        )
+        stock, plain = "stock Lightning, same network", "plain PyTorch loop"
+        pairs = [
+            (f"{model}: peak RSS zoo - {stock} (both bare Trainer)", "zoo", "lightning", LIMIT_MIB),
+            (f"{model}: peak RSS zoo - {plain} (bare Trainer)", "zoo", "plain", None),
+            # zoo fit's Trainer is built by the CLI from a minimal config, whose data (SklearnTabular, never loaded
+            # for training here) still reads its class count through scikit-learn, with pandas: ~47 MiB of it.
+            (
+                f"{model}: peak RSS zoo fit's Trainer and CLI - {stock}, default Trainer",
+                "zoo_defaults",
+                "lightning_defaults",
+                LIMIT_MIB,
+            ),
+            (f"{model}: peak RSS zoo fit's Trainer and CLI - {plain}", "zoo_defaults", "plain", None),
+            # What importing Lightning costs any loop: most of the zoo's difference to a plain loop.
+            (f"{model}: peak RSS {plain} with Lightning imported - {plain}", "plain_lightning", "plain", None),
+        ]
+        for name, a, b, limit in pairs:
+            if a in low and b in low:
+                figures.append(_added(name, low[a], low[b], limit))
+                figures[-1].sides = (a, b)
     return figures
 
 

@@ -217,6 +217,35 @@ def fit_zoo(task: Any, trainer: Any, train: DataLoader, val: Optional[DataLoader
     }
 
 
+def stock_lightning(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor]) -> Any:
+    """The plain twin as a user would write it for stock Lightning: a ``LightningModule`` around the same network,
+    optimizer and loss, logging its losses, with nothing of the zoo's."""
+    from lightning.pytorch import LightningModule
+
+    class StockModule(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = loss_fn(self(x), y)
+            self.log("train/loss", loss, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val/loss", loss_fn(self(x), y))
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return optimizer
+
+    return StockModule()
+
+
 def loop_clock() -> Any:
     """A callback timing the training loop: from ``on_train_start`` (after the set-up of the strategy, the
     optimizers and the loaders) to ``on_train_end``. Lightning is imported here: only the zoo side needs it."""

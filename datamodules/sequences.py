@@ -55,10 +55,29 @@ class VariableLengthDataset(Dataset):
         return StackedBatch(self.stacked[index], self.labels[index])
 
 
+class PaddedBatch(Sequence):
+    """A batch read at once and padded already: ``x`` ``(B, T, ...)``, ``mask`` ``(B, T)``, labels ``(B,)``.
+
+    It is also the sequence of its samples (``batch[i]`` is ``(x[i] up to its length, y[i])``), so a collate that
+    does not know it still gets the list of samples it expects.
+    """
+
+    def __init__(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> None:
+        self.x, self.mask, self.labels = x, mask, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]  # ints only
+        return self.x[i, : int(self.mask[i].sum())], self.labels[i]
+
+
 def pad_collate(
     batch: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_value: float = 0
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Pads a batch at the end to its longest sequence: ``({"x": (B, T, ...), "mask": (B, T)}, y)``."""
+    if isinstance(batch, PaddedBatch):  # read at once, padded already (datamodules.tokens)
+        return {"x": batch.x, "mask": batch.mask}, batch.labels
     if isinstance(batch, StackedBatch):  # sequences of one length, read at once: nothing to pad
         x, labels = batch.fields
         return {"x": x, "mask": torch.ones(x.shape[:2], dtype=torch.bool)}, labels

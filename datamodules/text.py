@@ -7,19 +7,22 @@ the batch (see :mod:`datamodules.sequences`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
 from collections import Counter
 from functools import cached_property
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from datamodules.base import BaselineData, split_indices
-from datamodules.sequences import PaddedSequenceDataModule, VariableLengthDataset, sorted_labels
+from datamodules.sequences import PaddedSequenceDataModule, sorted_labels
+from datamodules.tokens import TokenDataset, TokenWriter, encode_chunks, id_dtype, load_split
 from zoo.errors import ConfigError, DataError
 
 PAD, UNK = "<pad>", "<unk>"  # indices 0 and 1 of the word vocabulary
@@ -29,23 +32,19 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "bert-base-uncased",
 
 
 # --- reading the files -------------------------------------------------------------------------------
-def _rows(path: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """The file's column names and its ``(line number, record)`` pairs."""
+def _records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The file's ``(line number, record)`` pairs, read one at a time (a CSV's header is not one)."""
     ext = os.path.splitext(path)[1].lower()
-    if ext not in FORMATS:
-        raise DataError(f"{path}: unknown file type {ext!r}; text data is read from {sorted(FORMATS)} files")
-    if not os.path.isfile(path):
-        raise DataError(f"{os.path.abspath(path)}: no such file")
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: spreadsheets often start with a BOM
             if ext in (".csv", ".tsv"):
                 reader = csv.DictReader(f, delimiter="," if ext == ".csv" else "\t")
                 try:
-                    rows = [(reader.line_num, row) for row in reader]
+                    for row in reader:
+                        yield reader.line_num, row
                 except csv.Error as err:
                     raise DataError(f"{path}, line {reader.line_num}: not valid {FORMATS[ext]}: {err}") from err
-                return list(reader.fieldnames or []), rows
-            rows = []
+                return
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -55,10 +54,60 @@ def _rows(path: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
                     raise DataError(f"{path}, line {lineno}: not JSON ({err}); expected one object a line") from None
                 if not isinstance(record, dict):
                     raise DataError(f"{path}, line {lineno}: expected one JSON object a line")
-                rows.append((lineno, record))
+                yield lineno, record
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from None
-    return list(dict.fromkeys(k for _, r in rows for k in r)), rows  # every key, in order of appearance
+
+
+def _columns(path: str) -> list[str]:
+    """A CSV's header; every key of a JSON-lines file, in order of appearance (which reads the whole file)."""
+    if os.path.splitext(path)[1].lower() in (".csv", ".tsv"):
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                delimiter = "," if path.lower().endswith(".csv") else "\t"
+                return list(csv.DictReader(f, delimiter=delimiter).fieldnames or [])
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from None
+    return list(dict.fromkeys(k for _, r in _records(path) for k in r))
+
+
+def _check_columns(path: str, columns: list[str], text_column: str, label_column: Optional[str]) -> None:
+    missing = [c for c in (text_column, label_column) if c is not None and c not in columns]
+    if missing:
+        raise DataError(
+            f"{path} has no column {' or '.join(repr(c) for c in missing)}; its columns are {columns}. "
+            f"Set data.text_column and data.label_column"
+        )
+
+
+def iter_texts(path: str, text_column: str, label_column: Optional[str]) -> Iterator[tuple[str, str]]:
+    """Each row's ``(text, label)``, read one at a time and checked as :func:`read_texts` says."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise DataError(f"{path}: unknown file type {ext!r}; text data is read from {sorted(FORMATS)} files")
+    if not os.path.isfile(path):
+        raise DataError(f"{os.path.abspath(path)}: no such file")
+    csv_file = ext in (".csv", ".tsv")
+    if csv_file:
+        _check_columns(path, _columns(path), text_column, label_column)
+    labelled = label_column is not None
+    rows = 0
+    for lineno, row in _records(path):
+        text, label = row.get(text_column), row.get(label_column) if label_column is not None else ""
+        # Labelled data needs both: a blank text has nothing to learn from, a blank label names no class. A new
+        # text to predict may be blank (its row still gets its prediction), but it must be there.
+        pairs = ((text_column, text), (label_column, label))
+        empty = next((c for c, v in pairs if v is None or (labelled and str(v).strip() == "")), None)
+        if empty is not None:
+            if not csv_file:  # a key absent from every record is a wrong column name rather than a blank
+                _check_columns(path, _columns(path), text_column, label_column)
+            raise DataError(f"{path}, line {lineno}: no value in column {empty!r}")
+        rows += 1
+        yield str(text), str(label).strip()
+    if not rows:
+        if not csv_file:
+            _check_columns(path, _columns(path), text_column, label_column)
+        raise DataError(f"{path}: no rows")
 
 
 def read_texts(path: str, text_column: str, label_column: Optional[str]) -> tuple[list[str], list[str]]:
@@ -67,27 +116,10 @@ def read_texts(path: str, text_column: str, label_column: Optional[str]) -> tupl
     ``label_column=None`` reads texts only (new texts to predict); their labels come back empty. A blank text
     or label is refused in labelled data, with its file and line.
     """
-    columns, rows = _rows(path)
-    missing = [c for c in (text_column, label_column) if c is not None and c not in columns]
-    if missing:
-        raise DataError(
-            f"{path} has no column {' or '.join(repr(c) for c in missing)}; its columns are {columns}. "
-            f"Set data.text_column and data.label_column"
-        )
     texts, labels = [], []
-    for lineno, row in rows:
-        text, label = row.get(text_column), row.get(label_column) if label_column is not None else ""
-        # Labelled data needs both: a blank text has nothing to learn from, a blank label names no class. A new
-        # text to predict may be blank (its row still gets its prediction), but it must be there.
-        labelled = label_column is not None
-        pairs = ((text_column, text), (label_column, label))
-        empty = next((c for c, v in pairs if v is None or (labelled and str(v).strip() == "")), None)
-        if empty is not None:
-            raise DataError(f"{path}, line {lineno}: no value in column {empty!r}")
-        texts.append(str(text))
-        labels.append(str(label).strip())
-    if not texts:
-        raise DataError(f"{path}: no rows")
+    for text, label in iter_texts(path, text_column, label_column):
+        texts.append(text)
+        labels.append(label)
     return texts, labels
 
 
@@ -117,6 +149,11 @@ class TextClassification(PaddedSequenceDataModule):
         lowercase: lowercase texts before the word split (word vocabulary only).
         min_freq: words seen fewer times in the training split are ``<unk>`` (word vocabulary only).
         max_vocab: the word vocabulary's size at most, ``<pad>`` and ``<unk>`` included.
+        token_cache: None keeps the token ids in memory (one compact array per split, see
+            :mod:`datamodules.tokens`); a directory writes them there as ``.npy`` files and reads them
+            memory-mapped, for data larger than memory: texts are then read and tokenised a chunk at a time,
+            and only the labels stay in memory. The files are reused while the data file, the tokenizer and
+            the settings are the same; the run says when they are used.
         data_dir: unused (the files are given by path); kept so every datamodule takes it.
         batch_size: texts per batch.
         num_workers: DataLoader worker processes.
@@ -138,6 +175,7 @@ class TextClassification(PaddedSequenceDataModule):
         lowercase: bool = True,
         min_freq: int = 1,
         max_vocab: int = 20000,
+        token_cache: Optional[str] = None,
         data_dir: str = "data",
         batch_size: int = 32,
         num_workers: int = 0,
@@ -167,18 +205,28 @@ class TextClassification(PaddedSequenceDataModule):
         self.lowercase = lowercase
         self.min_freq = min_freq
         self.max_vocab = max_vocab
+        self.token_cache = token_cache
 
     # --- data, labels and splits ------------------------------------------------------------------
-    def _read(self, path: str) -> tuple[list[str], list[str]]:
-        return read_texts(path, self.text_column, self.label_column)
+    # Only labels are kept from a read: texts are read again, a chunk at a time, where they are counted or
+    # tokenised (datamodules.tokens), so the raw texts of a large file are never all in memory.
+    def _labels(self, path: str, label_column: Optional[str] = "") -> list[str]:
+        """The labels of a file's rows (every text checked on the way); one string object per class."""
+        column = self.label_column if label_column == "" else label_column
+        same: dict[str, str] = {}
+        return [same.setdefault(label, label) for _, label in iter_texts(path, self.text_column, column)]
+
+    def _texts(self, path: str, label_column: Optional[str] = "") -> Iterator[str]:
+        column = self.label_column if label_column == "" else label_column
+        return (text for text, _ in iter_texts(path, self.text_column, column))
 
     @cached_property
-    def _train_data(self) -> tuple[list[str], list[str]]:
-        return self._read(self.train_file)
+    def _train_labels(self) -> list[str]:
+        return self._labels(self.train_file)
 
     @cached_property
     def class_names(self) -> list[str]:
-        return sorted_labels(self._train_data[1])
+        return sorted_labels(self._train_labels)
 
     def _num_classes(self) -> int:
         return len(self.class_names)
@@ -192,26 +240,25 @@ class TextClassification(PaddedSequenceDataModule):
 
     @cached_property
     def _splits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        y = self._targets(self._train_data[1], self.train_file).numpy()
+        y = self._targets(self._train_labels, self.train_file).numpy()
         val = self.val_split if self.val_file is None else 0.0
         test = self.test_split if self.test_file is None else 0.0
         return split_indices(len(y), val, test, self.seed, stratify=y)
 
-    @cached_property
     def _split_data(self) -> dict[str, tuple[list[str], list[str], str]]:
-        """Each split's texts, labels and the file they come from."""
-        texts, labels = self._train_data
+        """Each split's texts, labels and the file they come from (all in memory: for the baselines)."""
+        texts, labels = read_texts(self.train_file, self.text_column, self.label_column)
         out = {}
         for split, idx, path in zip(("train", "val", "test"), self._splits, (None, self.val_file, self.test_file)):
             if path is None:
                 out[split] = ([texts[i] for i in idx], [labels[i] for i in idx], self.train_file)
             else:
-                out[split] = (*self._read(path), path)
+                out[split] = (*read_texts(path, self.text_column, self.label_column), path)
         return out
 
     def baseline_data(self) -> BaselineData:
         """The raw texts: train + validation, and the test split."""
-        data = self._split_data
+        data = self._split_data()
         texts = data["train"][0] + data["val"][0]
         labels = torch.cat([self._targets(data[s][1], data[s][2]) for s in ("train", "val")])
         test_texts, test_labels, test_path = data["test"]
@@ -227,7 +274,11 @@ class TextClassification(PaddedSequenceDataModule):
         """The word vocabulary built from the training split (None with a HuggingFace tokenizer)."""
         if self.tokenizer is not None:
             return None
-        counts = Counter(w for text in self._split_data["train"][0] for w in self._words(text))
+        train = np.zeros(len(self._train_labels), dtype=bool)
+        train[self._splits[0]] = True
+        counts = Counter(
+            w for keep, text in zip(train, self._texts(self.train_file)) if keep for w in self._words(text)
+        )
         kept = sorted((w for w, n in counts.items() if n >= self.min_freq), key=lambda w: (-counts[w], w))
         return {w: i for i, w in enumerate([PAD, UNK, *kept[: self.max_vocab - 2]])}
 
@@ -251,15 +302,68 @@ class TextClassification(PaddedSequenceDataModule):
     def input_shape(self) -> tuple[int, ...]:
         return (self.max_length,)
 
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, truncated to ``max_length``."""
+        if self.hf_tokenizer is not None:
+            return self.hf_tokenizer(
+                texts,
+                truncation=True,
+                max_length=self.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+        vocab: dict[str, int] = self.vocab  # type: ignore[assignment]  # no tokenizer: a word vocabulary
+        unk = vocab[UNK]
+        return [[vocab.get(w, unk) for w in self._words(t)][: self.max_length] or [unk] for t in texts]
+
     def encode(self, texts: list[str]) -> list[torch.Tensor]:
         """Token ids of each text, truncated to ``max_length``, as ``(T_i,)`` long tensors."""
-        if self.hf_tokenizer is not None:
-            ids = self.hf_tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        else:
-            vocab: dict[str, int] = self.vocab  # type: ignore[assignment]  # no tokenizer: a word vocabulary
-            unk = vocab[UNK]
-            ids = [[vocab.get(w, unk) for w in self._words(t)][: self.max_length] or [unk] for t in texts]
-        return [torch.tensor(i, dtype=torch.long) for i in ids]
+        return [torch.tensor(i, dtype=torch.long) for i in self._token_ids(texts)]
+
+    def _token_arrays(
+        self, path: str, n: int, label_column: Optional[str], splits: Sequence[np.ndarray], names: Sequence[str]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The token ids and lengths of a file's rows, one pair of arrays per split (``splits``: row indices).
+
+        In memory; with ``token_cache``, ``.npy`` files in a directory of their own (named by the file, its size
+        and time, the tokenizer, the settings and the splits), memory-mapped and reused while all are the same.
+        """
+        split_of, position = np.full(n, -1, dtype=np.int8), np.zeros(n, dtype=np.int64)
+        for k, idx in enumerate(splits):
+            split_of[idx], position[idx] = k, np.arange(len(idx))
+        sizes, dtype = [len(idx) for idx in splits], id_dtype(self.vocab_size)
+
+        def write(directory: Optional[str]) -> TokenWriter:
+            writer = TokenWriter((split_of, position), sizes, self.max_length, dtype, self.pad_value, directory, names)
+            encode_chunks(self._texts(path, label_column), self._token_ids, writer)
+            return writer
+
+        if self.token_cache is None:
+            writer = write(None)
+            return list(zip(writer.ids, writer.lengths))
+        directory = os.path.join(self.token_cache, self._cache_key(path, split_of))
+        done = os.path.join(directory, "complete")
+        reused = os.path.isfile(done)
+        if not reused:
+            os.makedirs(directory, exist_ok=True)
+            write(directory)
+            open(done, "w").close()
+        arrays = [load_split(directory, name) for name in names]
+        size = sum(ids.nbytes + lengths.nbytes for ids, lengths in arrays)
+        rank_zero_info(
+            f"{type(self).__name__}: token ids of {path} ({n:,} rows, {size / 2**20:.1f} MiB) memory-mapped from "
+            f"{directory} ({'reused' if reused else 'written now'}; data.token_cache)"
+        )
+        return arrays
+
+    def _cache_key(self, path: str, split_of: np.ndarray) -> str:
+        stat = os.stat(path)
+        vocab = sorted(self.vocab.items()) if self.vocab is not None else None
+        settings = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, self.text_column, self.tokenizer]
+        settings += [self.max_length, self.lowercase, vocab, self.pad_value, self.vocab_size]
+        digest = hashlib.sha256(json.dumps(settings).encode())
+        digest.update(split_of.tobytes())
+        return digest.hexdigest()[:16]
 
     def state_dict(self) -> dict[str, Any]:
         return {"class_names": self.class_names, "vocab": self.vocab}
@@ -277,18 +381,32 @@ class TextClassification(PaddedSequenceDataModule):
                 f"{path}: this model reads text; give a {' / '.join(sorted(set(FORMATS.values())))} "
                 f"file with a {self.text_column!r} column"
             )
-        texts, _ = read_texts(path, self.text_column, None)
-        ids = self.encode(texts)
-        names = [str(i + 1) for i in range(len(ids))]
-        return VariableLengthDataset(ids, torch.zeros(len(ids), dtype=torch.long)), names
+        n = sum(1 for _ in iter_texts(path, self.text_column, None))
+        ((ids, lengths),) = self._token_arrays(path, n, None, [np.arange(n)], ["predict"])
+        names = [str(i + 1) for i in range(n)]
+        return TokenDataset(ids, lengths, torch.zeros(n, dtype=torch.long), self.pad_value), names
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
-        datasets = []
-        for split in ("train", "val", "test"):
-            texts, labels, path = self._split_data[split]
-            datasets.append(VariableLengthDataset(self.encode(texts), self._targets(labels, path)))
-        train, val, test = datasets
-        return train, val, test
+        names = ("train", "val", "test")
+        labels = self._targets(self._train_labels, self.train_file)
+        carved = [
+            (name, idx)
+            for name, idx, path in zip(names, self._splits, (None, self.val_file, self.test_file))
+            if path is None
+        ]
+        arrays = self._token_arrays(
+            self.train_file, len(labels), self.label_column, [idx for _, idx in carved], [name for name, _ in carved]
+        )
+        datasets = {
+            name: TokenDataset(ids, lengths, labels[torch.from_numpy(idx)], self.pad_value)
+            for (name, idx), (ids, lengths) in zip(carved, arrays)
+        }
+        for name, path in (("val", self.val_file), ("test", self.test_file)):
+            if path is not None:
+                y = self._targets(self._labels(path), path)
+                ((ids, lengths),) = self._token_arrays(path, len(y), self.label_column, [np.arange(len(y))], [name])
+                datasets[name] = TokenDataset(ids, lengths, y, self.pad_value)
+        return datasets["train"], datasets["val"], datasets["test"]
 
 
 def load_tokenizer(name: str) -> Any:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from datamodules import TextClassification
+from datamodules.sequences import VariableLengthDataset
 from datamodules.text import read_texts
 from zoo.errors import ConfigError, DataError
 
@@ -153,6 +157,48 @@ def test_hf_tokenizer_gives_the_tokenizers_own_ids_and_mask(tmp_path):
     assert torch.equal(batch["x"], expected["input_ids"])
     assert torch.equal(batch["mask"], expected["attention_mask"].bool())
     assert batch["x"].shape == (3, 12) and batch["x"][0, 0] == tok.cls_token_id
+
+
+# --- compact token arrays ------------------------------------------------------------------------
+def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    return [(x["x"], x["mask"], y) for x, y in loader]
+
+
+@pytest.mark.parametrize("tokenizer", ["words", "minilm"])
+def test_token_arrays_give_the_batches_per_text_tensors_gave(tmp_path, tokenizer, caplog):
+    """One (N, max_length) array per split, memory-mapped with token_cache, reads exactly the batches that one
+    tensor per text padded by pad_collate did: same ids, mask, labels, order and dtypes."""
+    rng = random.Random(0)
+    words = "the cat sat on a mat while dogs barked at postmen in rain , ! sunny".split()
+    rows = [(" ".join(rng.choices(words, k=rng.randint(0, 14))) or "x", rng.choice("ab")) for _ in range(90)]
+    files = {s: write(tmp_path / f"{s}.csv", rows[i * 30 : (i + 1) * 30]) for i, s in enumerate(("tr", "va", "te"))}
+    name = None if tokenizer == "words" else minilm_dir()
+    kw = dict(val_file=files["va"], test_file=files["te"], tokenizer=name, max_length=9, batch_size=7)
+    compact = TextClassification(train_file=files["tr"], **kw)
+    mapped = TextClassification(train_file=files["tr"], token_cache=str(tmp_path / "cache"), **kw)
+    compact.setup()
+    with caplog.at_level("INFO"):
+        mapped.setup()
+    assert "memory-mapped from" in caplog.text and "written now" in caplog.text
+    assert (
+        isinstance(mapped.train_set.ids, np.memmap) and mapped.train_set.ids.dtype == np.int16
+    )  # the smallest type for the ids
+    for split, path in (("train_set", files["tr"]), ("val_set", files["va"]), ("test_set", files["te"])):
+        texts, labels = read_texts(path, "text", "label")
+        y = torch.tensor([compact.class_names.index(label) for label in labels])
+        before = VariableLengthDataset(compact.encode(texts), y)  # what build() made before
+        for dm in (compact, mapped):
+            torch.manual_seed(1)
+            ours = _batches(DataLoader(getattr(dm, split), 7, shuffle=True, collate_fn=dm.collate_fn()))
+            torch.manual_seed(1)
+            theirs = _batches(DataLoader(before, 7, shuffle=True, collate_fn=compact.collate_fn()))
+            assert len(ours) == len(theirs) == 5
+            for a, b in zip(ours, theirs):
+                assert all(p.dtype == q.dtype and torch.equal(p, q) for p, q in zip(a, b))
+    caplog.clear()
+    with caplog.at_level("INFO"):  # a second run reuses the files
+        TextClassification(train_file=files["tr"], token_cache=str(tmp_path / "cache"), **kw).setup()
+    assert "reused" in caplog.text
 
 
 def test_unknown_hub_name_offline_fails_fast_naming_it(tmp_path, monkeypatch):
