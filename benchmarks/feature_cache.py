@@ -27,8 +27,8 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"repeats": 1, "vader": {"epochs": 3}, "images": {"epochs": 4, "per_class": 250, "size": 64}},
     "short": {
         "repeats": 1,
-        "vader": {"epochs": 3, "train_size": 256, "test_batches": 4},  # validation is whole: it is cached too
-        "images": {"epochs": 3, "per_class": 48, "size": 64},
+        "vader": {"epochs": 2, "train_size": 128, "test_batches": 2},  # validation is whole: it is cached too
+        "images": {"epochs": 2, "per_class": 48, "size": 64},
     },
     "tiny": {"repeats": 1, "images": {"epochs": 2, "per_class": 8, "size": 16}},
 }
