@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,13 +64,19 @@ def fit(
     callbacks: tuple[Callback, ...] = (),
     epochs: int = 3,
     data: Optional[dict[str, Any]] = None,
+    task: Optional[dict[str, Any]] = None,
     **trainer_kwargs: Any,
 ) -> Any:
     """A tiny ResNet frozen under a head with dropout, on 300 digits; returns what the tests look at."""
     seed_everything(0)
     dm = Digits(batch_size=32, samples_per_class=30, seed=0, **(data or {}))
-    task = Counted(
-        backbone="resnet18", backbone_kwargs=TINY_RESNET, input_shape=(1, 8, 8), num_classes=10, head_dropout=0.2
+    model = Counted(
+        backbone="resnet18",
+        backbone_kwargs=TINY_RESNET,
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        head_dropout=0.2,
+        **(task or {}),
     )
     cache = FeatureCache(mode) if isinstance(mode, str) else mode
     finetuning = strategy if isinstance(strategy, FineTuning) else FineTuning(strategy)
@@ -83,10 +90,9 @@ def fit(
         callbacks=[finetuning, *callbacks, cache],
         **trainer_kwargs,
     )
-    trainer.fit(task, datamodule=dm)
-    metrics = trainer.test(task, datamodule=dm, verbose=False)[0]
-    task.backbone_calls = Counter({k: v for k, v in task.backbone_calls.items()})  # the fit's, not the test's
-    return task, dm, trainer, cache, metrics
+    trainer.fit(model, datamodule=dm)
+    metrics = trainer.test(model, datamodule=dm, verbose=False)[0]  # its steps count no backbone calls
+    return model, dm, trainer, cache, metrics
 
 
 def assert_same_model(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -126,6 +132,16 @@ def test_an_unfreeze_switches_back_to_the_full_forward_with_the_same_model():
     assert cache.lines[0].startswith("feature cache: on; the backbone is frozen and in eval mode in epochs 0-1")
     assert cache.lines[1] == "feature cache: epoch 2 reads the inputs again, the backbone trains in epoch 2"
     assert {e for e, _ in on.backbone_calls} == {2}
+
+
+def test_an_lr_schedule_that_counts_the_steps_gives_the_same_model():
+    # OneCycleLR without total_steps: the trainer makes the training loader while building the optimizer,
+    # before the cache is planned, and draws that loader's first shuffle then.
+    schedule = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.01)
+    off, *_ = fit("off", task={"lr_scheduler": schedule})
+    on, _, _, cache, _ = fit("auto", task={"lr_scheduler": schedule})
+    assert_same_model(on, off)
+    assert cache.lines[0].startswith("feature cache: on;")
 
 
 def test_backbone_weights_changed_by_the_schedule_are_computed_again():

@@ -101,6 +101,7 @@ class FeatureCache(Callback):
         self._served: set[str] = set()  # the splits whose features the datamodule serves now
         self._unusable: Optional[str] = None  # why this fit cannot use the cache at all
         self._planned: Optional[int] = None  # the epoch the loaders were last planned for
+        self._rng_at_setup: Optional[torch.Tensor] = None
         self._rng_at_fit_start: Optional[torch.Tensor] = None
         self._rng_to_restore: Optional[torch.Tensor] = None
         self._fingerprint_memo: dict[str, Any] = {}  # see backbone_fingerprint
@@ -118,12 +119,17 @@ class FeatureCache(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self._unusable = self._why_unusable(trainer, pl_module)
+            self._rng_at_setup = torch.get_rng_state()
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._announced, self._rng_to_restore = False, None
         self._rng_at_fit_start = torch.get_rng_state()  # a resumed fit's, restored before this hook
-        if trainer.ckpt_path is None:  # a resumed fit learns its epoch after this hook: planned at on_train_start
-            self._plan(trainer, pl_module, trainer.current_epoch)
+        # A resumed fit learns its epoch after this hook: it is planned at on_train_start.
+        if trainer.ckpt_path is None and self._plan(trainer, pl_module, trainer.current_epoch):
+            # An LR schedule that counts the run's steps had the trainer make the training loader (and draw its
+            # first iterator's seeds) while building the optimizer, after setup; nothing else draws in between.
+            if self._rng_at_setup is not None:
+                torch.set_rng_state(self._rng_at_setup)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A resumed fit's loaders were made (and one iterator drawn) before this hook, with the samples.
