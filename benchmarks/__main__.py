@@ -22,7 +22,17 @@ from typing import Optional
 
 from benchmarks.common import MODES, ROOT, Result, loadavg, print_table, watch_load, write_json
 
-BENCHMARKS = ("overhead", "parity", "memory", "text_memory", "efficiency", "startup", "dataloading", "ddp")
+BENCHMARKS = (
+    "overhead",
+    "parity",
+    "memory",
+    "text_memory",
+    "efficiency",
+    "startup",
+    "dataloading",
+    "ddp",
+    "feature_cache",
+)
 
 
 def run_one(name: str, mode: str, start_loadavg: float) -> Result:

@@ -180,6 +180,7 @@ class ZooDataModule(LightningDataModule):
         # Augmentation of whole training batches on their device (datamodules.augment_batch), set by the datamodules
         # whose data is in memory; it runs before MixUp / CutMix, as per-sample augmentation does.
         self.batch_augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self._stand_ins: dict[str, tuple[Dataset, Optional[Callable[[Any], Any]]]] = {}  # see serve_instead
 
     # --- what subclasses provide ----------------------------------------------------------------
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -338,26 +339,56 @@ class ZooDataModule(LightningDataModule):
             batch = [self.batch_augment(x), *rest]
         return self.batch_mix(batch) if self.batch_mix is not None else batch
 
+    @property
+    def augments_training(self) -> bool:
+        """Whether training batches change from epoch to epoch: augmented per sample or per batch, or mixed."""
+        return bool(self.augment) or self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.batch_augment is not None
+
+    def serve_instead(
+        self, split: str, dataset: Optional[Dataset], collate_fn: Optional[Callable[[Any], Any]] = None
+    ) -> None:
+        """Have the ``split`` loader (``train`` or ``val``) read ``dataset`` in place of the split's own samples, in
+        the main process and collated by ``collate_fn``; None serves the split's own again. ``dataset`` stands for
+        the same samples in the same order (its length is checked), so the loader's seeded shuffle, batches and
+        dropped last batch stay those of the split: :class:`zoo.callbacks.FeatureCache` serves a frozen backbone's
+        features this way. A running trainer asks for its loaders again only when told to."""
+        if split not in ("train", "val"):
+            raise ValueError(f"serve_instead: split={split!r} must be 'train' or 'val'")
+        if dataset is None:
+            self._stand_ins.pop(split, None)
+            return
+        own = self.train_set if split == "train" else self.val_set
+        sizes = [len(d) if d is not None else 0 for d in (own, dataset)]
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"serve_instead: the {split} split has {sizes[0]} samples, its stand-in {sizes[1]}")
+        self._stand_ins[split] = (dataset, collate_fn)
+
     def collate_fn(self) -> Optional[Callable[[Any], Any]]:
         """How samples become a batch: PyTorch's default stacking, which passes through the batches that
         in-memory datasets read at once (:mod:`datamodules.in_memory`)."""
         return collate
 
-    def _loader(self, dataset: Optional[Dataset], shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Optional[Dataset], shuffle: bool, drop_last: bool = False, split: Optional[str] = None
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError("datamodule.setup() must run before asking for a dataloader")
+        workers, collate_fn = self.num_workers, self.collate_fn()
+        if split in self._stand_ins:  # serve_instead: in memory, read in the main process
+            (dataset, collate_fn), workers = self._stand_ins[split], 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=self.collate_fn(),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True, drop_last=self.drop_last or self._last_batch_of_one())
+        drop_last = self.drop_last or self._last_batch_of_one()
+        return self._loader(self.train_set, shuffle=True, drop_last=drop_last, split="train")
 
     def _last_batch_of_one(self) -> bool:
         """Whether each epoch would end on a training batch of one sample, which batch norm cannot train on
@@ -375,7 +406,7 @@ class ZooDataModule(LightningDataModule):
         return True
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, shuffle=False, split="val")
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)

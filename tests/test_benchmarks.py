@@ -91,6 +91,21 @@ def test_parity_throughput_ratio_is_zoo_over_plain():
     assert losses.measured < 1e-5 and losses.at_most is None, losses.details
 
 
+@pytest.mark.slow  # two fits of a timm ResNet-18 built through the CLI: ~10 s, most of it importing timm
+def test_feature_cache_compares_cache_off_and_on_with_the_same_results():
+    from benchmarks import feature_cache
+
+    figures = {f.name.split(": ", 1)[1]: f for f in feature_cache.run("tiny")}
+    speed = figures["epoch after the first, cache off / on"]
+    assert speed.measured == pytest.approx(speed.zoo / speed.plain) and speed.sides == ("cache off", "cache on")
+    assert (
+        speed.at_least == 10.0 and len(speed.details["epochs_on"][0]) == feature_cache.SIZES["tiny"]["images"]["epochs"]
+    )
+    assert speed.details["cache_lines"][0].startswith("feature cache: on;")
+    assert figures["largest test metric difference, cache on vs off"].passed  # the same run, computed once
+    assert figures["largest head weight difference after training"].measured < 1e-6
+
+
 def test_a_broken_benchmark_fails_the_run_and_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def broken(mode: str) -> list[Figure]:
         raise RuntimeError("boom")

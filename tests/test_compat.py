@@ -49,6 +49,14 @@ def test_scheduler_lr_lists_and_inner_schedulers():
     assert first.get_last_lr() == first._last_lr
 
 
+def test_tensor_version_counts_in_place_changes():
+    t = torch.zeros(3)
+    before = compat.tensor_version(t)
+    t.add_(1)
+    t[0] = 2.0
+    assert compat.tensor_version(t) == before + 2
+
+
 def test_mkldnn_wrappers():
     assert isinstance(compat.mkldnn_bf16_supported(), bool)
     if not torch.backends.mkldnn.is_available():
@@ -154,3 +162,41 @@ def test_timm_group_parameters():
     names = [n for group in groups.values() for n in group]
     assert len(groups) > 2 and names[0].startswith("conv1")
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+
+
+def test_reload_fit_dataloaders_has_the_fit_ask_its_datamodule_again():
+    from lightning.pytorch import Callback, Trainer
+
+    from datamodules import Digits
+    from zoo.tasks import Classifier
+
+    class Reload(Callback):
+        def on_train_epoch_end(self, trainer: Trainer, pl_module: object) -> None:
+            compat.reload_fit_dataloaders(trainer)
+
+    class Counted(Digits):
+        def __init__(self) -> None:
+            super().__init__(batch_size=256, samples_per_class=10)
+            self.asked = {"train": 0, "val": 0}
+
+        def train_dataloader(self) -> object:
+            self.asked["train"] += 1
+            return super().train_dataloader()
+
+        def val_dataloader(self) -> object:
+            self.asked["val"] += 1
+            return super().val_dataloader()
+
+    dm = Counted()
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Reload()],
+    )
+    trainer.fit(Classifier(backbone="mlp", input_shape=(1, 8, 8), num_classes=10), datamodule=dm)
+    assert dm.asked == {"train": 3, "val": 3}  # once for each epoch, not once for the fit

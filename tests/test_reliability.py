@@ -187,6 +187,22 @@ def test_the_non_finite_check_reads_a_shard_that_holds_nothing_of_a_parameter():
     assert non_finite_tensors(module) == ["bias"]
 
 
+def test_after_a_step_only_what_a_step_can_change_is_read_for_non_finite_values():
+    from zoo.callbacks.monitoring import non_finite_tensors
+    from zoo.tasks import Classifier
+
+    model = Classifier(
+        backbone="resnet18", backbone_kwargs={"widths": [4, 8, 8, 8]}, input_shape=(1, 8, 8), num_classes=3
+    )
+    with torch.no_grad():
+        model.backbone.stem[0].conv.weight[0, 0, 0, 0] = float("nan")
+    assert non_finite_tensors(model, changed_by_training=True) == ["backbone.stem.0.conv.weight"]
+    model.backbone.requires_grad_(False)  # a frozen backbone in eval mode: a step changes none of it
+    model.backbone.eval()
+    assert non_finite_tensors(model, changed_by_training=True) == []
+    assert non_finite_tensors(model) == ["backbone.stem.0.conv.weight"]  # what a checkpoint is checked for
+
+
 @pytest.mark.parametrize(
     "how",
     [["--data.init_args.val_split=0", "--selection=best"], ["--trainer.max_steps=2"]],

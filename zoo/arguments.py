@@ -16,6 +16,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 
+from zoo.callbacks.feature_cache import FeatureCache
 from zoo.callbacks.finetuning import FineTuning
 from zoo.compat import option_string_actions
 from zoo.errors import CLOSE_DOTTED, did_you_mean
@@ -81,6 +82,7 @@ def _close_match_hint(message: str) -> str:
         "checkpoint": ModelCheckpoint,
         "early_stopping": EarlyStopping,
         "finetuning": FineTuning,
+        "feature_cache": FeatureCache,
     }
     if group.split(".")[-1] in known:
         candidates |= _params_of(known[group.split(".")[-1]])

@@ -32,6 +32,11 @@ def set_parameter(module: nn.Module, name: str, param: nn.Parameter) -> None:
     module._parameters[name] = param
 
 
+def tensor_version(tensor: torch.Tensor) -> int:
+    """How many times the tensor was changed in place (autograd's version counter; ``.data`` edits are not seen)."""
+    return int(tensor._version)
+
+
 def inner_schedulers(scheduler: Any) -> list[Any]:
     """The schedulers a ``SequentialLR`` or ``ChainedScheduler`` runs ([] for any other)."""
     return list(getattr(scheduler, "_schedulers", []))
@@ -90,6 +95,13 @@ def instantiate_trainer(cli: Any, trainer_config: dict[str, Any], callbacks: lis
 def should_update_logs(trainer: Any) -> bool:
     """Whether this step is a logging step (``log_every_n_steps``), as Lightning's own monitors decide it."""
     return bool(trainer._logger_connector.should_update_logs)
+
+
+def reload_fit_dataloaders(trainer: Any) -> None:
+    """Have a running fit ask its datamodule for the training and validation loaders again, at the start of the
+    next epoch (what ``reload_dataloaders_every_n_epochs`` does every n epochs), e.g. after an epoch's end."""
+    trainer.fit_loop._combined_loader = None
+    trainer.fit_loop.epoch_loop.val_loop._combined_loader = None
 
 
 def attached_trainer(module: Any) -> Any:

@@ -17,6 +17,7 @@ from datamodules.base import ZooDataModule
 from zoo.arguments import RawHelp, ZooArgumentParser
 from zoo.budget import MIN_VAL_SAMPLES
 from zoo.callbacks.checkpointing import ZooCheckpoint
+from zoo.callbacks.feature_cache import FeatureCache
 from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import ZooEarlyStopping
 from zoo.checkpoints import CONFIG_KEY, classes_named
@@ -94,6 +95,7 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
             }
         )
         parser.add_lightning_class_args(FineTuning, "finetuning")
+        parser.add_lightning_class_args(FeatureCache, "feature_cache")
         parser.add_lightning_class_args(ZooEarlyStopping, "early_stopping")
         parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.patience": 10})
         parser.add_argument(

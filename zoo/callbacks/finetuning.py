@@ -18,6 +18,10 @@ It is built to survive what breaks the usual implementations:
   scaled values) changes nothing.
 - Under DDP, a schedule that unfreezes later needs every parameter registered with the reducer at
   wrap time: the callback turns on ``find_unused_parameters`` for it and freezes after wrapping.
+
+In an epoch where every backbone group is frozen (with ``bn_mode: eval``) the backbone is a fixed feature
+extractor and runs as at inference, dropout off too (Keras's ``base_model(x, training=False)``): its features
+are then a function of the input alone, which :class:`zoo.callbacks.FeatureCache` relies on to compute them once.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ class FineTuning(Callback):
             decay: the stem learns slowest), in ``(0, 1]``.
         bn_mode: BatchNorm in frozen groups: ``eval`` keeps running statistics and affine parameters
             frozen (Keras semantics); ``train`` keeps updating statistics and training the affine
-            parameters (fastai semantics). Held after every ``.train()`` call.
+            parameters (fastai semantics). Held after every ``.train()`` call. With ``eval``, an epoch that
+            freezes every backbone group runs the whole backbone in eval mode (dropout off): a fixed feature
+            extractor (:meth:`extracts_features_at`).
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class FineTuning(Callback):
         self._groups: dict[str, nn.Module] = {}
         self._frozen_norms: set[int] = set()
         self._hooked = False
+        self._modes_before_eval: dict[nn.Module, bool] = {}  # the backbone's modules' modes while it is held in eval
 
     # --- the schedule: a pure function of the epoch ---------------------------------------------
     @property
@@ -127,6 +134,14 @@ class FineTuning(Callback):
         """The backbone groups (names, stem to top) that train in ``epoch``."""
         count = self.num_trainable(epoch, len(backbone_groups))
         return backbone_groups[len(backbone_groups) - count :] if count else []
+
+    def extracts_features_at(self, epoch: int) -> bool:
+        """Whether the backbone is a fixed feature extractor in ``epoch``: every group frozen, norms included
+        (``bn_mode: eval``), and the whole backbone run in eval mode (no dropout). Needs :meth:`setup` to have run."""
+        names = self.backbone_groups()
+        return (
+            self.strategy != "full" and self.bn_mode == "eval" and bool(names) and not self.trainable_at(epoch, names)
+        )
 
     def lr_multiplier(self, group: str, backbone_groups: list[str]) -> float:
         """The LR multiplier of a layer group (or of an optimizer group named after one)."""
@@ -162,6 +177,8 @@ class FineTuning(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._apply(trainer, pl_module, trainer.current_epoch, announce=True)
+        # Here, not in setup or on_fit_start: Lightning warns of modules left in eval mode when training starts.
+        self._hold_in_eval(pl_module, self.extracts_features_at(trainer.current_epoch))
         pl_module.log(
             "finetune/trainable_groups", float(len(self.trainable)), on_step=False, on_epoch=True, rank_zero_only=True
         )  # the same on every process
@@ -209,6 +226,23 @@ class FineTuning(Callback):
             counts = ", ".join(f"{n} ({_count(self._groups[n]):,} parameters)" for n in newly)
             rank_zero_info(f"FineTuning: epoch {epoch}: unfroze {counts}")
         self.trainable = trainable
+
+    def _hold_in_eval(self, pl_module: LightningModule, hold: bool) -> None:
+        """Put the backbone in eval mode for an epoch that freezes all of it, and give each of its modules its own
+        mode back in the first epoch that trains a group. Lightning restores the modes it finds around each
+        validation, so the mode holds for the epoch."""
+        modules = [m for name in self.backbone_groups() for m in self._groups[name].modules()]
+        backbone = getattr(pl_module, "backbone", None)
+        if isinstance(backbone, nn.Module):  # modules outside every group (a dropout the backbone calls last)
+            modules += list(backbone.modules())
+        if hold:
+            for module in modules:
+                self._modes_before_eval.setdefault(module, module.training)
+                module.training = False
+        else:
+            for module, mode in self._modes_before_eval.items():
+                module.training = mode
+            self._modes_before_eval = {}
 
     def _hook_norms(self, pl_module: LightningModule) -> None:
         # Lightning switches modes at every epoch start and around each validation (restoring each module's

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.callbacks.model_summary import ModelSummary
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from zoo.callbacks.feature_cache import FeatureCache
 from zoo.callbacks.finetuning import FineTuning
 from zoo.callbacks.monitoring import GradNormMonitor, ParameterHistograms, StopOnNonFinite
 from zoo.callbacks.pictures import RunPictures
@@ -26,24 +27,25 @@ def default_callbacks(configured: list[Any], trainer_config: dict[str, Any], pic
     """The run's callbacks beside the user's own ``trainer.callbacks``.
 
     Args:
-        configured: the callbacks of the config's own groups (checkpoint, finetuning, early_stopping).
+        configured: the callbacks of the config's own groups (checkpoint, finetuning, feature_cache, early_stopping).
         trainer_config: the trainer's settings; ``enable_model_summary`` is turned off there when a summary
             callback is in the run (else Lightning logs on every run that it skips its own).
         pictures: draw the run's pictures where there is a run folder (a logger).
 
     Returns:
-        ``configured`` (less the checkpoint without checkpointing, the fine-tuning group when the user gives
-        their own schedule) and the defaults: progress bar, model summary, LR and gradient-norm monitors,
-        histograms of weights and gradients, metrics.csv in the run folder, the non-finite stop and the pictures,
-        each unless turned off or replaced by the user's own.
+        ``configured`` (less the checkpoint without checkpointing, the fine-tuning or feature-cache group when the
+        user gives their own in ``trainer.callbacks``) and the defaults: progress bar, model summary, LR and
+        gradient-norm monitors, histograms of weights and gradients, metrics.csv in the run folder, the non-finite
+        stop and the pictures, each unless turned off or replaced by the user's own.
     """
     callbacks = list(configured)
     if trainer_config.get("enable_checkpointing") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
     user = trainer_config.get("callbacks") or []
     user = user if isinstance(user, list) else [user]
-    if has(user, FineTuning):  # the user's own schedule in trainer.callbacks replaces the finetuning group
-        callbacks = [c for c in callbacks if not isinstance(c, FineTuning)]
+    for own in (FineTuning, FeatureCache):  # the user's own in trainer.callbacks replaces the config's group
+        if has(user, own):
+            callbacks = [c for c in callbacks if not isinstance(c, own)]
     # Rich progress and summary by default, unless turned off or replaced by the user's own.
     if trainer_config.get("enable_progress_bar", True) is not False and not has(user, ProgressBar):
         callbacks.append(ZooProgressBar())

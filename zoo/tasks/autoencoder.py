@@ -51,6 +51,8 @@ class Autoencoder(ZooTask):
         (the rest as in :class:`~zoo.tasks.base.ZooTask`)
     """
 
+    learns_from_features = False  # the target is the input itself
+
     def __init__(
         self,
         backbone: str = "mlp",

@@ -25,6 +25,9 @@ from zoo.registry import create_backbone, get_backbone_entry
 STAGES = ("train", "val", "test")
 NO_DECAY = ".no_decay"  # suffix of the optimizer group of a layer group's biases and norms (weight_decay=0)
 TRAIN_METRICS_BATCHES, TRAIN_METRICS_ELEMENTS = 32, 1 << 18  # training outputs kept before the metrics update
+# The key of a batch input that holds the backbone's features ``(B, num_features)`` instead of its input: what
+# zoo.callbacks.FeatureCache serves while the backbone is a fixed feature extractor.
+CACHED_FEATURES = "cached_features"
 
 
 def init_arguments(cls: type) -> dict[str, inspect.Parameter]:
@@ -82,6 +85,9 @@ class ZooTask(LightningModule):
 
     monitor: str = "val/loss"
     monitor_mode: str = "min"
+    # Whether a step needs only the backbone's features and the label (not the input itself, as an autoencoder's
+    # target is), so that a frozen backbone's features can be computed once (zoo.callbacks.FeatureCache).
+    learns_from_features: bool = True
 
     def __init__(
         self,
@@ -170,8 +176,11 @@ class ZooTask(LightningModule):
 
     def features(self, x: Union[torch.Tensor, Mapping[str, torch.Tensor]]) -> torch.Tensor:
         """``(B, num_features)``. Sequence and text batches are dicts (``x`` and ``mask``, or a
-        tokenizer's ``input_ids`` and ``attention_mask``) passed to the backbone as keyword arguments."""
+        tokenizer's ``input_ids`` and ``attention_mask``) passed to the backbone as keyword arguments; a dict
+        holding :data:`CACHED_FEATURES` already holds the features of a fixed backbone."""
         if isinstance(x, Mapping):
+            if CACHED_FEATURES in x:
+                return x[CACHED_FEATURES]
             return self.backbone.forward_features(**x)
         return self.backbone.forward_features(x)
 
