@@ -317,6 +317,7 @@ json.dump(out, open(f"{sys.argv[1]}/rank{trainer.global_rank}.json", "w"))
 """
 
 
+@pytest.mark.slow  # end to end (a whole run and its processes): the second tier
 def test_ddp_with_two_cpu_processes_runs_through_an_unfreeze(tmp_path: Path):
     script = tmp_path / "ddp_finetune.py"
     script.write_text(DDP_SCRIPT)

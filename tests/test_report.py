@@ -308,6 +308,7 @@ def test_report_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFi
     assert err.startswith("zoo: error: ") and "no such folder" in err
 
 
+@pytest.mark.slow  # end to end (a whole run and its processes): the second tier
 def test_regression_run_has_curves_but_no_confusion_matrix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cwd = _workspace(tmp_path / "work")
     result = run_zoo(
@@ -332,6 +333,7 @@ def test_regression_run_has_curves_but_no_confusion_matrix(tmp_path: Path, capsy
     assert re.search(r"zoo: error: .*Regressor run: a confusion matrix needs a classifier", capsys.readouterr().err)
 
 
+@pytest.mark.slow  # end to end (a whole run and its processes): the second tier
 def test_wandb_run_logs_the_pictures_as_images(tmp_path: Path) -> None:
     cwd = _workspace(tmp_path / "work")
     env = {"HOME": str(cwd), "WANDB_API_KEY": "", "WANDB_MODE": ""}  # not logged in: an offline run

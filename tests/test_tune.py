@@ -179,6 +179,7 @@ def test_interrupted_grid_point_is_still_covered(workdir: Path, monkeypatch) -> 
     assert sorted(done) == [0.0, 0.1, 0.2]  # each point once, the interrupted one included
 
 
+@pytest.mark.slow  # end to end (a whole run and its processes): the second tier
 def test_two_processes_share_one_sqlite_study(workdir: Path) -> None:
     space = write_space(workdir / "space.yaml", "model.init_args.head_dropout: {type: float, low: 0.0, high: 0.5}\n")
     workers = [
