@@ -9,6 +9,11 @@ order, and evaluate a validation split after every epoch. What the zoo adds per 
   last, model summary, LR and gradient-norm monitors, early stopping, fine-tuning callback), progress bar and
   pictures off; target <= 1.5 ms.
 
+Of those defaults, the layer statistics that `zoo diagnose` reads (zoo.callbacks.layer_stats: gradient norms,
+update ratios and an activation pass over a fixed batch on every 10th step) are measured apart, as the training
+loop's time with them over the loop's time with ``--diagnose=false``: target <= 3 %. This tiny MLP is their worst
+case: a step costs little, and the pass's cost is mostly Python's per layer.
+
 The losses of both sides must agree to 5 decimals (numpy's ``assert_almost_equal``: a difference < 1.5e-5).
 """
 
@@ -56,14 +61,14 @@ def run(mode: str) -> list[Figure]:
     train_set = synthetic_classification(BATCH * size["steps_per_epoch"], (FEATURES,), CLASSES, SEED)
     val_set = synthetic_classification(BATCH * VAL_BATCHES, (FEATURES,), CLASSES, SEED + 1)
 
-    def zoo(defaults: bool) -> dict[str, Any]:
+    def zoo(defaults: bool, diagnose: bool = True) -> dict[str, Any]:
         from zoo.tasks import Classifier
 
         torch.manual_seed(SEED)
         task = Classifier(
             backbone="mlp", backbone_kwargs={"hidden_sizes": (HIDDEN,)}, num_classes=CLASSES, input_shape=(FEATURES,)
         )
-        trainer = zoo_trainer(max_epochs=epochs, defaults=defaults)
+        trainer = zoo_trainer(max_epochs=epochs, defaults=defaults, diagnose=diagnose)
         result = fit_zoo(task, trainer, loader(train_set, BATCH, True, SEED), loader(val_set, BATCH, False))
         return {**result, "model": task}
 
@@ -76,13 +81,19 @@ def run(mode: str) -> list[Figure]:
 
     with in_tmp_dir():
         runs = interleave(
-            {"zoo": lambda: zoo(False), "plain": plain, "zoo_defaults": lambda: zoo(True)},
+            {
+                "zoo": lambda: zoo(False),
+                "plain": plain,
+                "zoo_defaults": lambda: zoo(True),
+                "zoo_defaults_no_diagnose": lambda: zoo(True, diagnose=False),
+            },
             repeats=size["repeats"],
             threads=1,
             warmup=mode != "tiny",
         )
     z, p, d = best(runs["zoo"]), best(runs["plain"]), best(runs["zoo_defaults"])
-    if not z["steps"] == p["steps"] == d["steps"] == steps:
+    n = best(runs["zoo_defaults_no_diagnose"])
+    if not z["steps"] == p["steps"] == d["steps"] == n["steps"] == steps:
         raise RuntimeError(f"steps differ: zoo {z['steps']}, plain {p['steps']}, zoo defaults {d['steps']}")
     times = {k: [round(r["seconds"], 4) for r in v] for k, v in runs.items()}
     return [
@@ -109,6 +120,17 @@ def run(mode: str) -> list[Figure]:
             at_most=1.5,
             steps=steps,
             runs=times,
+        ),
+        Figure(
+            "layer statistics for zoo diagnose, % of the training loop with zoo fit's defaults",
+            (d["loop_seconds"] - n["loop_seconds"]) / n["loop_seconds"] * 100,
+            "%",
+            at_most=3.0,
+            zoo=d["loop_seconds"],
+            plain=n["loop_seconds"],
+            side_unit="s",
+            sides=("with", "--diagnose=false"),
+            details={"steps": steps, "log_every_n_steps": 10},
         ),
         loss_difference(
             "loss difference zoo vs plain, last epoch train and val",

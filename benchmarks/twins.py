@@ -158,26 +158,28 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def zoo_trainer(max_epochs: int = 1, max_steps: int = -1, defaults: bool = False, **kw: Any) -> Any:
+def zoo_trainer(
+    max_epochs: int = 1, max_steps: int = -1, defaults: bool = False, diagnose: bool = True, **kw: Any
+) -> Any:
     """A Trainer as the zoo's CLI builds it.
 
     ``defaults=False``: Lightning's parity settings (no progress bar, summary, checkpoints or logger).
     ``defaults=True``: the Trainer ``zoo fit`` builds (:func:`cli_trainer`), progress bar and pictures off: the
     CSV logger, ModelCheckpoint on ``val/loss`` (best and last), the model summary, the LR and gradient-norm
     monitors, EarlyStopping and the FineTuning callback at the time of writing, with the recipes'
-    ``log_every_n_steps=10``.
+    ``log_every_n_steps=10``; with ``diagnose=False``, less the layer statistics (``--diagnose=false``).
     """
     from lightning.pytorch import Trainer
 
     if defaults:
-        return cli_trainer(max_epochs, max_steps, **kw)
+        return cli_trainer(max_epochs, max_steps, diagnose, **kw)
     with quiet():
         return Trainer(
             **{"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "max_steps": max_steps, **BARE, **kw}
         )
 
 
-def cli_trainer(max_epochs: int, max_steps: int = -1, **kw: Any) -> Any:
+def cli_trainer(max_epochs: int, max_steps: int = -1, diagnose: bool = True, **kw: Any) -> Any:
     """The Trainer that ``zoo fit`` builds (:func:`zoo.run.build.build`), with its default callbacks and
     CSV logger under ``./runs``, the progress bar and pictures off. The CLI parses a minimal config for it."""
     from zoo.run.build import build
@@ -193,6 +195,7 @@ def cli_trainer(max_epochs: int, max_steps: int = -1, **kw: Any) -> Any:
         "--trainer.enable_progress_bar=false",
         "--trainer.log_every_n_steps=10",
         "--pictures=false",
+        f"--diagnose={str(diagnose).lower()}",
         *[f"--trainer.{k}={v}" for k, v in kw.items()],
     ]
     with quiet():

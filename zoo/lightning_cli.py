@@ -122,6 +122,14 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
             "folder, and as images in W&B (zoo.callbacks.pictures.RunPictures); false to skip",
         )
         parser.add_argument(
+            "--diagnose",
+            type=bool,
+            default=True,
+            help="fit only: record per-layer gradient norms, update ratios and activation statistics on logging "
+            "steps (layer_stats.csv, zoo.callbacks.layer_stats.LayerStats) and diagnose the run when it ends: a "
+            "summary, diagnosis.json and the loggers (zoo diagnose RUN_DIR); false to skip",
+        )
+        parser.add_argument(
             "--baseline",
             type=bool,
             default=True,
@@ -201,7 +209,8 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
         parser = subcommand_parser(self, self.subcommand)
         configured = [config_get(self, self.config_init, key) for key in parser.callback_keys]
         pictures = config_get(self, self.config_init, "pictures", True) is not False
-        callbacks = default_callbacks(configured, trainer_config, pictures)
+        diagnose = config_get(self, self.config_init, "diagnose", True) is not False
+        callbacks = default_callbacks(configured, trainer_config, pictures, diagnose)
         check_precision(trainer_config)
         default_plugins(trainer_config, classes_named(as_dict(self.config.get(str(self.subcommand), self.config))))
         try:
