@@ -26,7 +26,7 @@ from zoo.loggers import continue_stored_run, store_run_id
 from zoo.resume import as_dict, config_value
 from zoo.run.callbacks import default_callbacks, default_plugins
 from zoo.run.files import run_folder
-from zoo.run.outputs import test_after_fit, write_metrics
+from zoo.run.outputs import diagnose_after_fit, test_after_fit, write_metrics
 from zoo.run.preflight import (
     apply_budget,
     budget_for,
@@ -221,9 +221,10 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
 
     # --- after each command ----------------------------------------------------------------------
     def after_fit(self) -> None:
-        if not config_get(self, self.config, "test_after_fit", True) or self.datamodule is None:
-            return
-        test_after_fit(self.trainer, self.model, self.datamodule, self._baseline())
+        if config_get(self, self.config, "test_after_fit", True) and self.datamodule is not None:
+            test_after_fit(self.trainer, self.model, self.datamodule, self._baseline())
+        if config_get(self, self.config, "diagnose", True) and not self.trainer.interrupted:
+            diagnose_after_fit(self.trainer)
 
     def after_validate(self) -> None:
         write_metrics(self.trainer, self.model, self.datamodule, "val", self._baseline())

@@ -22,24 +22,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from zoo.compat import foreach_norm, should_update_logs
+from zoo.diagnosis.record import ACTIVATION, LAYER_STATS_COLUMNS, LAYER_STATS_FILE, PARAM
+from zoo.errors import TrainingError
 from zoo.run.files import run_folder
 
 log = logging.getLogger(__name__)
 
-LAYER_STATS_FILE = "layer_stats.csv"
-COLUMNS = (
-    "step",
-    "epoch",
-    "layer",
-    "kind",
-    "grad_norm",
-    "update_ratio",
-    "act_mean",
-    "act_std",
-    "dead_fraction",
-    "saturated_fraction",
-)
-PARAM, ACTIVATION = "param", "activation"
 RECTIFIER = "rectifier"
 # Activations by class name, lower case, less an "activation" suffix (torch's, timm's and transformers' classes:
 # GELUActivation, QuickGELU, GELUTanh, MemoryEfficientSwish): a rectifier (units can die) starts or ends with one of
@@ -185,7 +173,7 @@ class LayerStats(Callback):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(COLUMNS)
+            writer.writerow(LAYER_STATS_COLUMNS)
             writer.writerows(kept)
         self._batch = self._validation_batch(trainer, pl_module)
 
@@ -216,6 +204,14 @@ class LayerStats(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._flush()
+        if isinstance(exception, TrainingError) and self._path is not None:
+            # A run stopped by a non-finite value is the one most in need of a diagnosis: the loggers' rows so
+            # far are written first (Lightning finalises them only after this hook).
+            from zoo.run.outputs import diagnose_after_fit
+
+            for logger in trainer.loggers:
+                logger.save()
+            diagnose_after_fit(trainer, exception)
 
     # --- the statistics of one logging step --------------------------------------------------------
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
