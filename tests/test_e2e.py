@@ -7,6 +7,7 @@ the same runs by ``scripts/results.py``. These tests run `zoo fit` in a subproce
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -78,3 +79,8 @@ def test_experiment_reaches_its_target(
     print(f"{experiment}: {metric}={metrics[metric]:.4f} in {elapsed:.0f} s")
     # Wall time is reported, not asserted: this machine is shared, and timings belong in benchmarks/.
     assert metrics[metric] >= threshold, f"{experiment}: {metric}={metrics[metric]:.4f} < {threshold}"
+    # No false alarm: the diagnosis at the end of the fit finds no problem in a recipe that reaches its target.
+    written = sorted((workdir / "runs" / experiment).glob("*/diagnosis.json"), key=lambda p: p.stat().st_mtime)
+    assert written, f"{experiment}: zoo fit wrote no diagnosis.json"
+    problems = [f for f in json.loads(written[-1].read_text())["findings"] if f["severity"] == "problem"]
+    assert not problems, f"{experiment}: the diagnosis finds problems in a healthy run: {problems}"

@@ -34,6 +34,7 @@ from zoo.diagnosis.findings import (
 from zoo.diagnosis.record import ACTIVATION, Record
 
 ORDERS_PROBLEM, ORDERS_WARNING = 1e-3, 1e-2  # first layers' gradients against the last layers': 3 / 2 orders
+ORDER = 10.0  # an order of magnitude
 GROWTH = 100.0  # two orders of magnitude: gradient norms over training, activation scale through the layers
 SPIKE, SPIKE_WINDOW = 100.0, 10  # a gradient norm this many times the median of the 10 logged before it
 UPDATE_HIGH, UPDATE_LOW = 0.1, 1e-4  # a step's change of a layer's weights over their norm; ~1e-3 is healthy
@@ -251,7 +252,8 @@ def lr_too_low(record: Record) -> Optional[Finding]:
 
 # --- the train / validation curves ---------------------------------------------------------------------------
 def overfitting(record: Record) -> Optional[Finding]:
-    """The validation loss turning up from its best while the training loss keeps falling. A problem when the model
+    """The validation loss turning up from its best (or standing still while the training loss falls tenfold) as
+    the training loss keeps falling. A problem when the model
     learnt its training data by heart (a training accuracy 0.1 above the validation one, or a validation loss 10
     times the training loss) already at its best epoch, or by the end with the validation loss up by half."""
     val, train = record.curve("val/loss"), dict(record.curve("train/loss"))
@@ -263,7 +265,8 @@ def overfitting(record: Record) -> Optional[Finding]:
     if best_epoch == last_epoch or best <= 0 or best_epoch not in train or last_epoch not in train:
         return None
     rise, fell = last / best - 1, train[last_epoch] / train[best_epoch]
-    if rise < RISE or fell > 1 - BARELY:
+    # The validation loss turned up, or stood still while the training loss fell by an order of magnitude.
+    if fell > 1 - BARELY or (rise < RISE and fell > 1 / ORDER):
         return None
     train_acc, val_acc = dict(record.curve("train/acc")), dict(record.curve("val/acc"))
 
@@ -285,8 +288,8 @@ def overfitting(record: Record) -> Optional[Finding]:
         "overfitting",
         PROBLEM if harmful else WARNING,
         "overfitting",
-        f"the validation loss turned up after epoch {best_epoch} ({best:.3g}) to {last:.3g} by epoch {last_epoch} "
-        f"(+{rise:.0%}) while the training loss fell from {train[best_epoch]:.3g} to {train[last_epoch]:.3g}{gap}",
+        f"the validation loss was lowest at epoch {best_epoch} ({best:.3g}) and is {last:.3g} by epoch {last_epoch} "
+        f"({rise:+.0%}) while the training loss fell from {train[best_epoch]:.3g} to {train[last_epoch]:.3g}{gap}",
         [REMEDIES["early_stop"], REMEDIES["regularise"], REMEDIES["data_or_smaller"]],
         {"best_epoch": best_epoch, "rise": rise, "train_ratio": fell},
     )
