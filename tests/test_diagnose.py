@@ -307,6 +307,20 @@ def test_zoo_diagnose_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys:
     assert err.startswith("zoo: error: ") and ("no such folder" in err or "has no metrics.csv" in err)
 
 
+# --- trained runs (slow) ---------------------------------------------------------------------------------------
+def problems_in(runs: Path) -> list[dict[str, Any]]:
+    """The findings of severity problem in every diagnosis.json under ``runs`` (an experiment's run folders); the
+    slow tests of the healthy recipes (tests/test_e2e.py, tests/test_transfer.py) expect none."""
+    written = sorted(runs.glob(f"**/{DIAGNOSIS_FILE}"))
+    assert written, f"no {DIAGNOSIS_FILE} under {runs}: zoo fit did not diagnose the run"
+    return [
+        {"run": str(path.parent), **finding}
+        for path in written
+        for finding in json.loads(path.read_text())["findings"]
+        if finding["severity"] == PROBLEM
+    ]
+
+
 # --- the broken recipes, trained (slow) -------------------------------------------------------------------------
 # Each recipe of configs/diagnosis fails in one way: the finding it must get (a problem unless named here).
 RECIPES = {

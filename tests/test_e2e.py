@@ -7,13 +7,13 @@ the same runs by ``scripts/results.py``. These tests run `zoo fit` in a subproce
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, run_zoo
+from tests.test_diagnose import problems_in
 
 _spec = importlib.util.spec_from_file_location("results", ROOT / "scripts" / "results.py")
 results = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
@@ -80,7 +80,5 @@ def test_experiment_reaches_its_target(
     # Wall time is reported, not asserted: this machine is shared, and timings belong in benchmarks/.
     assert metrics[metric] >= threshold, f"{experiment}: {metric}={metrics[metric]:.4f} < {threshold}"
     # No false alarm: the diagnosis at the end of the fit finds no problem in a recipe that reaches its target.
-    written = sorted((workdir / "runs" / experiment).glob("*/diagnosis.json"), key=lambda p: p.stat().st_mtime)
-    assert written, f"{experiment}: zoo fit wrote no diagnosis.json"
-    problems = [f for f in json.loads(written[-1].read_text())["findings"] if f["severity"] == "problem"]
+    problems = problems_in(workdir / "runs" / experiment)
     assert not problems, f"{experiment}: the diagnosis finds problems in a healthy run: {problems}"

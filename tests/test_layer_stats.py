@@ -14,12 +14,13 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from zoo.callbacks.layer_stats import COLUMNS, LAYER_STATS_FILE, LayerStats, activation_family, forward_order
+from zoo.callbacks.layer_stats import LayerStats, activation_family, forward_order
+from zoo.diagnosis.record import LAYER_STATS_COLUMNS, LAYER_STATS_FILE
 from zoo.tasks import Classifier
 
 
 def test_the_columns_are_the_agreed_ones():
-    assert ",".join(COLUMNS) == (
+    assert ",".join(LAYER_STATS_COLUMNS) == (
         "step,epoch,layer,kind,grad_norm,update_ratio,act_mean,act_std,dead_fraction,saturated_fraction"
     )
 
@@ -75,7 +76,7 @@ def fit(root: Path, steps: int, bias: float = 0.0, activation: str = "relu", ckp
 def rows_of(run: Path) -> list[dict[str, str]]:
     with open(run / LAYER_STATS_FILE, newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames or ()) == COLUMNS
+        assert tuple(reader.fieldnames or ()) == LAYER_STATS_COLUMNS
         return list(reader)
 
 
