@@ -149,7 +149,7 @@ def test_learning_rate_too_high_needs_the_loss_and_the_step_size_to_agree():
     diverging = dict(train=[40, 80, 7, 5, 6], step_loss=[38, 12, 57, 35, 272, 8, 11, 6, 5.9, 5.1, 11, 6, 3.6, 6.1])
     found = r.lr_too_high(record(**diverging, layers=mlp([0.01, 0.02, 0.6], update=0.4)))
     assert found is not None and found.severity == PROBLEM
-    assert "no better than a guess (2.3)" in found.evidence and "learning rate is 0.1" in found.evidence
+    assert "no better than a guess's (2.3)" in found.evidence and "learning rate is 0.1" in found.evidence
     # Small steps: a loss that goes wrong is something else (dead units, data), not the step size.
     assert r.lr_too_high(record(**diverging, layers=mlp([0.01, 0.02, 0.6], update=1e-3))) is None
     # Without layer statistics, the loss alone tells.

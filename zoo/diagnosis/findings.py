@@ -122,7 +122,9 @@ def listed(items: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def largest_update(record: Record) -> Optional[tuple[Layer, float]]:
-    """The layer whose weights change most per step (median update ratio over the run), None without stats."""
-    layers = layer_medians(record, "update_ratio")
-    return max(layers, key=lambda item: item[1]) if layers else None
+def largest_update(record: Record, share: float = 0.0) -> Optional[tuple[Layer, float]]:
+    """The layer whose weights change most per step (median update ratio over the run), None without stats. With
+    ``share``, the layer that this share of the layers beats or equals (0.25: three quarters of the layers change
+    less), so that one fast head does not speak for the whole network."""
+    layers = sorted(layer_medians(record, "update_ratio"), key=lambda item: item[1])
+    return layers[min(len(layers) - 1, int(len(layers) * (1 - share)))] if layers else None

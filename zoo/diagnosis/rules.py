@@ -191,20 +191,20 @@ def loss_going_wrong(record: Record) -> list[str]:
     finite = [v for v in values if math.isfinite(v)]
     early, late = thirds(finite)
     if median(late) > median(early) * (1 + BARELY):
-        signs.append(f"the training loss rose from {median(early):.3g} to {median(late):.3g}")
+        signs.append(f"the training loss rose from {median(early):.3g} to {median(late):.3g} over the run")
     chance = chance_loss(record)
     if chance is not None:
         if median(late) >= chance:
-            signs.append(f"it ends at {median(late):.3g}, no better than a guess ({chance:.3g})")
+            signs.append(f"the training loss ends at {median(late):.3g}, no better than a guess's ({chance:.3g})")
         if max(finite) >= 10 * chance:
-            signs.append(f"it jumped to {max(finite):.3g}, {max(finite) / chance:.3g} times a guess's")
+            signs.append(f"it jumped to {max(finite):.3g} on the way, {max(finite) / chance:.3g} times a guess's")
     return signs
 
 
 def lr_too_high(record: Record) -> Optional[Finding]:
-    """The loss rising, oscillating or diverging from the start, with steps that change the weights by a tenth
-    or more (where the layers were recorded; without them the loss alone tells)."""
-    signs, update = loss_going_wrong(record), largest_update(record)
+    """The loss rising, oscillating or diverging from the start, with steps that change a quarter of the layers'
+    weights by a tenth or more (where the layers were recorded; without them the loss alone tells)."""
+    signs, update = loss_going_wrong(record), largest_update(record, share=0.25)
     big = update is not None and update[1] >= UPDATE_HIGH
     if update is not None and not big:
         return None  # small steps: whatever went wrong, it is not the step size
@@ -214,7 +214,10 @@ def lr_too_high(record: Record) -> Optional[Finding]:
     evidence = list(signs)
     if big:
         assert update is not None
-        evidence.append(f"each step changes {update[0].name}'s weights by {update[1]:.2g} of their norm (median)")
+        evidence.append(
+            f"a step changes the weights of a quarter of the layers by {update[1]:.2g} of their norm or more (median "
+            f"over the run, e.g. {update[0].name}; about 1e-3 is healthy)"
+        )
     if lr is not None:
         evidence.append(f"the learning rate is {lr:g}")
     return Finding(
@@ -238,7 +241,12 @@ def lr_too_low(record: Record) -> Optional[Finding]:
     if moved >= BARELY or (train_acc and train_acc[-1][1] >= 0.9):
         return None
     lr = record.setting("model.optimizer.lr")
-    steps = f"; each step changes {update[0].name}'s weights by {update[1]:.2g} of their norm" if update else ""
+    steps = (
+        f"; no layer's weights change by more than {update[1]:.2g} of their norm in a step ({update[0].name}; "
+        "about 1e-3 is healthy)"
+        if update
+        else ""
+    )
     return Finding(
         "lr_too_low",
         PROBLEM if update is not None else WARNING,
