@@ -158,28 +158,26 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def zoo_trainer(
-    max_epochs: int = 1, max_steps: int = -1, defaults: bool = False, diagnose: bool = True, **kw: Any
-) -> Any:
+def zoo_trainer(max_epochs: int = 1, max_steps: int = -1, defaults: bool = False, **kw: Any) -> Any:
     """A Trainer as the zoo's CLI builds it.
 
     ``defaults=False``: Lightning's parity settings (no progress bar, summary, checkpoints or logger).
     ``defaults=True``: the Trainer ``zoo fit`` builds (:func:`cli_trainer`), progress bar and pictures off: the
     CSV logger, ModelCheckpoint on ``val/loss`` (best and last), the model summary, the LR and gradient-norm
     monitors, EarlyStopping and the FineTuning callback at the time of writing, with the recipes'
-    ``log_every_n_steps=10``; with ``diagnose=False``, less the layer statistics (``--diagnose=false``).
+    ``log_every_n_steps=10``.
     """
     from lightning.pytorch import Trainer
 
     if defaults:
-        return cli_trainer(max_epochs, max_steps, diagnose, **kw)
+        return cli_trainer(max_epochs, max_steps, **kw)
     with quiet():
         return Trainer(
             **{"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "max_steps": max_steps, **BARE, **kw}
         )
 
 
-def cli_trainer(max_epochs: int, max_steps: int = -1, diagnose: bool = True, **kw: Any) -> Any:
+def cli_trainer(max_epochs: int, max_steps: int = -1, **kw: Any) -> Any:
     """The Trainer that ``zoo fit`` builds (:func:`zoo.run.build.build`), with its default callbacks and
     CSV logger under ``./runs``, the progress bar and pictures off. The CLI parses a minimal config for it."""
     from zoo.run.build import build
@@ -195,7 +193,6 @@ def cli_trainer(max_epochs: int, max_steps: int = -1, diagnose: bool = True, **k
         "--trainer.enable_progress_bar=false",
         "--trainer.log_every_n_steps=10",
         "--pictures=false",
-        f"--diagnose={str(diagnose).lower()}",
         *[f"--trainer.{k}={v}" for k, v in kw.items()],
     ]
     with quiet():
@@ -204,7 +201,8 @@ def cli_trainer(max_epochs: int, max_steps: int = -1, diagnose: bool = True, **k
 
 def fit_zoo(task: Any, trainer: Any, train: DataLoader, val: Optional[DataLoader] = None) -> dict[str, Any]:
     """``trainer.fit`` timed; returns seconds (set-up inside ``fit`` included), loop seconds (from the start of
-    the first epoch to the end of training, what a plain loop's timing covers), steps and the last losses."""
+    the first epoch to the end of training, what a plain loop's timing covers) and the loop's CPU seconds in this
+    thread (what other processes on a loaded machine disturb least), steps and the last losses."""
     clock = loop_clock()
     trainer.callbacks.append(clock)
     with quiet(), Stopwatch() as sw:
@@ -214,6 +212,7 @@ def fit_zoo(task: Any, trainer: Any, train: DataLoader, val: Optional[DataLoader
     return {
         "seconds": sw.seconds,
         "loop_seconds": clock.end - clock.start,
+        "loop_cpu_seconds": clock.cpu_end - clock.cpu_start,
         "steps": trainer.global_step,
         "train_loss": float(metrics["train/loss"]) if "train/loss" in metrics else None,
         "val_loss": float(metrics["val/loss"]) if "val/loss" in metrics else None,
@@ -221,18 +220,19 @@ def fit_zoo(task: Any, trainer: Any, train: DataLoader, val: Optional[DataLoader
 
 
 def loop_clock() -> Any:
-    """A callback timing the training loop: from ``on_train_start`` (after the set-up of the strategy, the
-    optimizers and the loaders) to ``on_train_end``. Lightning is imported here: only the zoo side needs it."""
+    """A callback timing the training loop, in wall and in this thread's CPU seconds: from ``on_train_start``
+    (after the set-up of the strategy, the optimizers and the loaders) to ``on_train_end``. Lightning is imported
+    here: only the zoo side needs it."""
     from lightning.pytorch import Callback
 
     class LoopClock(Callback):
-        start = end = 0.0
+        start = end = cpu_start = cpu_end = 0.0
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.thread_time()
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.end = time.perf_counter()
+            self.end, self.cpu_end = time.perf_counter(), time.thread_time()
 
     return LoopClock()
 
