@@ -152,7 +152,7 @@ class LayerStats(Callback):
         max_samples: the fixed batch's size at most (the activation pass costs a forward pass of this many).
     """
 
-    def __init__(self, max_samples: int = 64) -> None:
+    def __init__(self, max_samples: int = 32) -> None:
         self.max_samples = max_samples
         self.layers: list[Layer] = []
         self._order: list[int] = []  # indices into self.layers, first layer first, once an activation pass ran
@@ -225,7 +225,7 @@ class LayerStats(Callback):
             "epoch": trainer.current_epoch,
             "grad": ([i for i, _ in with_grad], foreach_norm([p.grad.detach() for _, p in with_grad], 2.0)),
             "trained": trained,
-            "before": _flat([p for _, p in trained]),
+            "before": [p.detach().clone() for _, p in trained],  # clones keep each one's memory format
         }
 
     def on_train_batch_end(
@@ -235,8 +235,7 @@ class LayerStats(Callback):
         if pending is None:
             return
         trained = [p.detach() for _, p in pending["trained"]]
-        change = _flat(trained) - pending["before"] if trained else torch.zeros(0)
-        changes = foreach_norm(list(change.split([p.numel() for p in trained])), 2.0) if trained else []
+        changes = foreach_norm([p - b for p, b in zip(trained, pending["before"])], 2.0) if trained else []
         weights = foreach_norm(trained, 2.0) if trained else []
         if self._batch is None:  # no validation data: the first training batch logged stands in
             self._batch = trainer.precision_plugin.convert_input(_inputs_of(batch, self.max_samples))
@@ -352,11 +351,6 @@ def _per_layer(norms: list[float], owners: list[int]) -> dict[int, float]:
     for owner, norm in zip(owners, norms):
         squares[owner] = squares.get(owner, 0.0) + norm * norm
     return {owner: math.sqrt(square) for owner, square in squares.items()}
-
-
-def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The tensors' values in one vector, a copy (one operation however many tensors)."""
-    return torch.cat([t.detach().reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
 
 
 def _inputs_of(batch: Any, limit: int) -> Any:
