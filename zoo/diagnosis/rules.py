@@ -38,7 +38,7 @@ ORDER = 10.0  # an order of magnitude
 GROWTH = 100.0  # two orders of magnitude: gradient norms over training, activation scale through the layers
 SPIKE, SPIKE_WINDOW = 100.0, 10  # a gradient norm this many times the median of the 10 logged before it
 UPDATE_HIGH, UPDATE_LOW = 0.1, 1e-4  # a step's change of a layer's weights over their norm; ~1e-3 is healthy
-DEAD_PROBLEM, DEAD_WARNING = 0.5, 0.25  # the share of a layer's units that never fire
+DEAD_PROBLEM, DEAD_WARNING = 0.5, 0.25  # the share of a layer's units that never fire (warning: if they died)
 SATURATED_PROBLEM, SATURATED_WARNING = 0.5, 0.2  # the share of a sigmoid / tanh layer's outputs in its flat tails
 BARELY = 0.05  # a loss that moved by less than this share of itself over the run
 RISE = 0.1  # the validation loss's rise above its best, as a share of the best (the end's median of 3 epochs)
@@ -64,8 +64,9 @@ def vanishing_gradients(record: Record) -> Optional[Finding]:
         "vanishing_gradients",
         severity,
         "vanishing gradients",
-        f"the first layers' gradient norms ({listed([f'{layer.name} {v:.2g}' for layer, v in first])}) are {ratio:.1g} "
-        f"times the last layers' ({listed([f'{layer.name} {v:.2g}' for layer, v in last])}), medians over "
+        f"the first layers' gradient norms ({listed([f'{layer.name} {v:.2g}' for layer, v in first])}) are "
+        + (f"{ratio:.1g} times" if ratio > 0 else "nothing next to")
+        + f" the last layers' ({listed([f'{layer.name} {v:.2g}' for layer, v in last])}), medians over "
         f"{epochs_text(start, end)}: the first layers hardly learn",
         [REMEDIES["init"], REMEDIES["norm"], REMEDIES["residual"], REMEDIES["relu"]],
         {"ratio": ratio, "first": {layer.name: v for layer, v in first}, "last": {layer.name: v for layer, v in last}},
@@ -157,13 +158,17 @@ def saturated_units(record: Record) -> Optional[Finding]:
 
 
 def dead_relus(record: Record) -> Optional[Finding]:
-    """ReLU-family layers with many units that never fire on the fixed batch (over the last third of the run)."""
+    """ReLU-family layers whose units never fire on the fixed batch at the end of training (the last third of the
+    run): half of a layer's units or more, or a quarter or more where their share at least doubled during
+    training (units that died; a dense layer over ReLU outputs may start with a quarter never firing, and learn)."""
     found = []
     for layer in record.layers:
         values = layer.values("dead_fraction")
-        if layer.kind == ACTIVATION and values and median(thirds(values)[1]) >= DEAD_WARNING:
-            died = next(e for e, v in zip(layer.epochs, layer.stats["dead_fraction"]) if v and v >= DEAD_WARNING)
-            found.append((layer, median(thirds(values)[1]), died))
+        if layer.kind != ACTIVATION or not values:
+            continue
+        start, end = (median(part) for part in thirds(values))
+        if end >= DEAD_PROBLEM or (end >= DEAD_WARNING and end >= 2 * start):
+            found.append((layer, end, start))
     if not found:
         return None
     worst = max(v for _, v, _ in found)
@@ -171,10 +176,10 @@ def dead_relus(record: Record) -> Optional[Finding]:
         "dead_relus",
         PROBLEM if worst >= DEAD_PROBLEM else WARNING,
         "dead ReLUs",
-        f"{listed([f'{v:.0%} of the units of {layer.name} (from epoch {died})' for layer, v, died in found])} never fire "
-        "on the fixed validation batch at the end of training: they pass no gradient back and stay dead",
+        f"{listed([f'{end:.0%} of the units of {layer.name} ({start:.0%} at the start)' for layer, end, start in found])} "
+        "never fire on the fixed validation batch at the end of training: they pass no gradient back and stay dead",
         [REMEDIES["lower_lr"], REMEDIES["leaky"], REMEDIES["init"], REMEDIES["norm"]],
-        {"layers": {layer.name: v for layer, v, _ in found}},
+        {"layers": {layer.name: end for layer, end, _ in found}},
     )
 
 
