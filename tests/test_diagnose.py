@@ -255,6 +255,19 @@ def test_a_finding_another_explains_becomes_info_naming_its_cause():
     assert list(found)[0] == "dead_relus"  # the most severe first
 
 
+def test_a_consequence_names_the_first_cause_of_a_chain():
+    run = record(
+        train=[40, 80, 7, 5, 6],
+        step_loss=[38, 12, 57, 35, 272, 8, 11, 6, 5.9, 5.1, 11, 6, 3.6, 6.1],
+        layers=mlp([0.01, 0.02, 0.6], update=0.4, dead_fraction=1.0),
+        test={"test/acc": 0.1, "test/f1": 0.018, "baseline/majority/acc": 0.1, "baseline/majority/f1": 0.018},
+    )
+    found = {f.code: f for f in diagnose(run)}
+    assert codes(list(found.values()), PROBLEM) == {"lr_too_high"}
+    # constant prediction <- dead ReLUs <- the learning rate: the learning rate is named
+    assert found["constant_prediction"].title.endswith("(a consequence of the learning rate too high)")
+
+
 # --- the run folder and the command -------------------------------------------------------------------------
 def write_run(folder: Path) -> Path:
     """A run folder as `zoo fit` leaves it: metrics.csv, layer_stats.csv, config, hparams, test metrics."""

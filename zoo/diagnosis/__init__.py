@@ -43,14 +43,21 @@ TOO_SHORT_TEXT = (
 
 def diagnose(record: Record) -> list[Finding]:
     """Every rule's finding on ``record``, most severe first. A finding that a problem found beside it explains
-    (:data:`~zoo.diagnosis.rules.EXPLAINED_BY`) becomes ``info`` and names its cause."""
+    (:data:`~zoo.diagnosis.rules.EXPLAINED_BY`) becomes ``info`` and names the first cause: a constant prediction
+    from dead ReLUs from a learning rate too high names the learning rate."""
     found = [f for f in (rule(record) for rule in RULES) if f is not None]
     problems = {f.code: f.title for f in found if f.severity == PROBLEM}
+
+    def root(code: str, seen: tuple[str, ...] = ()) -> str:
+        """The problem at the start of ``code``'s chain of explanations (itself where nothing explains it)."""
+        cause = next((c for c in EXPLAINED_BY.get(code, ()) if c in problems and c not in seen), None)
+        return code if cause is None else root(cause, (*seen, code))
+
     for finding in found:
-        causes = [problems[c] for c in EXPLAINED_BY.get(finding.code, ()) if c in problems]
-        if causes:
+        cause = root(finding.code)
+        if cause != finding.code:
             finding.severity = INFO
-            finding.title += f" (a consequence of the {causes[0]})"
+            finding.title += f" (a consequence of the {problems[cause]})"
             finding.remedies = []
     if not _enough(record) and not problems:
         found.append(Finding(TOO_SHORT, INFO, "too little recorded to judge the curves", TOO_SHORT_TEXT))
