@@ -16,7 +16,7 @@ from tests.conftest import ROOT, run_zoo
 from zoo.diagnosis import DIAGNOSIS_FILE, diagnose, read_record, summary
 from zoo.diagnosis import rules as r
 from zoo.diagnosis.findings import INFO, PROBLEM, WARNING
-from zoo.diagnosis.record import ACTIVATION, LAYER_STATS_COLUMNS, LAYER_STATS_FILE, PARAM, Layer, Record
+from zoo.diagnosis.record import ACTIVATION, LAYER_STATS_COLUMNS, LAYER_STATS_FILE, PARAM, LayerSeries, Record
 
 CLASSIFIER = {"model": {"class_path": "zoo.tasks.Classifier", "init_args": {"optimizer": {"init_args": {"lr": 0.1}}}}}
 
@@ -28,7 +28,7 @@ def record(
     train_acc: Optional[list[float]] = None,
     val_acc: Optional[list[float]] = None,
     step_loss: Optional[list[float]] = None,
-    layers: Optional[list[Layer]] = None,
+    layers: Optional[list[LayerSeries]] = None,
     config: Optional[dict[str, Any]] = None,
     **kw: Any,
 ) -> Record:
@@ -48,16 +48,16 @@ def record(
     )
 
 
-def layer(name: str, kind: str = PARAM, steps: int = 12, **stats: Any) -> Layer:
+def layer(name: str, kind: str = PARAM, steps: int = 12, **stats: Any) -> LayerSeries:
     """A layer with ``stats`` over ``steps`` logged steps: a constant, or a list of one value per step."""
-    found = Layer(name, kind, steps=[10 * i for i in range(steps)], epochs=[i // 4 for i in range(steps)])
+    found = LayerSeries(name, kind, steps=[10 * i for i in range(steps)], epochs=[i // 4 for i in range(steps)])
     for stat in found.stats:
         value = stats.get(stat)
         found.stats[stat] = list(value) if isinstance(value, list) else [value] * steps
     return found
 
 
-def mlp(grads: list[float], update: float = 1e-3, **activation: Any) -> list[Layer]:
+def mlp(grads: list[float], update: float = 1e-3, **activation: Any) -> list[LayerSeries]:
     """Linear layers with these gradient norms, a ReLU after each but the last (the head)."""
     layers = []
     for i, grad in enumerate(grads):

@@ -257,7 +257,9 @@ class LayerStats(Callback):
         for index in self._order or range(len(self.layers)):
             layer = self.layers[index]
             mean, std, dead, saturated = acts.get(index, [None] * 4)
-            ratio = change[index] / weight[index] if weight.get(index) else None if index not in change else math.inf
+            ratio = None
+            if index in change:  # a layer that trains: zero weights that moved changed infinitely much
+                ratio = change[index] / weight[index] if weight[index] else (math.inf if change[index] else 0.0)
             self._rows.append(
                 [
                     pending["step"],

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from zoo.diagnosis.record import PARAM, Layer, Record
+from zoo.diagnosis.record import PARAM, LayerSeries, Record
 
 PROBLEM, WARNING, INFO = "problem", "warning", "info"  # the run's result suffers / worth a look / for the record
 SEVERITIES = (PROBLEM, WARNING, INFO)
@@ -90,7 +90,7 @@ def losses(record: Record) -> list[float]:
     return steps if len(steps) >= MIN_STEPS else [v for _, v in record.curve("train/loss")]
 
 
-def layer_medians(record: Record, stat: str, kind: str = PARAM) -> list[tuple[Layer, float]]:
+def layer_medians(record: Record, stat: str, kind: str = PARAM) -> list[tuple[LayerSeries, float]]:
     """Each layer of ``kind`` (in forward order) with the median of ``stat`` over the run, where recorded."""
     found = []
     for layer in record.layers:
@@ -122,7 +122,7 @@ def listed(items: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def largest_update(record: Record, share: float = 0.0) -> Optional[tuple[Layer, float]]:
+def largest_update(record: Record, share: float = 0.0) -> Optional[tuple[LayerSeries, float]]:
     """The layer whose weights change most per step (median update ratio over the run), None without stats. With
     ``share``, the layer that this share of the layers beats or equals (0.25: three quarters of the layers change
     less), so that one fast head does not speak for the whole network."""

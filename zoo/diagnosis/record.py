@@ -38,7 +38,7 @@ Series = dict[int, float]  # epoch or step -> value
 
 
 @dataclass
-class Layer:
+class LayerSeries:
     """One layer's statistics over the logging steps, in step order (None where a statistic does not apply)."""
 
     name: str
@@ -72,7 +72,7 @@ class Record:
 
     epochs: dict[str, Series] = field(default_factory=dict)
     steps: dict[str, Series] = field(default_factory=dict)
-    layers: list[Layer] = field(default_factory=list)
+    layers: list[LayerSeries] = field(default_factory=list)
     test: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -132,16 +132,16 @@ def read_metrics(path: Path) -> tuple[dict[str, Series], dict[str, Series]]:
     return epochs, steps
 
 
-def read_layer_stats(path: Path) -> list[Layer]:
-    """``layer_stats.csv`` as one :class:`Layer` per layer, in the file's (forward) order."""
-    layers: dict[str, Layer] = {}
+def read_layer_stats(path: Path) -> list[LayerSeries]:
+    """``layer_stats.csv`` as one :class:`LayerSeries` per layer, in the file's (forward) order."""
+    layers: dict[str, LayerSeries] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             step, epoch = _int(row.get("step")), _int(row.get("epoch"))
             name = row.get("layer") or ""
             if step is None or epoch is None or not name:
                 continue
-            layer = layers.setdefault(name, Layer(name, row.get("kind") or PARAM))
+            layer = layers.setdefault(name, LayerSeries(name, row.get("kind") or PARAM))
             layer.steps.append(step)
             layer.epochs.append(epoch)
             for stat in LAYER_STATS:
