@@ -8,6 +8,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
@@ -321,6 +322,42 @@ def test_zoo_diagnose_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys:
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("zoo: error: ") and ("no such folder" in err or "has no metrics.csv" in err)
+
+
+# --- the loggers ---------------------------------------------------------------------------------------------
+FINDINGS = [r.Finding("dead_relus", PROBLEM, "dead ReLUs", "99% of the units of fc never fire", ["a lower LR"])]
+
+
+@pytest.mark.slow  # importing TensorBoard's reader: seconds
+def test_tensorboard_gets_the_counts_and_the_findings_as_text(tmp_path: Path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from zoo.run.outputs import log_findings
+
+    logger = TensorBoardLogger(tmp_path)
+    log_findings(SimpleNamespace(loggers=[logger], global_step=7), FINDINGS, tmp_path / DIAGNOSIS_FILE)
+    events = EventAccumulator(str(logger.log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("diagnosis/problems")] == [(7, 1.0)]
+    (text,) = events.Tensors("diagnosis/text_summary")
+    assert "dead ReLUs" in text.tensor_proto.string_val[0].decode()
+
+
+@pytest.mark.slow  # MLflow's SQLite store migrates its schema first: seconds
+def test_mlflow_gets_the_counts_and_diagnosis_json_as_an_artifact(tmp_path: Path):
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from zoo.run.outputs import log_findings
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = MLFlowLogger(tracking_uri=store, artifact_location=str(tmp_path / "artifacts"))
+    (tmp_path / DIAGNOSIS_FILE).write_text("{}")
+    log_findings(SimpleNamespace(loggers=[logger], global_step=7), FINDINGS, tmp_path / DIAGNOSIS_FILE)
+    client = mlflow.tracking.MlflowClient(store)
+    assert [a.path for a in client.list_artifacts(logger.run_id)] == [DIAGNOSIS_FILE]
+    assert client.get_run(logger.run_id).data.metrics == {"diagnosis/problems": 1.0, "diagnosis/warnings": 0.0}
 
 
 # --- trained runs (slow) ---------------------------------------------------------------------------------------

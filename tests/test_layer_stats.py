@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -53,7 +53,9 @@ def test_a_layer_never_called_follows_the_one_before_it():
     assert forward_order([2, 1], 3) == [0, 2, 1]  # a layer before every called one comes first
 
 
-def fit(root: Path, steps: int, bias: float = 0.0, activation: str = "relu", ckpt: str | None = None) -> Path:
+def fit(
+    root: Path, steps: int, bias: float = 0.0, activation: str = "relu", ckpt: str | None = None, before: tuple = ()
+) -> Path:
     torch.manual_seed(0)
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
     data = DataLoader(TensorDataset(x, y), batch_size=16)
@@ -63,7 +65,7 @@ def fit(root: Path, steps: int, bias: float = 0.0, activation: str = "relu", ckp
         max_steps=steps,
         log_every_n_steps=1,
         logger=CSVLogger(root, name="run", version="v"),
-        callbacks=[LayerStats(max_samples=32)],
+        callbacks=[*before, LayerStats(max_samples=32)],
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -116,3 +118,17 @@ def test_a_resumed_fit_carries_the_steps_before_its_checkpoint_and_writes_none_t
     resumed = fit(tmp_path / "b", steps=6, ckpt=str(ckpt))
     steps = [int(r["step"]) for r in rows_of(resumed) if r["layer"] == "head.fc"]
     assert steps == [0, 1, 2, 3, 4, 5]
+
+
+class DropGradients(Callback):
+    """Steps without gradients, as StochasticWeightAveraging's batch-norm epoch does."""
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: object) -> None:
+        for p in pl_module.parameters():
+            p.grad = None
+
+
+def test_a_step_without_gradients_leaves_their_cells_empty(tmp_path: Path):
+    rows = rows_of(fit(tmp_path, steps=2, before=(DropGradients(),)))
+    params = [r for r in rows if r["kind"] == "param"]
+    assert params and all(r["grad_norm"] == "" and float(r["update_ratio"]) == 0 for r in params)

@@ -223,7 +223,10 @@ class LayerStats(Callback):
         self._pending = {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
-            "grad": ([i for i, _ in with_grad], foreach_norm([p.grad.detach() for _, p in with_grad], 2.0)),
+            "grad": (
+                [i for i, _ in with_grad],
+                foreach_norm([p.grad.detach() for _, p in with_grad], 2.0) if with_grad else [],
+            ),
             "trained": trained,
             "before": [p.detach().clone() for _, p in trained],  # clones keep each one's memory format
         }
