@@ -256,6 +256,20 @@ def test_a_finding_another_explains_becomes_info_naming_its_cause():
     assert list(found)[0] == "dead_relus"  # the most severe first
 
 
+def test_a_warning_that_explains_a_problem_is_its_cause():
+    # Gradients 200 times smaller in the first layers (a warning alone) beside a model that learns nothing.
+    run = record(
+        train=[2.3, 2.1, 1.9, 1.85, 1.82, 1.8, 1.8, 1.79, 1.8, 1.79],
+        val=[2.2, 2.0, 1.95, 1.9, 1.9, 1.89, 1.89, 1.89, 1.9, 1.89],
+        train_acc=[0.15, 0.18, 0.19, 0.2, 0.2, 0.19, 0.2, 0.2, 0.19, 0.2],
+        facts={"majority_fraction": 0.1},
+        layers=mlp([0.004, 0.001, 0.0003, 0.005, 0.035, 0.24]),
+    )
+    found = {f.code: f for f in diagnose(run)}
+    assert found["vanishing_gradients"].severity == PROBLEM
+    assert found["underfitting"].severity == INFO and found["underfitting"].title.endswith("vanishing gradients)")
+
+
 def test_a_consequence_names_the_first_cause_of_a_chain():
     run = record(
         train=[40, 80, 7, 5, 6],

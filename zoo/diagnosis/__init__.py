@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from zoo.diagnosis.findings import INFO, MIN_EPOCHS, MIN_STEPS, PROBLEM, SEVERITIES, Finding
+from zoo.diagnosis.findings import INFO, MIN_EPOCHS, MIN_STEPS, PROBLEM, SEVERITIES, WARNING, Finding
 from zoo.diagnosis.record import DIAGNOSIS_FILE, LAYER_STATS_FILE, RUN_FILES, Record, read_record
 from zoo.diagnosis.rules import EXPLAINED_BY, RULES
 
@@ -44,8 +44,16 @@ TOO_SHORT_TEXT = (
 def diagnose(record: Record) -> list[Finding]:
     """Every rule's finding on ``record``, most severe first. A finding that a problem found beside it explains
     (:data:`~zoo.diagnosis.rules.EXPLAINED_BY`) becomes ``info`` and names the first cause: a constant prediction
-    from dead ReLUs from a learning rate too high names the learning rate."""
+    from dead ReLUs from a learning rate too high names the learning rate. A warning that explains a problem is
+    that problem's cause, and a problem itself."""
     found = [f for f in (rule(record) for rule in RULES) if f is not None]
+    # A warning that would explain a problem found beside it is its cause: a problem itself (large steps beside
+    # dead ReLUs, gradients 100 times smaller in the first layers beside a model that does not learn).
+    warned = {f.code: f for f in found if f.severity == WARNING}
+    for finding in [f for f in found if f.severity == PROBLEM]:
+        for cause in EXPLAINED_BY.get(finding.code, ()):
+            if cause in warned:
+                warned[cause].severity = PROBLEM
     problems = {f.code: f.title for f in found if f.severity == PROBLEM}
 
     def root(code: str, seen: tuple[str, ...] = ()) -> str:

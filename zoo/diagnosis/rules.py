@@ -186,10 +186,12 @@ def dead_relus(record: Record) -> Optional[Finding]:
 # --- the learning rate ----------------------------------------------------------------------------------------
 def loss_going_wrong(record: Record) -> list[str]:
     """Signs in the training loss that steps overshoot: not finite, rising from the start, ending no better than
-    a guess, or spiking to ten times a guess's loss."""
+    a guess, or spiking to ten times a guess's loss (an epoch's mean counts: it holds the steps between logging
+    steps)."""
     values = losses(record)
     if len(values) < MIN_EPOCHS:
         return []
+    peak = max([v for v in values if math.isfinite(v)] + [v for _, v in record.curve("train/loss")], default=0.0)
     signs = []
     if any(not math.isfinite(v) for v in values):
         signs.append("the training loss became infinite or NaN")
@@ -201,8 +203,8 @@ def loss_going_wrong(record: Record) -> list[str]:
     if chance is not None:
         if median(late) >= chance:
             signs.append(f"the training loss ends at {median(late):.3g}, no better than a guess's ({chance:.3g})")
-        if max(finite) >= 10 * chance:
-            signs.append(f"it jumped to {max(finite):.3g} on the way, {max(finite) / chance:.3g} times a guess's")
+        if peak >= 10 * chance:
+            signs.append(f"it jumped to {peak:.3g} on the way, {peak / chance:.3g} times a guess's")
     return signs
 
 
