@@ -263,7 +263,7 @@ def test_a_warning_that_explains_a_problem_is_its_cause():
         val=[2.2, 2.0, 1.95, 1.9, 1.9, 1.89, 1.89, 1.89, 1.9, 1.89],
         train_acc=[0.15, 0.18, 0.19, 0.2, 0.2, 0.19, 0.2, 0.2, 0.19, 0.2],
         facts={"majority_fraction": 0.1},
-        layers=mlp([0.004, 0.001, 0.0003, 0.005, 0.035, 0.24]),
+        layers=mlp([0.001, 0.0005, 0.0003, 0.005, 0.035, 0.24]),
     )
     found = {f.code: f for f in diagnose(run)}
     assert found["vanishing_gradients"].severity == PROBLEM
