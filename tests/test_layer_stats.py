@@ -5,6 +5,7 @@ writes no step twice."""
 from __future__ import annotations
 
 import csv
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,32 @@ def test_a_step_without_gradients_leaves_their_cells_empty(tmp_path: Path):
     rows = rows_of(fit(tmp_path, steps=2, before=(DropGradients(),)))
     params = [r for r in rows if r["kind"] == "param"]
     assert params and all(r["grad_norm"] == "" and float(r["update_ratio"]) == 0 for r in params)
+
+
+def test_recording_leaves_the_training_as_it_was():
+    """Weights equal to the bit with and without the callback: its pass in eval mode changes no batch-norm
+    statistics, and the validation batch it draws takes no number from the run's random generator (shuffling,
+    dropout)."""
+    from lightning.pytorch import LightningDataModule, seed_everything
+
+    def train(callbacks: list) -> dict[str, torch.Tensor]:
+        seed_everything(0)
+        data = TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
+        datamodule = LightningDataModule.from_datasets(data, data, batch_size=16)
+        kwargs = {"hidden_sizes": (16,), "dropout": 0.5, "norm": "batch"}
+        task = Classifier(backbone="mlp", backbone_kwargs=kwargs, num_classes=3, input_shape=(8,))
+        trainer = Trainer(
+            max_steps=8,
+            log_every_n_steps=1,
+            logger=CSVLogger(tempfile.mkdtemp()),
+            callbacks=callbacks,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            accelerator="cpu",
+        )
+        trainer.fit(task, datamodule=datamodule)
+        return task.state_dict()
+
+    plain, recorded = train([]), train([LayerStats()])
+    assert all(torch.equal(plain[k], recorded[k]) for k in plain)

@@ -280,7 +280,10 @@ class LayerStats(Callback):
         if datamodule is None or not callable(getattr(datamodule, "val_dataloader", None)):
             return None
         try:
-            batch = next(iter(datamodule.val_dataloader()), None)
+            # A DataLoader's iterator draws its seed from torch's global generator: forked, so that recording leaves
+            # the run's random numbers (and a resumed run's bit-identity with an uninterrupted one) as they were.
+            with torch.random.fork_rng(devices=[]):
+                batch = next(iter(datamodule.val_dataloader()), None)
         except Exception as err:  # noqa: BLE001  (a datamodule of the user's; the training batch will stand in)
             log.info("layer statistics: no validation batch (%s: %s); a training batch stands in", type(err), err)
             return None
