@@ -5,7 +5,6 @@ writes no step twice."""
 from __future__ import annotations
 
 import csv
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -135,13 +134,13 @@ def test_a_step_without_gradients_leaves_their_cells_empty(tmp_path: Path):
     assert params and all(r["grad_norm"] == "" and float(r["update_ratio"]) == 0 for r in params)
 
 
-def test_recording_leaves_the_training_as_it_was():
+def test_recording_leaves_the_training_as_it_was(tmp_path: Path):
     """Weights equal to the bit with and without the callback: its pass in eval mode changes no batch-norm
     statistics, and the validation batch it draws takes no number from the run's random generator (shuffling,
     dropout)."""
     from lightning.pytorch import LightningDataModule, seed_everything
 
-    def train(callbacks: list) -> dict[str, torch.Tensor]:
+    def train(callbacks: list, folder: str) -> dict[str, torch.Tensor]:
         seed_everything(0)
         data = TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
         datamodule = LightningDataModule.from_datasets(data, data, batch_size=16)
@@ -150,7 +149,7 @@ def test_recording_leaves_the_training_as_it_was():
         trainer = Trainer(
             max_steps=8,
             log_every_n_steps=1,
-            logger=CSVLogger(tempfile.mkdtemp()),
+            logger=CSVLogger(tmp_path / folder),
             callbacks=callbacks,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -160,5 +159,5 @@ def test_recording_leaves_the_training_as_it_was():
         trainer.fit(task, datamodule=datamodule)
         return task.state_dict()
 
-    plain, recorded = train([]), train([LayerStats()])
+    plain, recorded = train([], "plain"), train([LayerStats()], "recorded")
     assert all(torch.equal(plain[k], recorded[k]) for k in plain)
