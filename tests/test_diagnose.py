@@ -123,6 +123,12 @@ def test_exploding_gradients_growing_by_orders_of_magnitude_or_spiking():
     assert r.exploding_gradients(record(layers=[layer("fc", grad_norm=settling)])) is None
 
 
+def test_a_group_unfrozen_during_training_is_not_a_gradient_that_grew():
+    unfrozen = [None] * 6 + [50.0] * 6  # a fine-tuning schedule unfreezes the backbone half-way
+    layers = [layer("backbone", grad_norm=unfrozen), layer("head", grad_norm=0.1), layer("act", ACTIVATION)]
+    assert r.exploding_gradients(record(layers=layers)) is None
+
+
 def test_activations_whose_scale_grows_through_the_layers_explode():
     layers = [layer(f"l{i}", grad_norm=1.0, act_std=8.0**i) for i in range(6)]  # 1 to 32,768
     found = r.exploding_gradients(record(layers=layers))

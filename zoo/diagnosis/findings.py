@@ -100,13 +100,16 @@ def layer_medians(record: Record, stat: str, kind: str = PARAM) -> list[tuple[La
     return found
 
 
-def grad_norms(record: Record) -> list[tuple[int, float]]:
-    """The total gradient norm (before clipping) per logged step: GradNormMonitor's, else the layers' combined."""
+def grad_norms(record: Record, steady: bool = False) -> list[tuple[int, float]]:
+    """The total gradient norm (before clipping) per logged step: GradNormMonitor's, else the layers' combined.
+    ``steady``: over the layers that had a gradient on every logged step only (from the layer statistics, where
+    recorded), so that a group unfrozen by a fine-tuning schedule does not read as a gradient that grew."""
     logged = record.step_curve("grad_norm/total")
-    if logged:
+    if logged and not (steady and record.layers):
         return logged
+    layers = [layer for layer in record.layers if not steady or None not in layer.stats["grad_norm"]]
     squares: dict[int, float] = {}
-    for layer in record.layers:
+    for layer in layers:
         for step, value in zip(layer.steps, layer.stats["grad_norm"]):
             if value is not None:
                 squares[step] = squares.get(step, 0.0) + value * value

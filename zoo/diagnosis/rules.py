@@ -96,6 +96,9 @@ def exploding_gradients(record: Record) -> Optional[Finding]:
                 f"{median(finite):.3g}, {median(finite) / clip:.3g} times the threshold)"
             )
             severity, numbers["clipped_fraction"] = PROBLEM, clipped
+    steady = grad_norms(record, steady=True)  # growth and spikes: the layers trained throughout
+    finite = [v for _, v in steady if math.isfinite(v)]
+    norms = [(step, v) for step, v in steady if math.isfinite(v)]
     if len(finite) >= MIN_STEPS:
         early, late = thirds(finite)
         growth = median(late) / median(early) if median(early) > 0 else math.inf
