@@ -9,12 +9,20 @@ order, and evaluate a validation split after every epoch. What the zoo adds per 
   last, model summary, LR and gradient-norm monitors, early stopping, fine-tuning callback), progress bar and
   pictures off; target <= 1.5 ms.
 
+Of those defaults, the layer statistics that `zoo diagnose` reads (zoo.callbacks.layer_stats: gradient norms,
+update ratios and an activation pass over a fixed batch on every 10th step) are measured apart, within the same
+runs: the CPU time spent in their hooks over the rest of the training loop's CPU time; target <= 3 %. Both are
+measured in the same run and thread, so the load of other processes on a shared machine, which swamps a difference
+of a few percent between two runs, moves both alike. This tiny MLP is their worst case: a step costs little, and
+the statistics' cost is mostly Python's, per layer.
+
 The losses of both sides must agree to 5 decimals (numpy's ``assert_almost_equal``: a difference < 1.5e-5).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -50,6 +58,52 @@ def loss_difference(name: str, zoo: list[float], plain: list[float], decimals: O
     )
 
 
+def time_layer_stats(trainer: Any) -> dict[str, float]:
+    """Wraps the hooks of the trainer's LayerStats callback (if any) to add up this thread's CPU seconds in them;
+    the returned dict's ``seconds`` grows as the trainer runs."""
+    from zoo.callbacks.layer_stats import LayerStats
+
+    spent = {"seconds": 0.0}
+    for callback in (c for c in trainer.callbacks if isinstance(c, LayerStats)):
+        for name in ("on_before_optimizer_step", "on_train_batch_end", "on_train_epoch_end", "on_save_checkpoint"):
+            setattr(callback, name, _timed(getattr(callback, name), spent))
+    return spent
+
+
+def _timed(hook: Callable[..., Any], spent: dict[str, float]) -> Callable[..., Any]:
+    def timed(*args: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return hook(*args)
+        finally:
+            spent["seconds"] += time.thread_time() - start
+
+    return timed
+
+
+def layer_stats_share(runs: list[dict[str, Any]], steps: int) -> Figure:
+    """The layer statistics' CPU time over the rest of the training loop's, in the least disturbed run (the one of
+    least loop CPU time)."""
+    run = min(runs, key=lambda r: r["loop_cpu_seconds"])
+    own, loop = run["layer_stats_cpu_seconds"], run["loop_cpu_seconds"]
+    return Figure(
+        "layer statistics for zoo diagnose, % of the training loop's CPU time with zoo fit's defaults",
+        own / (loop - own) * 100,
+        "%",
+        at_most=3.0,
+        zoo=own,
+        plain=loop - own,
+        side_unit="s",
+        sides=("layer statistics", "the rest of the loop"),
+        details={
+            "steps": steps,
+            "log_every_n_steps": 10,
+            "per_logging_step_ms": own / (steps / 10) * 1e3,
+            "runs": [(round(r["layer_stats_cpu_seconds"], 4), round(r["loop_cpu_seconds"], 4)) for r in runs],
+        },
+    )
+
+
 def run(mode: str) -> list[Figure]:
     size = SIZES[mode]
     epochs, steps = size["epochs"], size["epochs"] * size["steps_per_epoch"]
@@ -64,8 +118,9 @@ def run(mode: str) -> list[Figure]:
             backbone="mlp", backbone_kwargs={"hidden_sizes": (HIDDEN,)}, num_classes=CLASSES, input_shape=(FEATURES,)
         )
         trainer = zoo_trainer(max_epochs=epochs, defaults=defaults)
+        hooks = time_layer_stats(trainer)
         result = fit_zoo(task, trainer, loader(train_set, BATCH, True, SEED), loader(val_set, BATCH, False))
-        return {**result, "model": task}
+        return {**result, "model": task, "layer_stats_cpu_seconds": hooks["seconds"]}
 
     def plain() -> dict[str, Any]:
         torch.manual_seed(SEED)
@@ -110,6 +165,7 @@ def run(mode: str) -> list[Figure]:
             steps=steps,
             runs=times,
         ),
+        layer_stats_share(runs["zoo_defaults"], steps),
         loss_difference(
             "loss difference zoo vs plain, last epoch train and val",
             [z["train_loss"], z["val_loss"]],

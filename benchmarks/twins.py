@@ -201,7 +201,8 @@ def cli_trainer(max_epochs: int, max_steps: int = -1, **kw: Any) -> Any:
 
 def fit_zoo(task: Any, trainer: Any, train: DataLoader, val: Optional[DataLoader] = None) -> dict[str, Any]:
     """``trainer.fit`` timed; returns seconds (set-up inside ``fit`` included), loop seconds (from the start of
-    the first epoch to the end of training, what a plain loop's timing covers), steps and the last losses."""
+    the first epoch to the end of training, what a plain loop's timing covers) and the loop's CPU seconds in this
+    thread (what other processes on a loaded machine disturb least), steps and the last losses."""
     clock = loop_clock()
     trainer.callbacks.append(clock)
     with quiet(), Stopwatch() as sw:
@@ -211,6 +212,7 @@ def fit_zoo(task: Any, trainer: Any, train: DataLoader, val: Optional[DataLoader
     return {
         "seconds": sw.seconds,
         "loop_seconds": clock.end - clock.start,
+        "loop_cpu_seconds": clock.cpu_end - clock.cpu_start,
         "steps": trainer.global_step,
         "train_loss": float(metrics["train/loss"]) if "train/loss" in metrics else None,
         "val_loss": float(metrics["val/loss"]) if "val/loss" in metrics else None,
@@ -247,18 +249,19 @@ def stock_lightning(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: C
 
 
 def loop_clock() -> Any:
-    """A callback timing the training loop: from ``on_train_start`` (after the set-up of the strategy, the
-    optimizers and the loaders) to ``on_train_end``. Lightning is imported here: only the zoo side needs it."""
+    """A callback timing the training loop, in wall and in this thread's CPU seconds: from ``on_train_start``
+    (after the set-up of the strategy, the optimizers and the loaders) to ``on_train_end``. Lightning is imported
+    here: only the zoo side needs it."""
     from lightning.pytorch import Callback
 
     class LoopClock(Callback):
-        start = end = 0.0
+        start = end = cpu_start = cpu_end = 0.0
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.thread_time()
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.end = time.perf_counter()
+            self.end, self.cpu_end = time.perf_counter(), time.thread_time()
 
     return LoopClock()
 

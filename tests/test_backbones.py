@@ -275,3 +275,17 @@ def test_cnn_small_input_is_fine_without_pooling():
 def test_cnn_rejects_non_image_input_shape(shape):
     with pytest.raises(ConfigError, match=r"cnn expects images of shape \(C, H, W\)"):
         create_backbone("cnn", input_shape=shape)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "tabular_mlp"])
+def test_init_std_and_bias_init_reach_every_layer(name):
+    # The broken recipes of configs/diagnosis/ need them: N(0, 1) weights, biases far below 0.
+    torch.manual_seed(0)
+    shape = {"cnn": (1, 8, 8)}.get(name, (FAN_IN,))
+    model = create_backbone(name, input_shape=shape, init="normal", init_std=1.0, bias_init=-3.0)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert layers
+    for layer in layers:
+        assert layer.weight.std().item() == pytest.approx(1.0, rel=0.2)
+        if layer.bias is not None:  # a convolution before batch norm has none
+            assert torch.equal(layer.bias, torch.full_like(layer.bias, -3.0))

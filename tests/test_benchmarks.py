@@ -72,6 +72,8 @@ def test_overhead_run_writes_json_with_both_sides(tmp_path: Path, capsys: pytest
     assert bare["zoo"] > 0 and bare["plain"] > 0
     assert bare["measured"] == pytest.approx((bare["zoo"] - bare["plain"]) / steps * 1e3)
     assert isinstance(bare["passed"], bool) and bare["target"] == "<= 0.6 ms"
+    stats = figures["layer statistics for zoo diagnose, % of the training loop's CPU time with zoo fit's defaults"]
+    assert stats["zoo"] > 0 and stats["measured"] == pytest.approx(stats["zoo"] / stats["plain"] * 100)
     losses = figures["loss difference zoo vs plain, last epoch train and val"]
     assert losses["passed"], losses  # the same network, data, order and optimizer on both sides
     assert "added time per step" in capsys.readouterr().out  # the table was printed

@@ -19,6 +19,7 @@ BASE = "configs/experiments/digits_mlp.yaml"
 ROLES = {
     "experiments": lambda path: ["--config", path],
     "recipes": lambda path: ["--config", path],
+    "diagnosis": lambda path: ["--config", path],  # broken on purpose, but each a complete config
     "data": lambda path: ["--model", "configs/model/mlp.yaml", "--data", path],
     "model": lambda path: ["--data", "configs/data/digits.yaml", "--model", path],
     "trainer": lambda path: ["--config", BASE, "--trainer", path],

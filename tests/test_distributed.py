@@ -9,6 +9,7 @@ no sample is padded in twice and the synchronised metrics equal one process's ov
 
 from __future__ import annotations
 
+import csv
 import json
 import socket
 import sys
@@ -242,6 +243,16 @@ def test_ddp_writes_one_run_folder_with_one_best_and_one_last_checkpoint(ddp_run
     rows = list(csv.DictReader((runs / "version_0" / "metrics.csv").open()))
     logged = {int(r["epoch"]): float(r["val/loss"]) for r in rows if r.get("val/loss")}
     assert logged == pytest.approx(val_losses, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_writes_the_layer_statistics_and_the_diagnosis_once_from_rank_zero(ddp_run):
+    run = ddp_run.workdir / "runs" / "ddp" / "version_0"
+    with open(run / "layer_stats.csv", newline="") as f:
+        rows = [(int(row["step"]), row["layer"]) for row in csv.DictReader(f)]
+    assert len(rows) == len(set(rows)), "a step's layer written twice"
+    assert sorted({step for step, _ in rows}) == list(range(6))  # 2 epochs of 3 steps, each logged
+    assert (run / "diagnosis.json").is_file() and ddp_run.result.stdout.count("diagnosis of ") == 1
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_zoo
+from tests.test_diagnose import problems_in
 
 _spec = importlib.util.spec_from_file_location("results", ROOT / "scripts" / "results.py")
 results = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
@@ -78,3 +79,6 @@ def test_experiment_reaches_its_target(
     print(f"{experiment}: {metric}={metrics[metric]:.4f} in {elapsed:.0f} s")
     # Wall time is reported, not asserted: this machine is shared, and timings belong in benchmarks/.
     assert metrics[metric] >= threshold, f"{experiment}: {metric}={metrics[metric]:.4f} < {threshold}"
+    # No false alarm: the diagnosis at the end of the fit finds no problem in a recipe that reaches its target.
+    problems = problems_in(workdir / "runs" / experiment)
+    assert not problems, f"{experiment}: the diagnosis finds problems in a healthy run: {problems}"

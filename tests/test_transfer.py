@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.test_diagnose import problems_in
 
 _spec = importlib.util.spec_from_file_location("results", ROOT / "scripts" / "results.py")
 results = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
@@ -38,6 +39,8 @@ def measure(names: list[str], workdir: Path, seeds: list[int] | None) -> dict[st
         means[name] = run["metrics"][metric]
         print(f"{name}: mean {metric}={means[name]:.4f} over seeds {seeds}")
         assert means[name] >= threshold, f"{name}: {metric}={means[name]:.4f} < {threshold}"
+        problems = problems_in(workdir / "runs" / name)  # no false alarm from the diagnosis either
+        assert not problems, f"{name}: the diagnosis finds problems in a healthy run: {problems}"
     return means
 
 

@@ -193,7 +193,9 @@ def test_log_model_uploads_the_best_checkpoint_as_a_model_artifact(workdir: Path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = offline_runs(workdir / "runs")
-    assert {(a.type, a.name) for a in run.artifacts} == {("model", f"model-{run.id}")}
+    # The checkpoints' model, and the table of the diagnosis at the end of the fit (zoo.run.outputs.log_findings).
+    diagnosis = ("run_table", f"run-{run.id}-diagnosis")
+    assert {(a.type, a.name) for a in run.artifacts} == {("model", f"model-{run.id}"), diagnosis}
     (best,) = [a for a in run.artifacts if "best" in a.aliases]
     metadata = json.loads(best.metadata)
     best_file = _checkpoints(workdir, run) / metadata["original_filename"]

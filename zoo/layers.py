@@ -30,10 +30,13 @@ def make_activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
-def init_weights(module: nn.Module, scheme: str, activation: str = "relu") -> None:
-    """Initialise the weight matrices of every Linear/Conv layer in ``module``; biases start at zero.
+def init_weights(
+    module: nn.Module, scheme: str, activation: str = "relu", std: float = 0.02, bias: float = 0.0
+) -> None:
+    """Initialise the weight matrices of every Linear/Conv layer in ``module``; biases start at ``bias`` (0).
 
-    Xavier suits tanh/sigmoid, He (kaiming) suits the ReLU family; ``default`` keeps PyTorch's init.
+    Xavier suits tanh/sigmoid, He (kaiming) suits the ReLU family; ``normal`` draws from N(0, ``std``);
+    ``default`` keeps PyTorch's init (biases included).
     """
     if scheme == "default":
         return
@@ -46,7 +49,7 @@ def init_weights(module: nn.Module, scheme: str, activation: str = "relu") -> No
         "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity=nonlinearity),
         "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity=nonlinearity),
         "orthogonal": lambda w: nn.init.orthogonal_(w, gain=gain),
-        "normal": lambda w: nn.init.normal_(w, std=0.02),
+        "normal": lambda w: nn.init.normal_(w, std=std),
     }
     if scheme not in schemes:
         raise ConfigError(f"unknown init {scheme!r}; choose one of {['default', *schemes]}")
@@ -54,7 +57,7 @@ def init_weights(module: nn.Module, scheme: str, activation: str = "relu") -> No
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             schemes[scheme](m.weight)
             if m.bias is not None:
-                nn.init.zeros_(m.bias)
+                nn.init.constant_(m.bias, bias)
 
 
 # --- patch embedding (vision transformers) -----------------------------------------------------------

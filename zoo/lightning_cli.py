@@ -28,7 +28,7 @@ from zoo.loggers import continue_stored_run, store_run_id
 from zoo.resume import as_dict, config_value
 from zoo.run.callbacks import default_callbacks, default_plugins
 from zoo.run.files import run_folder
-from zoo.run.outputs import test_after_fit, write_metrics
+from zoo.run.outputs import diagnose_after_fit, test_after_fit, write_metrics
 from zoo.run.preflight import (
     apply_budget,
     budget_for,
@@ -129,6 +129,14 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
             "(zoo.callbacks.pictures.RunPictures); false to skip",
         )
         parser.add_argument(
+            "--diagnose",
+            type=bool,
+            default=True,
+            help="fit only: record per-layer gradient norms, update ratios and activation statistics on logging "
+            "steps (layer_stats.csv, zoo.callbacks.layer_stats.LayerStats) and diagnose the run when it ends: a "
+            "summary, diagnosis.json and the loggers (zoo diagnose RUN_DIR); false to skip",
+        )
+        parser.add_argument(
             "--baseline",
             type=bool,
             default=True,
@@ -208,7 +216,8 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
         parser = subcommand_parser(self, self.subcommand)
         configured = [config_get(self, self.config_init, key) for key in parser.callback_keys]
         pictures = config_get(self, self.config_init, "pictures", True) is not False
-        callbacks = default_callbacks(configured, trainer_config, pictures)
+        diagnose = config_get(self, self.config_init, "diagnose", True) is not False
+        callbacks = default_callbacks(configured, trainer_config, pictures, diagnose)
         check_precision(trainer_config)
         user = trainer_config.get("callbacks") or []
         check_sharded_freezing(
@@ -223,9 +232,10 @@ class ZooCLI(CheckpointPathHook, LightningCLI):
 
     # --- after each command ----------------------------------------------------------------------
     def after_fit(self) -> None:
-        if not config_get(self, self.config, "test_after_fit", True) or self.datamodule is None:
-            return
-        test_after_fit(self.trainer, self.model, self.datamodule, self._baseline())
+        if config_get(self, self.config, "test_after_fit", True) and self.datamodule is not None:
+            test_after_fit(self.trainer, self.model, self.datamodule, self._baseline())
+        if config_get(self, self.config, "diagnose", True) and not self.trainer.interrupted:
+            diagnose_after_fit(self.trainer)
 
     def after_validate(self) -> None:
         write_metrics(self.trainer, self.model, self.datamodule, "val", self._baseline())

@@ -31,6 +31,8 @@ class CNNBackbone(Backbone):
         dropout: dropout before each dense layer.
         activation: non-linearity after each convolution and dense layer.
         init: weight initialisation scheme.
+        init_std: the standard deviation of the ``normal`` scheme's weights.
+        bias_init: the value every bias starts at (any scheme but ``default``).
     """
 
     def __init__(
@@ -46,6 +48,8 @@ class CNNBackbone(Backbone):
         dropout: float = 0.0,
         activation: Activation = "relu",
         init: Init = "kaiming_normal",
+        init_std: float = 0.02,
+        bias_init: float = 0.0,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
@@ -77,7 +81,7 @@ class CNNBackbone(Backbone):
             flat = width_out
         self.dense = nn.Sequential(*fcs)
         self.num_features = flat
-        init_weights(self, init, activation)
+        init_weights(self, init, activation, init_std, bias_init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(x)  # (B, C, H, W) -> (B, channels[-1], H', W')

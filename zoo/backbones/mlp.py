@@ -27,6 +27,8 @@ class MLPBackbone(Backbone):
         dropout: dropout probability after each hidden layer.
         norm: normalisation after each linear layer (``batch`` or ``layer``), or ``none``.
         init: weight initialisation scheme (He for ReLU-like activations, Xavier for tanh / sigmoid).
+        init_std: the standard deviation of the ``normal`` scheme's weights.
+        bias_init: the value every bias starts at (any scheme but ``default``).
     """
 
     def __init__(
@@ -37,6 +39,8 @@ class MLPBackbone(Backbone):
         dropout: float = 0.0,
         norm: Norm = "none",
         init: Init = "kaiming_normal",
+        init_std: float = 0.02,
+        bias_init: float = 0.0,
     ) -> None:
         super().__init__()
         if not hidden_sizes:
@@ -54,7 +58,7 @@ class MLPBackbone(Backbone):
             in_features = width
         self.blocks = nn.Sequential(*blocks)
         self.num_features = hidden_sizes[-1]
-        init_weights(self, init, activation)
+        init_weights(self, init, activation, init_std, bias_init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x.flatten(1))  # (B, *input_shape) -> (B, num_features)

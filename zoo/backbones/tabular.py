@@ -58,6 +58,8 @@ class TabularMLPBackbone(Backbone):
         embedding_dropout: dropout on the concatenated embeddings.
         norm: normalisation after each hidden layer's activation (fastai's order), or ``none``.
         init: weight initialisation of the linear layers (embeddings start at N(0, 0.01), as fastai's).
+        init_std: the standard deviation of the ``normal`` scheme's weights.
+        bias_init: the value every bias starts at (any scheme but ``default``).
     """
 
     def __init__(
@@ -70,6 +72,8 @@ class TabularMLPBackbone(Backbone):
         embedding_dropout: float = 0.0,
         norm: Norm = "batch",
         init: Init = "kaiming_normal",
+        init_std: float = 0.02,
+        bias_init: float = 0.0,
     ) -> None:
         super().__init__()
         if not hidden_sizes:
@@ -100,7 +104,7 @@ class TabularMLPBackbone(Backbone):
             in_features = width
         self.blocks = nn.Sequential(*blocks)
         self.num_features = hidden_sizes[-1]
-        init_weights(self.blocks, init, activation)
+        init_weights(self.blocks, init, activation, init_std, bias_init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)  # (B, n_numeric + n_categorical)

@@ -13,6 +13,7 @@ EXTRA_COMMANDS = {
     "tune": "hyperparameter search with Optuna: zoo tune --config CONFIG --search SPACE.yaml",
     "export": "ONNX, torch.export, safetensors and a model card: zoo export --ckpt_path X",
     "report": "a run's pictures as PNG (curves, confusion, top losses...), or runs compared: zoo report RUN_DIR...",
+    "diagnose": "what went wrong in a run, with the evidence and remedies: zoo diagnose RUN_DIR",
     "lr-find": "learning-rate range test, plot and a config with the suggested LR: zoo lr-find --config CONFIG",
     "benchmark": "one recipe over data sets x seeds, a table beside baselines and published results: zoo benchmark",
 }
@@ -22,6 +23,7 @@ COMMAND_MODULES = {
     "tune": "zoo.commands.tune",
     "export": "zoo.commands.export",
     "report": "zoo.commands.report",
+    "diagnose": "zoo.commands.diagnose",
     "lr-find": "zoo.commands.lr_find",
     "benchmark": "zoo.commands.benchmark",
 }

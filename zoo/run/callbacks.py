@@ -17,13 +17,16 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from zoo.callbacks.feature_cache import FeatureCache
 from zoo.callbacks.finetuning import FineTuning
+from zoo.callbacks.layer_stats import LayerStats
 from zoo.callbacks.monitoring import GradNormMonitor, ParameterHistograms, StopOnNonFinite
 from zoo.callbacks.pictures import RunPictures
 from zoo.callbacks.progress import ZooProgressBar
 from zoo.run.files import AtomicCheckpointIO, MetricsInRunFolder
 
 
-def default_callbacks(configured: list[Any], trainer_config: dict[str, Any], pictures: bool = True) -> list[Any]:
+def default_callbacks(
+    configured: list[Any], trainer_config: dict[str, Any], pictures: bool = True, diagnose: bool = True
+) -> list[Any]:
     """The run's callbacks beside the user's own ``trainer.callbacks``.
 
     Args:
@@ -31,12 +34,13 @@ def default_callbacks(configured: list[Any], trainer_config: dict[str, Any], pic
         trainer_config: the trainer's settings; ``enable_model_summary`` is turned off there when a summary
             callback is in the run (else Lightning logs on every run that it skips its own).
         pictures: draw the run's pictures where there is a run folder (a logger).
+        diagnose: record per-layer statistics for the diagnosis where there is a run folder (a logger).
 
     Returns:
         ``configured`` (less the checkpoint without checkpointing, the fine-tuning or feature-cache group when the
         user gives their own in ``trainer.callbacks``) and the defaults: progress bar, model summary, LR and
         gradient-norm monitors, histograms of weights and gradients, metrics.csv in the run folder, the non-finite
-        stop and the pictures, each unless turned off or replaced by the user's own.
+        stop, the pictures and the layer statistics, each unless turned off or replaced by the user's own.
     """
     callbacks = list(configured)
     if trainer_config.get("enable_checkpointing") is False:
@@ -69,6 +73,9 @@ def default_callbacks(configured: list[Any], trainer_config: dict[str, Any], pic
     # The run's pictures by default where there is a run folder (a logger), unless turned off or the user's own.
     if pictures and logged and not has(user, RunPictures):
         callbacks.append(RunPictures())
+    # What `zoo diagnose` reads (layer_stats.csv), likewise.
+    if diagnose and logged and not has(user, LayerStats):
+        callbacks.append(LayerStats())
     return callbacks
 
 

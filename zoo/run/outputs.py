@@ -61,3 +61,67 @@ def warn_first_epoch_best(trainer: Trainer) -> None:
             "split too small or unlike the training data to select on (--selection last)",
             file=sys.stderr,
         )
+
+
+def diagnose_after_fit(trainer: Trainer, error: Optional[BaseException] = None) -> None:
+    """The diagnosis of the fit that just ended (:mod:`zoo.diagnosis`), on the global-zero process: a short summary
+    printed (one line for a healthy run), ``diagnosis.json`` in the run folder, and the findings to the loggers
+    that take text or metrics (:func:`log_findings`). Nothing where the run recorded nothing (no logger).
+    ``error``: what stopped the fit (a non-finite loss), itself a finding."""
+    from zoo.diagnosis import RUN_FILES, diagnose_run, summary, write
+
+    if not trainer.is_global_zero:
+        return
+    run = run_folder(trainer)
+    if not any((run / name).is_file() for name in RUN_FILES):
+        return
+    facts = run_facts(trainer)
+    if error is not None:
+        facts["stopped"] = str(error)
+    findings, _ = diagnose_run(run, facts)
+    path = write(run, findings, facts)
+    healthy = all(f.severity == "info" for f in findings)
+    print(summary(findings, str(run), verbose=False))
+    print(f"diagnosis written to {path}" + ("" if healthy else f"; the remedies: zoo diagnose {run}"))
+    log_findings(trainer, findings, path)
+
+
+def run_facts(trainer: Trainer) -> dict[str, Any]:
+    """What the diagnosis needs that only the live run knows: the training and validation samples (after the
+    budget's choices: a validation split joined to the training data counts 0) and the majority class's share of
+    the training labels, where the datamodule tells."""
+    from datamodules.base import labels_of
+
+    datamodule, facts = trainer.datamodule, {}
+    split_sizes = getattr(datamodule, "split_sizes", None)
+    if callable(split_sizes):
+        facts["train_samples"], facts["val_samples"] = split_sizes()
+    labels = labels_of(getattr(datamodule, "train_set", None))
+    if labels is not None and labels.numel():
+        facts["majority_fraction"] = float(labels.bincount().max()) / labels.numel()
+    return facts
+
+
+def log_findings(trainer: Trainer, findings: list[Any], path: Any) -> None:
+    """The findings to each logger that takes them: counts as metrics (``diagnosis/problems``,
+    ``diagnosis/warnings``) and the findings as text (W&B: a table; TensorBoard: text; MLflow: diagnosis.json
+    as an artifact). The CSV logger's run folder holds diagnosis.json itself. A logger that fails is a warning."""
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    counts = {f"diagnosis/{s}s": float(sum(f.severity == s for f in findings)) for s in ("problem", "warning")}
+    rows = [[f.severity, f.title, f.evidence, "; ".join(f.remedies)] for f in findings]
+    text = "\n\n".join(f"**{f.severity}: {f.title}**  \n{f.evidence}" for f in findings) or "healthy"
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            continue
+        try:
+            logger.log_metrics(counts, step=trainer.global_step)
+            if isinstance(logger, WandbLogger):
+                logger.log_text(key="diagnosis", columns=["severity", "finding", "evidence", "remedies"], data=rows)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("diagnosis", text, trainer.global_step)
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path))
+            logger.save()
+        except Exception as err:  # noqa: BLE001  (a tracker's failure must not fail a finished run)
+            print(f"warning: the diagnosis was not logged to {type(logger).__name__}: {err}", file=sys.stderr)
