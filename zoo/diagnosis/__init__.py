@@ -3,9 +3,10 @@ end of every `zoo fit`.
 
 - :mod:`zoo.diagnosis.record`: the run folder read into a :class:`Record` (metrics.csv, layer_stats.csv, the test
   metrics, the config), standard library and PyYAML only;
-- :mod:`zoo.diagnosis.rules`: one small pure function per failure (vanishing and exploding gradients, dead and
-  saturated units, a learning rate too high or too low, over- and underfitting, a best epoch that is the first,
-  a validation set too small, a constant prediction), each a :class:`Finding` with its evidence and remedies;
+- :mod:`zoo.diagnosis.rules` (the layers) and :mod:`zoo.diagnosis.curves` (the curves and results): one small
+  pure function per failure (vanishing and exploding gradients, dead and saturated units, a learning rate too
+  high or too low, over- and underfitting, a best epoch that is the first, a validation set too small, a
+  constant prediction), each a :class:`Finding` with its evidence and remedies (:mod:`zoo.diagnosis.findings`);
 - here: the findings of a run, a finding another one explains demoted to ``info`` (dead ReLUs explain the
   vanishing gradients below them), the text a user reads and ``diagnosis.json``.
 """

@@ -14,6 +14,7 @@ from zoo.diagnosis.record import PARAM, LayerSeries, Record
 PROBLEM, WARNING, INFO = "problem", "warning", "info"  # the run's result suffers / worth a look / for the record
 SEVERITIES = (PROBLEM, WARNING, INFO)
 MIN_EPOCHS, MIN_STEPS = 3, 10  # fewer recorded than this: the curves say nothing yet
+BARELY = 0.05  # a loss that moved by less than this share of itself over the run
 
 
 @dataclass
