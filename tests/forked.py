@@ -174,7 +174,8 @@ def _fresh_logging() -> None:
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
                 stream: Optional[object] = getattr(handler, "stream", None)
-                handler.setStream(sys.stdout if _is_stdout(stream) else sys.stderr)  # type: ignore[arg-type]
+                # Not setStream(): it flushes the old stream, which the test runner may have closed already.
+                handler.stream = sys.stdout if _is_stdout(stream) else sys.stderr
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if not logger.handlers:  # imported under the test runner's root handler: propagated instead

@@ -33,6 +33,7 @@ PICTURE_KEYS = {  # every picture RunPictures logs to a tracker, by key
     "pictures/predictions",
     "pictures/top_losses",
     "pictures/train_batch",
+    "pictures/layer_stats",
 }
 # Both trackers in one run: MLflow first (it names the run folder), TensorBoard in runs/tb/version_0.
 BOTH = {
@@ -135,7 +136,7 @@ def test_mlflow_run_has_every_metric_as_the_run_folder_has_it(tracked):
 def test_mlflow_artifacts_are_the_run_pictures(tracked):
     client, run_id = tracked.client, tracked.run.info.run_id
     files = {Path(f.path).name for f in client.list_artifacts(run_id, "pictures")}
-    samples = {"predictions.png", "top_losses.png", "train_batch.png"}
+    samples = {"predictions.png", "top_losses.png", "train_batch.png", "layer_stats.png"}
     assert files == {"learning_curves.png", "learning_rate.png", "confusion_matrix.png", *samples}
     for name in ("learning_rate.png", "confusion_matrix.png"):  # drawn once: the very PNGs of the run folder
         logged = client.download_artifacts(run_id, f"pictures/{name}", str(tracked.workdir))
