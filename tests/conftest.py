@@ -21,9 +21,10 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tests.forked import run_forked  # noqa: E402
+from tests.forked import can_fork, run_forked  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+_STARTUP_ENV = frozenset(os.environ)
 
 # Nothing may reach a hub during tests; W&B never needs an account.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,10 +59,13 @@ def run_zoo(
     """Run `python cli.py ARGS` as a user would, in a process of its own; returns the finished process.
 
     The process is forked from this one, which has imported Lightning once (tests/forked.py says what it
-    resets); ``fresh=True`` or ``ZOO_TEST_FRESH=1`` starts a new interpreter instead.
+    resets); ``fresh=True`` or ``ZOO_TEST_FRESH=1`` starts a new interpreter instead, as does a test process that
+    has imported a tracker library (``forked.can_fork``).
     """
-    full_env = {**os.environ, **(env or {})}
-    if not fresh and os.environ.get("ZOO_TEST_FRESH") != "1":
+    # MLflow sets MLFLOW_TRACKING_URI in the process that logged to it (a test's in-process run): not the user's.
+    leaked = {k for k in os.environ if k.startswith("MLFLOW_") and k not in _STARTUP_ENV}
+    full_env = {**{k: v for k, v in os.environ.items() if k not in leaked}, **(env or {})}
+    if not fresh and os.environ.get("ZOO_TEST_FRESH") != "1" and can_fork():
         return run_forked(ROOT / "cli.py", list(args), cwd=Path(cwd), env=full_env, timeout=timeout)
     return subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args],

@@ -36,6 +36,14 @@ from typing import Optional
 # What a run imports before reading its arguments: imported once per test process, not once per run.
 PRELOADED = ("lightning.pytorch", "zoo.lightning_cli", "zoo.commands.predict")
 INTERRUPTED = 128 + signal.SIGINT
+# MLflow keeps process-wide state a child would inherit: its store cached per tracking URI (a relative
+# sqlite:///runs/mlflow.db would open the database of an earlier test's folder) and its active run.
+HOLDS_RUN_STATE = ("mlflow",)
+
+
+def can_fork() -> bool:
+    """Whether a forked run starts as clean as a fresh one: not once this process has imported a tracker."""
+    return not any(name in sys.modules for name in HOLDS_RUN_STATE)
 
 
 @functools.cache

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,12 @@ def test_pythonpath_reaches_the_forked_run_and_the_test_process_path_does_not(wo
     assert f"PATH ['{Path(__file__).parents[1]}', '{workdir / 'pkg'}']" in forked.stdout
     assert forked.stdout == fresh.stdout and forked.stderr == fresh.stderr
     assert forked.returncode == fresh.returncode == 2
+
+
+def test_a_process_that_imported_a_tracker_starts_fresh_interpreters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.forked import can_fork
+
+    monkeypatch.delitem(sys.modules, "mlflow", raising=False)
+    assert can_fork()
+    monkeypatch.setitem(sys.modules, "mlflow", types.ModuleType("mlflow"))  # its cached stores would be inherited
+    assert not can_fork()
