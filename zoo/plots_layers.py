@@ -20,26 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
+from zoo.diagnosis.record import LAYER_STATS_COLUMNS
 from zoo.errors import DataError
 from zoo.plots import new_figure
 
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.figure import Figure
-
-LAYER_STATS_FILE = "layer_stats.csv"
-LAYER_STATS_COLUMNS = (
-    "step",
-    "epoch",
-    "layer",
-    "kind",
-    "grad_norm",
-    "update_ratio",
-    "act_mean",
-    "act_std",
-    "dead_fraction",
-    "saturated_fraction",
-)
 
 
 @dataclass(frozen=True)

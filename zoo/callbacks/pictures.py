@@ -15,7 +15,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 
 from zoo.callbacks.samples import Kept, SampleCollector, batch_samples, to_samples
-from zoo.plots_layers import LAYER_STATS_FILE
+from zoo.diagnosis.record import LAYER_STATS_FILE
 from zoo.plots_samples import SAMPLES_FILE, Sample
 from zoo.run.files import run_folder
 from zoo.trackers import log_picture, picture_loggers

@@ -187,7 +187,8 @@ def _samples(name: str, run: Path, history: dict[str, dict[float, float]], path:
 
 
 def _layer_stats(run: Path, history: dict[str, dict[float, float]], path: Path, title: str) -> Path:
-    from zoo.plots_layers import LAYER_STATS_FILE, plot_layer_stats
+    from zoo.diagnosis.record import LAYER_STATS_FILE
+    from zoo.plots_layers import plot_layer_stats
 
     if not (run / LAYER_STATS_FILE).is_file():
         raise NotApplicable(f"{run} has no {LAYER_STATS_FILE} (written by the layer-statistics callback)")
